@@ -1,0 +1,294 @@
+"""The typed run config that every stage reads: one YAML file, overridable with `key.sub=value`.
+
+Sections are plain dataclasses in the style of TRL's configs, so a run is fully described by one
+file (hashed into the run's identity) and a CLI flag or DAG param can change any single field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlaif_tasks.errors import RlaifError
+
+
+@dataclass
+class ModelConfig:
+    """The policy to align: a bundled short name, a hub id or a local folder."""
+
+    policy: str = "smollm2-135m-instruct"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and how they are filtered and split."""
+
+    source: str = "bundled:detox-prompts"
+    """`bundled:detox-prompts`, a hub dataset name, or a local .jsonl/.csv/.parquet file."""
+    hub_split: str = "train"
+    hub_config: str | None = None
+    prompt_column: str = "prompt"
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    """Renames applied before anything else, e.g. {"text": "prompt"}."""
+    use_chat_template: bool = True
+    min_prompt_tokens: int = 2
+    max_prompt_tokens: int = 64
+    test_size: float = 200
+    """A count of test prompts (>= 1) or a fraction (< 1)."""
+    max_train_prompts: int | None = None
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for rollouts and evaluation; defaults follow the seed (pure sampling)."""
+
+    max_new_tokens: int = 32
+    min_new_tokens: int = 5
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 16
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScorerConfig:
+    """One judge: which model scores the text, and whether it sees the prompt too."""
+
+    model: str = "jigsaw-bilstm"
+    """`jigsaw-bilstm`, `hatesonar`, `profanity-check`, or a hub id / folder of a sequence classifier."""
+    name: str | None = None
+    """Name used in reports; defaults to `model`."""
+    input: Literal["response", "prompt+response"] = "response"
+    batch_size: int = 32
+    max_length: int = 512
+    toxic_label: str | None = None
+    """Label name of the toxic class for HF classifiers; found by name when unset."""
+    non_toxic_label: str | None = None
+    """Label name whose logit is the reward for HF classifiers ("nothate", "non-toxic", ...)."""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model
+
+
+@dataclass
+class EvaluationConfig:
+    """Held-out evaluation: which judges, how many samples, what counts as toxic."""
+
+    judges: list[ScorerConfig] = field(
+        default_factory=lambda: [
+            ScorerConfig(model="jigsaw-bilstm"),
+            ScorerConfig(model="hatesonar"),
+            ScorerConfig(model="profanity-check"),
+        ]
+    )
+    num_prompts: int | None = None
+    """Evaluate on the first N test prompts (all when unset)."""
+    samples_per_prompt: int = 1
+    toxic_threshold: float = 0.5
+    num_table_rows: int = 50
+
+
+@dataclass
+class TrainConfig:
+    """RL training; defaults are the seed's PPO hyper-parameters where they make sense."""
+
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    steps: int = 10
+    learning_rate: float = 1.41e-5
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    ppo_epochs: int = 1
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    kl_penalty: Literal["k1", "k3", "abs", "mse"] = "k1"
+    adaptive_kl: bool = True
+    init_kl_coef: float = 0.2
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False
+    reward_clip: float | None = None
+    missing_eos_penalty: float | None = None
+    max_grad_norm: float = 1.0
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    num_generations: int = 4
+    """Completions per prompt for GRPO/RLOO."""
+    save_every: int = 5
+    merge_adapter: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything one alignment run needs; one YAML file on disk."""
+
+    name: str = "demo"
+    seed: int = 0
+    run_dir: str = "runs/{name}"
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    reward: ScorerConfig = field(default_factory=lambda: ScorerConfig(model="jigsaw-bilstm"))
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir.format(name=self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Content hash of the effective config: equal configs give equal hashes."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the dataclass field type `tp`, converting where YAML is loose."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except RlaifError as exc:
+                errors.append(exc.problem)
+        raise RlaifError(f"{where}: {value!r} does not fit {tp}", "give a value of the documented type")
+    if origin is Literal:
+        if value not in args:
+            raise RlaifError(f"{where}: {value!r} is not one of {list(args)}", f"set {where} to one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RlaifError(f"{where}: expected a list, got {value!r}", f"write {where} as a YAML list")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RlaifError(f"{where}: expected a mapping, got {value!r}", f"write {where} as a YAML mapping")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise RlaifError(f"{where}: expected a mapping, got {value!r}", f"write {where} as a YAML mapping")
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise RlaifError(f"{where}: expected true or false, got {value!r}", f"set {where} to true or false")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RlaifError(f"{where}: expected an integer, got {value!r}", f"set {where} to a whole number")
+    if tp is str and not isinstance(value, str):
+        raise RlaifError(f"{where}: expected a string, got {value!r}", f"quote the value of {where}")
+    return value
+
+
+def _build(cls, data: dict[str, Any], where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise RlaifError(
+            f"unknown config key(s): {', '.join(prefix + k for k in unknown)}",
+            f"valid keys under {where or 'the top level'}: {', '.join(sorted(names))}",
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RlaifError(f"override {dotted}: {key} is not a section", "override a leaf key such as train.steps")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.steps=20` -> ("train.steps", 20); the value is read as YAML."""
+    if "=" not in text:
+        raise RlaifError(f"override {text!r} has no '='", "write overrides as key.sub=value, e.g. train.steps=20")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RlaifError(f"config file {path} does not exist", "pass --config with the path of a YAML run config, e.g. configs/demo.yaml")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RlaifError(f"config file {path} is not valid YAML: {exc}", "fix the YAML syntax") from exc
+        if not isinstance(data, dict):
+            raise RlaifError(f"config file {path} must hold a mapping at the top level", "start the file with keys such as name:, model:, train:")
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    config = _build(RunConfig, data)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t, g, d = config.train, config.generation, config.data
+    if t.batch_size % t.mini_batch_size:
+        raise RlaifError(
+            f"train.batch_size ({t.batch_size}) is not a multiple of train.mini_batch_size ({t.mini_batch_size})",
+            "choose a mini-batch size that divides the batch size",
+        )
+    if t.steps < 1 or t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
+        raise RlaifError("train.steps, train.batch_size, generation.max_new_tokens and generation.batch_size must be >= 1", "raise the value to at least 1")
+    if g.min_new_tokens > g.max_new_tokens:
+        raise RlaifError(
+            f"generation.min_new_tokens ({g.min_new_tokens}) exceeds generation.max_new_tokens ({g.max_new_tokens})",
+            "lower min_new_tokens or raise max_new_tokens",
+        )
+    if d.test_size <= 0 or (d.test_size >= 1 and d.test_size != int(d.test_size)):
+        raise RlaifError(f"data.test_size must be a fraction in (0, 1) or a whole count, got {d.test_size}", "set e.g. data.test_size=200 or 0.1")
+    if d.min_prompt_tokens > d.max_prompt_tokens:
+        raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")

@@ -1,0 +1,54 @@
+"""Build a judge from a `ScorerConfig`: bundled classifiers, any HF sequence classifier, or a Python callable."""
+
+from __future__ import annotations
+
+import importlib
+
+from rlaif_tasks.config import ScorerConfig
+from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.rewards.base import Purpose, Scorer, ToxicityBackend
+
+__all__ = ["Scorer", "ToxicityBackend", "build_scorer", "build_backend"]
+
+
+class _CallableBackend:
+    """`python:package.module:function`, where function(texts) -> rewards (higher is better)."""
+
+    def __init__(self, spec: str):
+        target = spec.removeprefix("python:")
+        module_name, _, attr = target.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise RlaifError(f"reward callable {spec!r} cannot be imported: {exc}", "write it as python:package.module:function, importable from the workers") from exc
+
+    def reward(self, texts):
+        return self.fn(texts)
+
+    def toxic_probability(self, texts):
+        raise RlaifError("a Python callable reward has no toxicity probability", "use it as train reward only, not as an evaluation judge")
+
+
+def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
+    spec = cfg.model
+    if spec.startswith("python:"):
+        return _CallableBackend(spec)
+    if spec == "jigsaw-bilstm":
+        from rlaif_tasks.rewards.jigsaw_bilstm import JigsawBiLSTMBackend
+
+        return JigsawBiLSTMBackend()
+    if spec == "hatesonar":
+        from rlaif_tasks.rewards.sonar import HateSonarBackend
+
+        return HateSonarBackend()
+    if spec == "profanity-check":
+        from rlaif_tasks.rewards.profanity import ProfanityCheckBackend
+
+        return ProfanityCheckBackend()
+    from rlaif_tasks.rewards.hf_classifier import HFClassifierBackend
+
+    return HFClassifierBackend(cfg, device=device)
+
+
+def build_scorer(cfg: ScorerConfig, purpose: Purpose, device: str = "cpu") -> Scorer:
+    return Scorer(name=cfg.display_name, purpose=purpose, backend=build_backend(cfg, device), input=cfg.input, batch_size=cfg.batch_size)
