@@ -281,8 +281,10 @@ def validate(config: RunConfig) -> None:
             f"train.batch_size ({t.batch_size}) is not a multiple of train.mini_batch_size ({t.mini_batch_size})",
             "choose a mini-batch size that divides the batch size",
         )
-    if t.steps < 1 or t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
-        raise RlaifError("train.steps, train.batch_size, generation.max_new_tokens and generation.batch_size must be >= 1", "raise the value to at least 1")
+    if t.steps < 0:
+        raise RlaifError(f"train.steps must be >= 0 (0 evaluates the base policy only), got {t.steps}", "set train.steps to 0 or more")
+    if t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
+        raise RlaifError("train.batch_size, generation.max_new_tokens and generation.batch_size must be >= 1", "raise the value to at least 1")
     if g.min_new_tokens > g.max_new_tokens:
         raise RlaifError(
             f"generation.min_new_tokens ({g.min_new_tokens}) exceeds generation.max_new_tokens ({g.max_new_tokens})",

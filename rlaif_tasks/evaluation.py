@@ -1,0 +1,136 @@
+"""Held-out toxicity evaluation: generate for the test prompts, score with every judge, compare.
+
+The numbers follow the seed's report: mean and std of toxicity per judge before and after training,
+and the relative improvement `(before - after) / before` for both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from rlaif_tasks.atomic import atomic_path, write_json
+from rlaif_tasks.config import EvaluationConfig, GenerationConfig
+from rlaif_tasks.generation import generate
+from rlaif_tasks.rewards.base import Scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JudgeStats:
+    mean: float
+    std: float
+    frac_toxic: float
+    """Share of responses scored above the toxic threshold."""
+    n: int
+
+
+@dataclass
+class Evaluation:
+    judges: dict[str, JudgeStats]
+    samples: pd.DataFrame = field(repr=False)
+    """One row per response: prompt, query, response, then one column per judge."""
+    tokens_per_second: float = 0.0
+
+    def summary(self) -> dict:
+        return {"judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second}
+
+
+def summarise(scores: Sequence[float], threshold: float) -> JudgeStats:
+    return JudgeStats(
+        mean=statistics.fmean(scores),
+        std=statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+        frac_toxic=sum(s > threshold for s in scores) / len(scores),
+        n=len(scores),
+    )
+
+
+def score_responses(
+    responses: Sequence[str], prompts: Sequence[str], judges: Sequence[Scorer], threshold: float
+) -> tuple[dict[str, JudgeStats], dict[str, list[float]]]:
+    """Score already-generated responses with every judge (the judges' `prompts` are the raw prompts)."""
+    columns = {judge.name: judge(responses, prompts) for judge in judges}
+    return {name: summarise(scores, threshold) for name, scores in columns.items()}, columns
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    test_prompts: pd.DataFrame,
+    judges: Sequence[Scorer],
+    gen: GenerationConfig,
+    cfg: EvaluationConfig,
+    *,
+    seed: int = 0,
+) -> Evaluation:
+    """Sample responses to the test prompts and score them with every judge."""
+    rows = test_prompts if cfg.num_prompts is None else test_prompts.head(cfg.num_prompts)
+    queries = rows["query"].tolist()
+    log.info("evaluating on %d prompts x %d samples with %d judge(s)", len(queries), cfg.samples_per_prompt, len(judges))
+    out = generate(model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=seed)
+    prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
+    stats, columns = score_responses(out.responses, prompts, judges, cfg.toxic_threshold)
+    samples = pd.DataFrame({"prompt": prompts, "query": [queries[i] for i in out.prompt_index], "response": out.responses, **columns})
+    return Evaluation(stats, samples, out.tokens_per_second)
+
+
+def relative_improvement(before: float, after: float) -> float:
+    """The seed's `(before - after) / before`; NaN when there was nothing to improve."""
+    return (before - after) / before if before else math.nan
+
+
+def compare(before: Evaluation | dict, after: Evaluation | dict) -> dict[str, dict[str, float]]:
+    """Per judge: mean and std before/after and their relative improvement."""
+    b = before.summary()["judges"] if isinstance(before, Evaluation) else before["judges"]
+    a = after.summary()["judges"] if isinstance(after, Evaluation) else after["judges"]
+    report = {}
+    for name in b.keys() & a.keys():
+        report[name] = {
+            "mean_before": b[name]["mean"],
+            "mean_after": a[name]["mean"],
+            "mean_improvement": relative_improvement(b[name]["mean"], a[name]["mean"]),
+            "std_before": b[name]["std"],
+            "std_after": a[name]["std"],
+            "std_improvement": relative_improvement(b[name]["std"], a[name]["std"]),
+            "frac_toxic_before": b[name]["frac_toxic"],
+            "frac_toxic_after": a[name]["frac_toxic"],
+        }
+    return dict(sorted(report.items()))
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path, name: str) -> Path:
+    """`<name>.json` (summary) and `<name>_samples.parquet` (every response with its scores)."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / f"{name}_samples.parquet") as tmp:
+        evaluation.samples.to_parquet(tmp, index=False)
+    return write_json(out_dir / f"{name}.json", evaluation.summary())
+
+
+def read_evaluation(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def format_comparison(report: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'judge':<18}{'mean before':>12}{'mean after':>12}{'improv.':>9}{'std before':>12}{'std after':>11}{'improv.':>9}"]
+    for name, r in report.items():
+        lines.append(
+            f"{name:<18}{r['mean_before']:>12.4f}{r['mean_after']:>12.4f}{r['mean_improvement']:>9.1%}"
+            f"{r['std_before']:>12.4f}{r['std_after']:>11.4f}{r['std_improvement']:>9.1%}"
+        )
+    return "\n".join(lines)
+
+
+def format_evaluation(evaluation: Evaluation | dict) -> str:
+    judges = evaluation.summary()["judges"] if isinstance(evaluation, Evaluation) else evaluation["judges"]
+    lines = [f"{'judge':<18}{'mean':>9}{'std':>9}{'toxic':>8}{'n':>6}"]
+    for name, s in judges.items():
+        lines.append(f"{name:<18}{s['mean']:>9.4f}{s['std']:>9.4f}{s['frac_toxic']:>8.1%}{s['n']:>6}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from rlaif_tasks.config import RunConfig, ScorerConfig, load_config, parse_override
+from rlaif_tasks.errors import RlaifError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_sections_become_typed_fields(tmp_path):
+    cfg = load_config(write(tmp_path, "name: x\ntrain:\n  learning_rate: 1\n  steps: 3\nevaluation:\n  judges:\n    - model: hatesonar\n      input: prompt+response\n"))
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.steps == 3
+    assert cfg.evaluation.judges == [ScorerConfig(model="hatesonar", input="prompt+response")]
+    assert cfg.model.policy == RunConfig().model.policy
+
+
+def test_overrides_are_read_as_yaml_and_win_over_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 3\n")
+    cfg = load_config(path, ["train.steps=7", "model.policy=some/model", "data.column_mapping={text: prompt}"])
+    assert (cfg.train.steps, cfg.model.policy, cfg.data.column_mapping) == (7, "some/model", {"text": "prompt"})
+    assert load_config(path, {"train.use_lora": False}).train.use_lora is False
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("trian:\n  steps: 3\n", ["trian", "valid keys"]),
+        ("train:\n  stepz: 3\n", ["train.stepz", "steps"]),
+        ("train:\n  steps: many\n", ["train.steps", "whole number"]),
+        ("train:\n  algorithm: sac\n", ["train.algorithm", "ppo"]),
+        ("train:\n  batch_size: 10\n  mini_batch_size: 4\n", ["multiple"]),
+        ("generation:\n  min_new_tokens: 50\n  max_new_tokens: 10\n", ["min_new_tokens"]),
+        ("data:\n  test_size: 2.5\n", ["test_size"]),
+        ("- a\n- b\n", ["mapping"]),
+        ("train: [\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, text, words):
+    with pytest.raises(RlaifError) as err:
+        load_config(write(tmp_path, text))
+    for word in words:
+        assert word in str(err.value)
+    assert err.value.fix
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(RlaifError, match="does not exist"):
+        load_config("nope.yaml")
+    with pytest.raises(RlaifError, match="no '='"):
+        parse_override("train.steps")
+
+
+def test_hash_follows_content_only(tmp_path):
+    a = load_config(write(tmp_path, "name: a\n"))
+    assert a.config_hash() == load_config(None, {"name": "a"}).config_hash()
+    assert a.config_hash() != load_config(None, {"name": "a", "seed": 1}).config_hash()
+    assert load_config(None, {"name": "n"}).resolved_run_dir == Path("runs/n")
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(CONFIGS / "demo.yaml")
+    again = load_config(write(tmp_path, cfg.to_yaml()))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", ["demo", "seed-llama-3.1-8b", "seed-flan-t5-base"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.name == name
+
+
+def test_seed_configs_carry_the_seed_recipe():
+    for name, policy in [("seed-llama-3.1-8b", "meta-llama/Meta-Llama-3.1-8B"), ("seed-flan-t5-base", "google/flan-t5-base")]:
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert cfg.model.policy == policy
+        assert cfg.reward.model == "facebook/roberta-hate-speech-dynabench-r4-target"
+        assert cfg.reward.non_toxic_label == "nothate" and cfg.reward.input == "prompt+response"
+        t, g = cfg.train, cfg.generation
+        assert (t.learning_rate, t.ppo_epochs, t.mini_batch_size, t.batch_size) == (1.41e-5, 1, 4, 16)
+        assert (g.top_k, g.top_p, g.min_new_tokens, g.do_sample) == (0, 1.0, 5, True)
