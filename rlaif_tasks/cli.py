@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="policy to evaluate instead of model.policy (a folder, hub id or bundled name)")
     evaluate.set_defaults(fn=cmd_evaluate)
 
-    run = sub.add_parser("run", parents=[common], help="prepare data, baseline evaluation, training, final evaluation")
+    run = sub.add_parser("run", aliases=["train"], parents=[common], help="prepare data, baseline evaluation, training, final evaluation (one process)")
     run.set_defaults(fn=cmd_run)
     return parser
 

@@ -138,6 +138,49 @@ class TrainConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where runs and models are recorded in MLflow."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI; unset: `$MLFLOW_TRACKING_URI`, else the embedded `sqlite:///<root>/.mlflow/mlflow.db`."""
+    artifact_location: str | None = None
+    """Artefact root for a newly created experiment; unset: `<root>/.mlflow/artifacts` with the embedded store."""
+    experiment: str = "rlaif-{name}"
+    registered_model: str = "rlaif-{name}-policy"
+    enabled: bool = True
+
+
+@dataclass
+class GateConfig:
+    """When a newly trained model (alias `challenger`) replaces the `champion`."""
+
+    judge: str | None = None
+    """Judge whose mean toxicity decides; unset: the first evaluation judge."""
+    min_improvement: float = 0.05
+    """Required relative drop in mean toxicity against the champion, `(champion - challenger) / champion`."""
+    max_kl: float = 20.0
+    """Budget for the challenger's mean sequence KL to the base policy on the held-out prompts (nats)."""
+    max_perplexity_ratio: float = 2.0
+    """Fluency budget: the base policy's perplexity of the challenger's responses over that of its own, at most this."""
+
+
+@dataclass
+class OrchestrationConfig:
+    """How the nightly DAG schedules the run on Airflow workers."""
+
+    schedule: str = "0 2 * * *"
+    """Cron expression, UTC."""
+    queue: str = "gpu"
+    """Celery queue of the training and evaluation tasks (ignored by the Local executor)."""
+    pool: str = "gpu"
+    """Airflow pool of the training and evaluation tasks (created with one slot when missing)."""
+    retries: int = 2
+    retry_delay_minutes: float = 5.0
+    train_timeout_minutes: float = 240.0
+    eval_timeout_minutes: float = 60.0
+
+
+@dataclass
 class RunConfig:
     """Everything one alignment run needs; one YAML file on disk."""
 
@@ -151,6 +194,9 @@ class RunConfig:
     reward: ScorerConfig = field(default_factory=lambda: ScorerConfig(model="jigsaw-bilstm"))
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
 
     @property
     def resolved_run_dir(self) -> Path:

@@ -1,0 +1,164 @@
+"""Resumable training checkpoints: `run_dir/train/checkpoints/step-N/`, each written atomically.
+
+    step-N/adapter/              the LoRA adapter (PEFT format)      -- or --
+    step-N/model.safetensors     the full policy weights (no LoRA)
+    step-N/value_head.safetensors
+    step-N/optimizer.pt
+    step-N/rng.pt                python, numpy, torch (and CUDA) generator states
+    step-N/trainer_state.json    step, KL controller, config fingerprint, metrics so far (written last)
+
+A checkpoint is written into a hidden temp folder and renamed into place, so a killed run leaves
+either a complete `step-N` or a `.step-N.*.tmp` folder that the next start deletes. Only the newest
+`keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rlaif_tasks.atomic import atomic_dir
+from rlaif_tasks.config import RunConfig
+from rlaif_tasks.errors import RlaifError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+FORMAT = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter"}
+"""TrainConfig fields that may change between a run and its resumption (e.g. train longer)."""
+
+
+def training_fields(config: RunConfig, queries: Sequence[str]) -> dict[str, Any]:
+    """Everything that shapes the training trajectory; a resumed run must match it exactly."""
+    d = config.to_dict()
+    fields = {k: d[k] for k in ("seed", "model", "generation", "reward")}
+    fields["train"] = {k: v for k, v in d["train"].items() if k not in NOT_TRAINING_RELEVANT}
+    fields["prompts_sha256"] = hashlib.sha256("\x00".join(queries).encode("utf-8")).hexdigest()[:16]
+    return fields
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def clean_partial(root: Path) -> None:
+    """Delete temp folders left by a run killed while writing a checkpoint."""
+    if root.is_dir():
+        for tmp in root.glob(".step-*"):
+            log.info("removing incomplete checkpoint %s", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first."""
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and path.is_dir() and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_checkpoint(root: Path, step: int, *, policy, value_head, optimizer, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write `root/step-<step>` atomically, then drop all but the newest `keep` checkpoints."""
+    from safetensors.torch import save_file, save_model
+
+    final = root / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        if _is_peft(policy):
+            policy.save_pretrained(tmp / "adapter")
+        else:
+            save_model(policy, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **state}, indent=1, default=str) + "\n", encoding="utf-8")
+    stale = list_checkpoints(root)[:-keep] if keep > 0 else []
+    for _, old in stale:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def check_compatible(path: Path, state: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint written with other training settings."""
+    old_fields = state.get("training_fields", {})
+    if state.get("fingerprint") == fingerprint(fields):
+        return
+    changes = _diff(old_fields, fields)
+    raise RlaifError(
+        f"the checkpoint {path} was written with different training settings "
+        f"(fingerprint {state.get('fingerprint')} vs {fingerprint(fields)}; changed: {'; '.join(changes) or 'unknown'})",
+        f"keep the original settings to resume, or give the changed config a new name/run_dir, or delete {path.parent} to restart this run",
+    )
+
+
+def load_checkpoint(path: Path, *, policy, value_head, optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG states from `path`; returns its trainer state."""
+    from safetensors.torch import load_file, load_model
+
+    if _is_peft(policy):
+        from peft import set_peft_model_state_dict
+
+        adapter = path / "adapter" / "adapter_model.safetensors"
+        result = set_peft_model_state_dict(policy, load_file(str(adapter)))
+        if getattr(result, "unexpected_keys", None):
+            raise RlaifError(f"{adapter} holds weights this LoRA setup does not have: {result.unexpected_keys[:3]}", f"delete {path.parent} to restart this run")
+    else:
+        if not (path / "model.safetensors").is_file():
+            raise RlaifError(f"{path} holds no full model weights (was it written with LoRA?)", f"delete {path.parent} to restart this run")
+        load_model(policy, str(path / "model.safetensors"))
+    value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return read_state(path)

@@ -1,0 +1,639 @@
+"""PPO for language models, in one module that reads top to bottom (CleanRL style).
+
+One training step:
+
+    1. rollout    sample a response for each query of the batch (batched `generate`, KV cache,
+                  left padding); stop strings cut the text and mask the tokens after the stop
+    2. reward     score the decoded texts with any judge (a classifier with its own tokenizer, or a
+                  Python callable); optional missing-EOS penalty, clipping, whitening
+    3. evaluate   one no-grad forward of the policy (log-probs, values, entropy) and one of the
+                  reference (log-probs): with LoRA the reference is the same model with its
+                  adapters switched off, so there is no second copy in memory
+    4. advantage  per-token reward = -kl_coef * KL estimate, plus the score on the last token;
+                  GAE(gamma, lam) advantages and returns; advantages whitened
+    5. update     `ppo_epochs` passes over shuffled minibatches: clipped policy loss + vf_coef *
+                  clipped value loss, gradient clipping, Adam step
+    6. KL coef    adaptive controller (Ziegler et al. 2019) or fixed
+
+The value head is one linear layer on the policy's last hidden state (shared trunk). The math in
+section 1 is pure functions over tensors, tested against hand-computed numbers. See docs/ppo.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rlaif_tasks.config import RunConfig, TrainConfig
+from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.train import checkpoint as ckpt
+from rlaif_tasks.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+"""(responses, prompts) -> one float per response, higher is better."""
+
+METRIC_KEYS = (
+    "step", "reward/mean", "reward/std", "kl", "kl_coef", "entropy", "loss/policy", "loss/value",
+    "clipfrac", "approx_kl", "response_length", "tokens_per_second",
+    "time/generate", "time/score", "time/update", "time/step",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. The math: pure functions over (batch, response_length) tensors; `mask` marks real tokens.
+# ------------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    return var
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Scale to unit (unbiased) std over the masked entries; also centre them unless `shift_mean=False`.
+
+    Entries outside the mask come back as 0.
+    """
+    mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+KLKind = Literal["k1", "k3", "abs", "mse"]
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the log-probs of the sampled tokens.
+
+    k1 = logp - ref_logp (unbiased, can be negative); k3 = (r - 1) - log r with r = p_ref / p
+    (unbiased, always >= 0, Schulman 2020); abs = |k1|; mse = 0.5 * k1^2.
+    """
+    diff = logp - ref_logp
+    if kind == "k1":
+        return diff
+    if kind == "abs":
+        return diff.abs()
+    if kind == "mse":
+        return 0.5 * diff.square()
+    if kind == "k3":
+        log_r = -diff
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown KL estimator {kind!r}: use k1, k3, abs or mse")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded sequences; returns (advantages, returns).
+
+    The value after the last real token is 0 (the episode ends there); padded entries are 0.
+    """
+    mask = mask.to(rewards.dtype)
+    rewards, values = rewards * mask, values * mask
+    length = rewards.shape[1]
+    last = torch.zeros_like(rewards[:, 0])
+    reversed_adv = []
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        reversed_adv.append(last)
+    advantages = torch.stack(reversed_adv[::-1], dim=1) * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate; returns (loss, clipfrac, approx_kl) with approx_kl = 0.5 * mean(log-ratio^2)."""
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logp.dtype), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio.square(), mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss 0.5 * max((v - R)^2, (v_clipped - R)^2); returns (loss, value clipfrac)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped_err = (values - returns).square()
+    clipped_err = (clipped_values - returns).square()
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
+    clipfrac = masked_mean((clipped_err > unclipped_err).to(values.dtype), mask)
+    return loss, clipfrac
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): nudge the KL coefficient so the KL to the reference tracks `target`.
+
+    coef <- coef * (1 + clip(KL / target - 1, -0.2, 0.2) * n_samples / horizon)
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+
+    def update(self, current_kl: float, n_samples: int) -> None:
+        proportional_error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
+        self.value *= 1.0 + proportional_error * n_samples / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class FixedKLController(AdaptiveKLController):
+    """A constant KL coefficient."""
+
+    def __init__(self, kl_coef: float):
+        super().__init__(kl_coef, target=1.0, horizon=1)
+
+    def update(self, current_kl: float, n_samples: int) -> None:
+        pass
+
+
+def kl_controller(t: TrainConfig) -> AdaptiveKLController:
+    return AdaptiveKLController(t.init_kl_coef, t.target_kl, t.kl_horizon) if t.adaptive_kl else FixedKLController(t.init_kl_coef)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`, without materialising the full log-softmax."""
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. The model: policy LM + linear value head sharing its trunk; one forward gives both.
+# ------------------------------------------------------------------------------------------------
+
+
+def lm_forward(model, batch: dict[str, torch.Tensor], is_seq2seq: bool, want_hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits that predict each response token, and the last hidden state at those positions.
+
+    Causal: the input is query (left-padded) + response (right-padded); position ids skip the
+    left padding exactly as `generate` does, and only the last T+1 positions' logits are computed.
+    Seq2seq: the query is the encoder input and the response tokens are the decoder's actions.
+    """
+    query, query_mask, response, response_mask = batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"]
+    length = response.shape[1]
+    if is_seq2seq:
+        decoder_ids = torch.cat([batch["decoder_start"], response[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        out = model(
+            input_ids=query, attention_mask=query_mask, decoder_input_ids=decoder_ids,
+            decoder_attention_mask=decoder_mask, output_hidden_states=want_hidden,
+        )
+        return out.logits, (out.decoder_hidden_states[-1] if want_hidden else None)
+    input_ids = torch.cat([query, response], dim=1)
+    attention = torch.cat([query_mask, response_mask], dim=1).long()
+    kwargs = {}
+    params = _forward_params(model)
+    if "position_ids" in params:
+        kwargs["position_ids"] = (attention.cumsum(1) - 1).clamp(min=0)
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = length + 1
+    out = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=want_hidden, **kwargs)
+    logits = out.logits[:, -(length + 1) : -1]
+    hidden = out.hidden_states[-1][:, -(length + 1) : -1] if want_hidden else None
+    return logits, hidden
+
+
+def _forward_params(model) -> set[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cached = getattr(base, "_ppo_forward_params", None)
+    if cached is None:
+        cached = set(inspect.signature(base.forward).parameters)
+        base._ppo_forward_params = cached
+    return cached
+
+
+class PolicyWithValueHead(nn.Module):
+    """The policy (plain or PEFT-wrapped) and a `hidden_size -> 1` linear value head on its trunk."""
+
+    def __init__(self, policy, is_seq2seq: bool):
+        super().__init__()
+        self.policy = policy
+        self.is_seq2seq = is_seq2seq
+        config = policy.config
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: advantages begin as plain returns
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden = lm_forward(self.policy, batch, self.is_seq2seq)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return logits, values
+
+
+def lora_config(t: TrainConfig, is_seq2seq: bool):
+    from peft import LoraConfig, TaskType
+
+    targets = t.lora_target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules=targets,
+        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Rollout and reward.
+# ------------------------------------------------------------------------------------------------
+
+
+def _pad_cat(tensors: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def _eos_ids(tokenizer, hf_gen) -> list[int]:
+    eos = hf_gen.eos_token_id if hf_gen.eos_token_id is not None else tokenizer.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+def until_eos_mask(response: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """True up to and including the first EOS; the padding `generate` adds after it is False."""
+    if not eos_ids:
+        return torch.ones_like(response, dtype=torch.bool)
+    is_eos = torch.isin(response, torch.tensor(list(eos_ids), device=response.device)).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
+
+
+def cut_at_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> tuple[str, int]:
+    """(text before the first stop string, tokens to keep: up to the one that completes the stop)."""
+    from rlaif_tasks.generation import truncate_at_stop
+
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not stop_strings:
+        return text, len(ids)
+    cut = truncate_at_stop(text, stop_strings)
+    if cut == text:
+        return text, len(ids)
+    for n in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        if truncate_at_stop(prefix, stop_strings) != prefix:
+            return cut, n
+    return cut, len(ids)
+
+
+@dataclass
+class Rollout:
+    batch: dict[str, torch.Tensor]
+    """query_ids, query_mask, response_ids, response_mask (the action tokens), decoder_start (seq2seq)."""
+    texts: list[str]
+    ended: torch.Tensor
+    """True where the response ended with EOS or a stop string (False: cut by max_new_tokens)."""
+
+
+def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool, device) -> Rollout:
+    """Sample one response per query with `generate` (KV cache, left padding), `gen_cfg.batch_size` at a time."""
+    from rlaif_tasks.generation import hf_generation_config
+
+    hf_gen = hf_generation_config(gen_cfg, tokenizer)
+    hf_gen.use_cache = True
+    eos_ids = _eos_ids(tokenizer, hf_gen)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    if not is_seq2seq:
+        tokenizer.padding_side = "left"
+    parts: dict[str, list[torch.Tensor]] = {"query_ids": [], "query_mask": [], "response_ids": [], "decoder_start": []}
+    with torch.inference_mode():
+        for start in range(0, len(queries), gen_cfg.batch_size):
+            chunk = list(queries[start : start + gen_cfg.batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=is_seq2seq).to(device)
+            out = model.generate(**enc, generation_config=hf_gen)
+            parts["query_ids"].append(enc["input_ids"])
+            parts["query_mask"].append(enc["attention_mask"])
+            if is_seq2seq:
+                parts["decoder_start"].append(out[:, :1])
+                parts["response_ids"].append(out[:, 1:])
+            else:
+                parts["response_ids"].append(out[:, enc["input_ids"].shape[1] :])
+    left = not is_seq2seq
+    # clone: inference-mode tensors cannot take part in the autograd graph of the update
+    batch = {
+        "query_ids": _pad_cat(parts["query_ids"], pad_id, left).clone(),
+        "query_mask": _pad_cat(parts["query_mask"], 0, left).clone(),
+        "response_ids": _pad_cat(parts["response_ids"], pad_id, left=False).clone(),
+    }
+    if is_seq2seq:
+        batch["decoder_start"] = torch.cat(parts["decoder_start"]).clone()
+    response = batch["response_ids"]
+    mask = until_eos_mask(response, eos_ids)
+    lengths = mask.sum(1)
+    has_eos = torch.isin(response, torch.tensor(eos_ids or [-1], device=response.device)) & mask
+    ended = has_eos.any(1)
+    texts = []
+    for i in range(response.shape[0]):
+        ids = response[i, : int(lengths[i])].tolist()
+        text, keep = cut_at_stop(tokenizer, ids, gen_cfg.stop_strings)
+        if keep < len(ids):  # a stop string ended the response: the tokens after it are not actions
+            mask[i, keep:] = False
+            ended[i] = True
+        texts.append(text)
+    batch["response_mask"] = mask.long()
+    return Rollout(batch=batch, texts=texts, ended=ended)
+
+
+def shape_scores(scores: torch.Tensor, ended: torch.Tensor, t: TrainConfig) -> torch.Tensor:
+    """Missing-EOS penalty (subtracted), then clipping to +-reward_clip, then optional whitening (scale only)."""
+    if t.missing_eos_penalty is not None:
+        scores = scores - t.missing_eos_penalty * (~ended).to(scores.dtype)
+    if t.reward_clip is not None:
+        scores = scores.clamp(-t.reward_clip, t.reward_clip)
+    if t.whiten_rewards and scores.numel() > 1:
+        scores = whiten(scores, shift_mean=False)
+    return scores
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. The training loop.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOResult:
+    model_dir: Path
+    metrics: list[dict] = field(default_factory=list)
+    """Every step's metrics, including the steps of an earlier run this one resumed."""
+    resumed_from: int = 0
+
+
+def batch_indices(step: int, n: int, size: int, seed: int) -> list[int]:
+    """Prompt indices of 1-based `step`: consecutive slices of a fresh permutation per epoch.
+
+    A pure function of (step, seed), so a resumed run draws the same prompts without sampler state.
+    """
+    start = (step - 1) * size
+    out = []
+    while len(out) < size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset : offset + size - len(out)].tolist())
+    return out
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def train_ppo(
+    config: RunConfig,
+    run_dir: str | Path,
+    queries: Sequence[str],
+    prompts: Sequence[str] | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> PPOResult:
+    """Train `config.model.policy` with PPO on `queries`; returns the final (merged) model folder.
+
+    `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
+    `reward_fn(responses, prompts)` replaces the scorer built from `config.reward`.
+    Resumes from the newest complete checkpoint under `run_dir/train/checkpoints`.
+    """
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    from rlaif_tasks.atomic import atomic_dir
+    from rlaif_tasks.models import load_model, resolve_device
+
+    t, gen_cfg = config.train, config.generation
+    queries = list(queries)
+    prompts = list(prompts) if prompts is not None else queries
+    if not queries or len(prompts) != len(queries):
+        raise RlaifError(f"PPO got {len(queries)} queries and {len(prompts)} prompts", "pass a non-empty list of queries and one prompt per query")
+    out_dir = Path(run_dir) / "train"
+    ckpt_root = out_dir / "checkpoints"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- setup: seed, model (+LoRA), value head, reference, optimizer, accelerator ------------
+    device = resolve_device(config.device)
+    accelerator = Accelerator(cpu=device == "cpu")
+    set_seed(config.seed + accelerator.process_index)  # one process: exactly config.seed
+    loaded = load_model(
+        config.model.policy, kind="auto", revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
+        dtype=config.model.dtype, device="cpu",
+    )
+    if loaded.kind not in ("causal-lm", "seq2seq-lm"):
+        raise RlaifError(f"the policy {config.model.policy!r} is a {loaded.kind}", "set model.policy to a causal or seq2seq language model")
+    is_seq2seq = loaded.kind == "seq2seq-lm"
+    policy, tokenizer = loaded.model, loaded.tokenizer
+    reference = None
+    if t.use_lora:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora_config(t, is_seq2seq))
+    else:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        policy.requires_grad_(True)
+    model = PolicyWithValueHead(policy, is_seq2seq)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: PolicyWithValueHead = accelerator.unwrap_model(model)
+    model.eval()  # no dropout anywhere: PPO's ratios need the same function in rollout and update
+    if reference is not None:
+        reference.to(accelerator.device)
+    if reward_fn is None:
+        from rlaif_tasks.rewards import build_scorer
+
+        scorer = build_scorer(config.reward, purpose="reward", device=device)
+        reward_fn = lambda responses, prompts_: scorer(responses, prompts_)  # noqa: E731
+    kl_ctl = kl_controller(t)
+    temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
+
+    # -- resume -----------------------------------------------------------------------------
+    fields = ckpt.training_fields(config, queries)
+    metrics: list[dict] = []
+    start_step = 0
+    writer = MetricsWriter(out_dir / "metrics.jsonl")
+    if accelerator.is_main_process:
+        ckpt.clean_partial(ckpt_root)
+    accelerator.wait_for_everyone()
+    found = ckpt.list_checkpoints(ckpt_root)
+    if found:
+        step_done, path = found[-1]
+        ckpt.check_compatible(path, ckpt.read_state(path), fields)
+        state = ckpt.load_checkpoint(path, policy=unwrapped.policy, value_head=unwrapped.value_head, optimizer=optimizer)
+        kl_ctl.load_state_dict(state["kl_controller"])
+        metrics = [m for m in state["metrics"] if m["step"] <= step_done]
+        start_step = step_done
+        if step_done < t.steps:
+            log.info("resuming from checkpoint %s: step %d of %d done, running steps %d-%d", path, step_done, t.steps, step_done + 1, t.steps)
+        else:
+            log.info("resuming from checkpoint %s: all %d steps already done", path, step_done)
+    if accelerator.is_main_process:
+        writer.reset(metrics)  # drops lines a killed run wrote after its last checkpoint
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:
+            state = {"fingerprint": ckpt.fingerprint(fields), "training_fields": fields, "kl_controller": kl_ctl.state_dict(),
+                     "metrics": metrics, "world_size": accelerator.num_processes}
+            path = ckpt.save_checkpoint(ckpt_root, step, policy=unwrapped.policy, value_head=unwrapped.value_head, optimizer=optimizer, state=state)
+            log.info("saved checkpoint %s", path)
+        accelerator.wait_for_everyone()
+
+    # -- the loop -------------------------------------------------------------------------------
+    world, rank = accelerator.num_processes, accelerator.process_index
+    step_times: list[float] = []
+    for step in range(start_step + 1, t.steps + 1):
+        t_step = time.perf_counter()
+        idx = batch_indices(step, len(queries), t.batch_size * world, config.seed)[rank * t.batch_size : (rank + 1) * t.batch_size]
+        batch_queries, batch_prompts = [queries[i] for i in idx], [prompts[i] for i in idx]
+
+        # 1. rollout
+        t0 = time.perf_counter()
+        ro = rollout(unwrapped.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, accelerator.device)
+        batch = {k: v.to(accelerator.device) for k, v in ro.batch.items()}
+        mask = batch["response_mask"]
+        time_generate = time.perf_counter() - t0
+
+        # 2. reward
+        t0 = time.perf_counter()
+        raw_scores = torch.tensor(reward_fn(ro.texts, batch_prompts), dtype=torch.float32, device=accelerator.device)
+        if raw_scores.shape != (len(ro.texts),) or not torch.isfinite(raw_scores).all():
+            raise RlaifError(f"the reward returned {raw_scores.numel()} scores (finite: {bool(torch.isfinite(raw_scores).all())}) for {len(ro.texts)} responses", "make the reward return one finite float per response")
+        scores = shape_scores(raw_scores, ro.ended.to(accelerator.device), t)
+        time_score = time.perf_counter() - t0
+
+        # 3. evaluate the rollout: old log-probs, values, entropy; reference log-probs (no grad)
+        t0 = time.perf_counter()
+        n = mask.shape[0]
+        size = max(gen_cfg.batch_size, t.mini_batch_size)  # no activations kept: generation-sized chunks fit
+        chunks = [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
+        old_logp, old_values, ref_logp, entropy = [], [], [], []
+        with torch.no_grad():
+            for c in chunks:
+                sub = {k: v[c] for k, v in batch.items()}
+                logits, values = unwrapped(sub)
+                logits = logits / temperature
+                old_logp.append(token_logprobs(logits, sub["response_ids"]))
+                entropy.append(token_entropy(logits))
+                old_values.append(values.float())
+                if reference is None:
+                    with unwrapped.policy.disable_adapter():
+                        ref_logits, _ = lm_forward(unwrapped.policy, sub, is_seq2seq, want_hidden=False)
+                else:
+                    ref_logits, _ = lm_forward(reference, sub, is_seq2seq, want_hidden=False)
+                ref_logp.append(token_logprobs(ref_logits / temperature, sub["response_ids"]))
+        old_logp, old_values, ref_logp, entropy = (torch.cat(x) for x in (old_logp, old_values, ref_logp, entropy))
+        time_forward = time.perf_counter() - t0
+
+        # 4. per-token rewards (KL penalty + score on the last token), GAE, whitened advantages
+        kl_coef = kl_ctl.value
+        rewards = -kl_coef * kl_penalty(old_logp, ref_logp, t.kl_penalty) * mask
+        last = mask.sum(1) - 1
+        rewards[torch.arange(n), last] += scores
+        advantages, returns = gae(rewards, old_values * mask, mask, t.gamma, t.lam)
+        advantages = whiten(advantages, mask)
+
+        # 5. PPO update over minibatches
+        t0 = time.perf_counter()
+        stats = {"loss/policy": [], "loss/value": [], "clipfrac": [], "approx_kl": []}
+        for _ in range(t.ppo_epochs):
+            for mb in torch.randperm(n).split(t.mini_batch_size):
+                sub = {k: v[mb] for k, v in batch.items()}
+                logits, values = model(sub)
+                logp = token_logprobs(logits / temperature, sub["response_ids"])
+                m = mask[mb]
+                pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], advantages[mb], m, t.cliprange)
+                vf_loss, _ = value_loss(values.float(), old_values[mb], returns[mb], m, t.cliprange_value)
+                loss = pg_loss + t.vf_coef * vf_loss
+                accelerator.backward(loss)
+                if t.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
+                    stats[key].append(value.item())
+        time_update = time.perf_counter() - t0 + time_forward
+
+        # 6. metrics (gathered over processes) and the KL controller
+        seq_kl = ((old_logp - ref_logp) * mask).sum(1)
+        gathered = accelerator.gather(torch.stack([raw_scores, seq_kl, mask.sum(1).float()], dim=1))
+        all_scores, all_kl, all_len = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+        mean_kl = all_kl.mean().item()
+        kl_ctl.update(mean_kl, int(gathered.shape[0]))
+        row = {
+            "step": step,
+            "reward/mean": all_scores.mean().item(),
+            "reward/std": all_scores.std(unbiased=False).item(),
+            "kl": mean_kl,
+            "kl_coef": kl_coef,
+            "entropy": masked_mean(entropy, mask).item(),
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "response_length": all_len.mean().item(),
+            "tokens_per_second": float(mask.sum().item() / max(time_generate, 1e-9)),
+            "time/generate": time_generate,
+            "time/score": time_score,
+            "time/update": time_update,
+            "time/step": time.perf_counter() - t_step,
+        }
+        metrics.append(row)
+        if accelerator.is_main_process:
+            writer.append(row)
+        step_times.append(row["time/step"])
+        eta = float(np.mean(step_times)) * (t.steps - step)
+        log.info(
+            "step %d/%d reward %.3f kl %.3f kl_coef %.3f | %.1fs/step (generate %.1f, score %.1f, forward %.1f, update %.1f) eta %s",
+            step, t.steps, row["reward/mean"], mean_kl, kl_coef, row["time/step"], time_generate, time_score,
+            time_forward, time_update - time_forward, _fmt_seconds(eta),
+        )
+        if on_step is not None:
+            on_step(dict(row))
+        if (t.save_every and step % t.save_every == 0) or step == t.steps:
+            save(step)
+
+    # -- final model: LoRA merged into the base, saved as a plain transformers folder -------------
+    final_dir = out_dir / "final"
+    if accelerator.is_main_process:
+        final = unwrapped.policy
+        from peft import PeftModel
+
+        if isinstance(final, PeftModel) and t.merge_adapter:
+            final = final.merge_and_unload()
+        elif isinstance(final, PeftModel):
+            log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
+        with atomic_dir(final_dir) as tmp:
+            final.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        log.info("saved the trained policy to %s", final_dir)
+    accelerator.wait_for_everyone()
+    return PPOResult(model_dir=final_dir, metrics=metrics, resumed_from=start_step)

@@ -1,0 +1,166 @@
+"""PPO's pure functions against hand-computed numbers, and the LoRA reference trick on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlaif_tasks.train.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    batch_indices,
+    gae,
+    kl_penalty,
+    masked_mean,
+    policy_loss,
+    token_logprobs,
+    until_eos_mask,
+    value_loss,
+    whiten,
+)
+
+
+def test_gae_three_steps_by_hand():
+    gamma, lam = 0.9, 0.5
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 1.0, 1.5]])
+    mask = torch.ones(1, 3)
+    # deltas: d2 = 2 - 1.5 = 0.5 ; d1 = 0 + 0.9*1.5 - 1 = 0.35 ; d0 = 1 + 0.9*1.0 - 0.5 = 1.4
+    # A2 = 0.5 ; A1 = 0.35 + 0.45*0.5 = 0.575 ; A0 = 1.4 + 0.45*0.575 = 1.65875
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    assert torch.allclose(adv, torch.tensor([[1.65875, 0.575, 0.5]]))
+    assert torch.allclose(ret, torch.tensor([[2.15875, 1.575, 2.0]]))
+
+
+def test_gae_padding_ends_the_episode():
+    # the second sequence has 2 real tokens: its value after token 1 is 0, padding gives 0 advantage
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 3.0, 7.0]])
+    values = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv[0], torch.tensor([1.0, 1.0, 1.0]))
+    # d1 = 3 + 0 - 2 = 1 ; d0 = 0 + 2 - 1 = 1 ; A0 = 1 + 1 = 2
+    assert torch.allclose(adv[1], torch.tensor([2.0, 1.0, 0.0]))
+    assert torch.allclose(ret[1], torch.tensor([3.0, 3.0, 0.0]))
+
+
+def test_whiten_masked_mean_zero_std_one_and_shift_mean():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 6.0, -50.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]]).bool()
+    w = whiten(x, mask)
+    real = w[mask]
+    assert abs(real.mean().item()) < 1e-6
+    assert abs(real.std().item() - 1.0) < 1e-4
+    assert torch.equal(w[~mask], torch.zeros(2))
+    kept = whiten(x, mask, shift_mean=False)[mask]
+    assert abs(kept.mean().item() - 3.5) < 1e-5  # the mean of 1..6 is kept
+    assert abs(kept.std().item() - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("k1", [math.log(0.5) - math.log(0.25), math.log(0.2) - math.log(0.4)]),
+        ("abs", [math.log(2), math.log(2)]),
+        ("mse", [0.5 * math.log(2) ** 2, 0.5 * math.log(2) ** 2]),
+        # r = p_ref / p: 0.5 then 2 ; (r - 1) - log r
+        ("k3", [(0.5 - 1) - math.log(0.5), (2 - 1) - math.log(2)]),
+    ],
+)
+def test_kl_estimators(kind, expected):
+    logp = torch.log(torch.tensor([0.5, 0.2]))
+    ref = torch.log(torch.tensor([0.25, 0.4]))
+    assert torch.allclose(kl_penalty(logp, ref, kind), torch.tensor(expected), atol=1e-6)
+
+
+def test_kl_estimator_unknown():
+    with pytest.raises(ValueError):
+        kl_penalty(torch.zeros(1), torch.zeros(1), "k2")
+
+
+def test_clipped_policy_loss_and_clipfrac_by_hand():
+    # ratios 1.5 (A=+1: clipped to 1.2), 0.5 (A=+1: unclipped wins), 0.5 (A=-1: clipped to 0.8), 1.0 masked out
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 0.5, 1.0]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, clipfrac, approx_kl = policy_loss(logp, old, adv, mask, cliprange=0.2)
+    # per token max(-A*r, -A*clip(r)): -1.2, -0.5, 0.8 -> mean -0.3
+    assert loss.item() == pytest.approx(-0.3, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(2 / 3, abs=1e-6)
+    expected_kl = 0.5 * (math.log(1.5) ** 2 + 2 * math.log(0.5) ** 2) / 3
+    assert approx_kl.item() == pytest.approx(expected_kl, abs=1e-6)
+
+
+def test_clipped_value_loss_by_hand():
+    old = torch.tensor([[0.0, 0.0, 1.0]])
+    new = torch.tensor([[1.0, -0.1, 1.0]])
+    ret = torch.tensor([[2.0, 0.0, 3.0]])
+    mask = torch.ones(1, 3)
+    loss, clipfrac = value_loss(new, old, ret, mask, cliprange_value=0.5)
+    # token 0: v=1 clipped to 0.5: max(1, 2.25) = 2.25 (clipped) ; token 1: 0.01 both ; token 2: 4 both
+    assert loss.item() == pytest.approx(0.5 * (2.25 + 0.01 + 4.0) / 3, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_adaptive_kl_controller_by_hand():
+    ctl = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=10000)
+    ctl.update(current_kl=9.0, n_samples=1000)  # error clip(9/6 - 1) = 0.2 -> x(1 + 0.2 * 0.1) = 1.02
+    assert ctl.value == pytest.approx(0.204)
+    ctl.update(current_kl=5.4, n_samples=1000)  # error -0.1 -> x0.99
+    assert ctl.value == pytest.approx(0.204 * 0.99)
+    ctl.update(current_kl=0.0, n_samples=10000)  # error clipped to -0.2 -> x0.8
+    assert ctl.value == pytest.approx(0.204 * 0.99 * 0.8)
+    fixed = FixedKLController(0.3)
+    fixed.update(100.0, 10000)
+    assert fixed.value == 0.3
+    restored = AdaptiveKLController(1.0, 6.0, 10)
+    restored.load_state_dict(ctl.state_dict())
+    assert restored.value == ctl.value
+
+
+def test_masked_mean_and_eos_mask():
+    assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]])).item() == 2.0
+    response = torch.tensor([[5, 6, 3, 0, 0], [5, 3, 3, 7, 0], [5, 6, 7, 8, 9]])
+    assert until_eos_mask(response, [3]).long().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_token_logprobs_match_log_softmax():
+    logits = torch.randn(2, 3, 7)
+    tokens = torch.randint(0, 7, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logprobs(logits, tokens), expected, atol=1e-6)
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = [i for step in range(1, 6) for i in batch_indices(step, 10, 4, seed=1)]  # 20 draws = 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert batch_indices(3, 10, 4, seed=1) == batch_indices(3, 10, 4, seed=1)
+    assert batch_indices(1, 10, 4, seed=1) != batch_indices(1, 10, 4, seed=2)
+
+
+def test_disabled_adapter_is_exactly_the_base_model(tmp_path):
+    from peft import get_peft_model
+    from tiny_models import tiny_causal_lm
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_tasks.config import TrainConfig
+    from rlaif_tasks.train.ppo import lora_config
+
+    path = tiny_causal_lm(tmp_path / "tiny")
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        base_logits = base(ids).logits.clone()
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(path), lora_config(TrainConfig(lora_r=4, lora_alpha=8), False)).eval()
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # B = 0 at init would make the adapter a no-op
+        adapted = policy(ids).logits
+        with policy.disable_adapter():
+            reference = policy(ids).logits
+    assert not torch.allclose(adapted, base_logits, atol=1e-3), "the adapter should change the output"
+    assert torch.allclose(reference, base_logits, atol=0, rtol=0)
