@@ -1,0 +1,5 @@
+"""Prompt data: the bundled detoxification prompts, local files or hub datasets, split per run."""
+
+from rlaif_tasks.data.prepare import PromptSplits, load_prompts_split, prepare_prompts, read_manifest
+
+__all__ = ["PromptSplits", "load_prompts_split", "prepare_prompts", "read_manifest"]

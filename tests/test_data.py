@@ -1,0 +1,179 @@
+"""Prompt preparation: the bundled set, local files, templates, filters, split and manifest, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rlaif_tasks.config import DataConfig
+from rlaif_tasks.data import load_prompts_split, prepare_prompts, read_manifest
+from rlaif_tasks.data.detox_prompts import bundled_prompts
+from rlaif_tasks.data.prepare import content_hash, seeded_split
+from rlaif_tasks.errors import RlaifError
+
+WORDS = "you are a stupid idiot hello my friend what is this the day is nice".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tiny_models import make_tokenizer
+
+    return make_tokenizer()
+
+
+def prompts_file(tmp_path, n=40, name="prompts.jsonl", column="text"):
+    """n distinct texts of 2 to 6 words, then the first three again (duplicates are dropped)."""
+    texts = [" ".join([WORDS[i % len(WORDS)], WORDS[i // len(WORDS)]] + [WORDS[(i + k) % len(WORDS)] for k in range(i % 5)]) for i in range(n)]
+    rows = [{column: text, "id": i} for i, text in enumerate(texts + texts[:3])]
+    path = tmp_path / name
+    frame = pd.DataFrame(rows)
+    if name.endswith(".jsonl"):
+        frame.to_json(path, orient="records", lines=True)
+    elif name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path, rows
+
+
+def test_bundled_set_is_large_mostly_provocative_and_clean():
+    rows = bundled_prompts()
+    texts = [r["prompt"] for r in rows]
+    assert len(texts) >= 1000 and len(set(texts)) == len(texts)
+    provocative = [r for r in rows if r["category"] == "provocative"]
+    neutral = [r for r in rows if r["category"] == "neutral"]
+    assert len(provocative) > len(rows) / 2 and len(neutral) >= 100
+    assert {r["source"] for r in neutral} == {"chatterbot-corpus"}
+    banned = {"fuck", "shit", "bitch", "cunt", "nigger", "faggot", "retard"}
+    assert not [t for t in texts if banned & set(t.lower().replace(",", " ").replace(".", " ").split())]
+
+
+def test_bundled_split_is_deterministic_per_seed_and_test_has_200(tmp_path, tokenizer):
+    cfg = DataConfig(use_chat_template=False, max_prompt_tokens=64, test_size=200)
+    a = prepare_prompts(cfg, tokenizer, tmp_path / "a", seed=3)
+    b = prepare_prompts(cfg, tokenizer, tmp_path / "b", seed=3)
+    c = prepare_prompts(cfg, tokenizer, tmp_path / "c", seed=4)
+    assert len(a.test) == 200 and a.test["prompt"].tolist() == b.test["prompt"].tolist()
+    assert a.test["prompt"].tolist() != c.test["prompt"].tolist()
+    assert set(a.train["prompt"]).isdisjoint(a.test["prompt"])
+    assert len(a.train) + len(a.test) == len(bundled_prompts())
+    assert read_manifest(tmp_path / "a")["content_sha256"] == read_manifest(tmp_path / "b")["content_sha256"] != read_manifest(tmp_path / "c")["content_sha256"]
+    assert {"provocative", "neutral"} <= set(a.test["category"])
+
+
+@pytest.mark.parametrize("name", ["prompts.jsonl", "prompts.csv", "prompts.parquet"])
+def test_local_file_with_column_mapping_writes_splits_and_manifest(tmp_path, tokenizer, name):
+    path, rows = prompts_file(tmp_path, name=name)
+    cfg = DataConfig(source=str(path), column_mapping={"text": "prompt"}, use_chat_template=False, min_prompt_tokens=3, max_prompt_tokens=5, test_size=0.25)
+    splits = prepare_prompts(cfg, tokenizer, tmp_path / "run", seed=0)
+    manifest = json.loads(splits.manifest_path.read_text())
+    distinct = list(dict.fromkeys(r["text"] for r in rows))
+    assert len(distinct) < len(rows), "the fixture repeats texts, which must be dropped"
+    lengths = [len(text.split()) for text in distinct]
+    kept = [text for text, n in zip(distinct, lengths) if 3 <= n <= 5]
+    assert manifest["counts"] == {
+        "loaded": 43, "distinct_non_empty": len(distinct),
+        "dropped_too_short": sum(n < 3 for n in lengths), "dropped_too_long": sum(n > 5 for n in lengths),
+        "train": len(kept) - round(len(kept) * 0.25), "test": round(len(kept) * 0.25),
+    }
+    assert manifest["source"] == str(path) and manifest["seed"] == 0
+    train, test = load_prompts_split(tmp_path / "run", "train"), load_prompts_split(tmp_path / "run", "test")
+    assert sorted(train["prompt"].tolist() + test["prompt"].tolist()) == sorted(kept)
+    assert (train["query"] == train["prompt"]).all()
+    assert all(3 <= n <= 5 for n in pd.concat([train, test])["n_tokens"])
+    assert manifest["content_sha256"] == content_hash({"train": train, "test": test})
+
+
+def test_chat_template_wraps_the_query_and_keeps_the_raw_prompt(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    cfg = DataConfig(source=str(path), use_chat_template=True, max_prompt_tokens=64, test_size=5)
+    test = prepare_prompts(cfg, tokenizer, tmp_path / "run").test
+    for prompt, query in zip(test["prompt"], test["query"]):
+        assert query == tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        assert query != prompt and prompt in query
+
+
+def test_max_train_prompts_caps_the_train_split_only(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    cfg = DataConfig(source=str(path), use_chat_template=False, test_size=10, max_train_prompts=7)
+    splits = prepare_prompts(cfg, tokenizer, tmp_path / "run")
+    assert (len(splits.train), len(splits.test)) == (7, 10)
+
+
+def test_seeded_split_orders_are_a_permutation():
+    frame = pd.DataFrame({"prompt": [str(i) for i in range(50)]})
+    train, test = seeded_split(frame, 0.2, seed=1)
+    assert len(test) == 10 and sorted(train["prompt"].tolist() + test["prompt"].tolist()) == sorted(frame["prompt"])
+
+
+def bad(tmp_path, tokenizer, **kwargs):
+    cfg = DataConfig(**{"use_chat_template": False, "test_size": 2, **kwargs})
+    with pytest.raises(RlaifError) as err:
+        prepare_prompts(cfg, tokenizer, tmp_path / "run")
+    assert err.value.fix, "every data error says how to fix it"
+    assert not (tmp_path / "run" / "data" / "manifest.json").exists(), "a failed preparation leaves no manifest"
+    return str(err.value)
+
+
+def test_missing_column_names_the_columns_and_the_fix(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="text")
+    message = bad(tmp_path, tokenizer, source=str(path))
+    assert "'prompt' is missing" in message and "'text'" in message and "column_mapping" in message
+    message = bad(tmp_path, tokenizer, source=str(path), column_mapping={"body": "prompt"})
+    assert "body" in message
+
+
+def test_empty_after_filtering_says_what_was_dropped(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    message = bad(tmp_path, tokenizer, source=str(path), min_prompt_tokens=50, max_prompt_tokens=60)
+    assert "no prompts left" in message and "40 under 50 tokens" and "43 loaded" in message in message
+
+
+def test_test_size_larger_than_the_data(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, n=5, column="prompt")
+    assert "only 5 prompts" in bad(tmp_path, tokenizer, source=str(path), test_size=10)
+
+
+def test_non_utf8_file(tmp_path, tokenizer):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "caf\xe9 au lait"}\n'.encode("latin-1"))
+    message = bad(tmp_path, tokenizer, source=str(path))
+    assert "not UTF-8" in message and "iconv" in message
+
+
+def test_unreadable_and_missing_files(tmp_path, tokenizer):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not a parquet file")
+    assert "cannot be read as parquet" in bad(tmp_path, tokenizer, source=str(broken))
+    assert "does not exist" in bad(tmp_path, tokenizer, source=str(tmp_path / "absent.jsonl"))
+    other = tmp_path / "prompts.txt"
+    other.write_text("hello\n")
+    assert "unsupported type" in bad(tmp_path, tokenizer, source=str(other))
+
+
+def test_non_text_prompts_are_refused(tmp_path, tokenizer):
+    path = tmp_path / "chat.jsonl"
+    pd.DataFrame({"prompt": [[{"role": "user", "content": "hi"}]] * 5}).to_json(path, orient="records", lines=True)
+    assert "non-text values" in bad(tmp_path, tokenizer, source=str(path))
+
+
+def test_chat_template_missing(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, pad_token="<pad>", eos_token="</s>")
+    assert not plain.chat_template
+    with pytest.raises(RlaifError, match="no chat template"):
+        prepare_prompts(DataConfig(source=str(path), use_chat_template=True, test_size=2), plain, tmp_path / "run")
+
+
+def test_hub_dataset_offline_is_a_clear_error(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = bad(tmp_path, tokenizer, source="allenai/real-toxicity-prompts")
+    assert "could not be loaded" in message and "local" in message
+
+
+def test_load_split_before_prepare(tmp_path):
+    with pytest.raises(RlaifError, match="not prepared"):
+        load_prompts_split(tmp_path, "test")
