@@ -18,6 +18,7 @@ import pandas as pd
 
 from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig
+from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.generation import generate
 from rlaif_tasks.rewards.base import Scorer
 
@@ -44,6 +45,9 @@ class Evaluation:
         return {"judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second}
 
 
+SAMPLE_COLUMNS = ("prompt", "query", "response")
+
+
 def summarise(scores: Sequence[float], threshold: float) -> JudgeStats:
     return JudgeStats(
         mean=statistics.fmean(scores),
@@ -57,6 +61,13 @@ def score_responses(
     responses: Sequence[str], prompts: Sequence[str], judges: Sequence[Scorer], threshold: float
 ) -> tuple[dict[str, JudgeStats], dict[str, list[float]]]:
     """Score already-generated responses with every judge (the judges' `prompts` are the raw prompts)."""
+    names = [judge.name for judge in judges]
+    clashes = sorted({n for n in names if names.count(n) > 1 or n in SAMPLE_COLUMNS})
+    if clashes:
+        raise RlaifError(
+            f"judge name(s) {clashes} are used twice or clash with the sample columns {list(SAMPLE_COLUMNS)}, so their scores would overwrite each other",
+            "give every judge in evaluation.judges its own name (e.g. name: dynabench-hate)",
+        )
     columns = {judge.name: judge(responses, prompts) for judge in judges}
     return {name: summarise(scores, threshold) for name, scores in columns.items()}, columns
 
@@ -74,6 +85,11 @@ def evaluate_policy(
     """Sample responses to the test prompts and score them with every judge."""
     rows = test_prompts if cfg.num_prompts is None else test_prompts.head(cfg.num_prompts)
     queries = rows["query"].tolist()
+    if not queries or cfg.samples_per_prompt < 1:
+        raise RlaifError(
+            f"nothing to evaluate: {len(queries)} test prompt(s) x {cfg.samples_per_prompt} sample(s) per prompt",
+            "set evaluation.num_prompts (or unset it) and evaluation.samples_per_prompt to at least 1, and check data.test_size",
+        )
     log.info("evaluating on %d prompts x %d samples with %d judge(s)", len(queries), cfg.samples_per_prompt, len(judges))
     out = generate(model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=seed)
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]

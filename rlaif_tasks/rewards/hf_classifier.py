@@ -4,7 +4,9 @@ The seed rewards with the logit of `facebook/roberta-hate-speech-dynabench-r4-ta
 class (index 0). Indices differ between models, so the classes are found by label name: the
 configured `non_toxic_label` / `toxic_label`, else well-known names ("nothate", "non-toxic",
 "neutral", ... / "hate", "toxic", "offensive", ...). Evaluation uses the probability of the toxic
-class (softmax over the classes, or the sigmoid for multi-label heads).
+class (softmax over the classes, or the sigmoid for multi-label and single-logit heads). Sigmoid
+heads such as unitary/toxic-bert have no non-toxic class: their reward is minus the toxic logit,
+the log-odds that the text is not toxic.
 """
 
 from __future__ import annotations
@@ -41,18 +43,27 @@ def find_label(id2label: dict[int, str], wanted: str | None, known: Sequence[str
     return None
 
 
-def resolve_labels(id2label: dict[int, str], cfg: ScorerConfig) -> tuple[int, int]:
-    """(non-toxic index, toxic index); a binary head needs only one of the two names."""
+def resolve_labels(id2label: dict[int, str], cfg: ScorerConfig, sigmoid: bool = False) -> tuple[int | None, int]:
+    """(non-toxic index, toxic index); a binary head needs only one of the two names.
+
+    With a sigmoid head (`sigmoid=True`) every label is scored on its own, so only the toxic one is
+    needed and the non-toxic index may be None.
+    """
     spec = cfg.model
     non_toxic = find_label(id2label, cfg.non_toxic_label, NON_TOXIC_NAMES, "non_toxic_label", spec)
     toxic = find_label(id2label, cfg.toxic_label, TOXIC_NAMES, "toxic_label", spec)
-    if len(id2label) == 2:
+    ambiguous = False
+    if len(id2label) == 2 and not sigmoid:
         other = {0: 1, 1: 0}
         if non_toxic is None and toxic is not None:
             non_toxic = other[toxic]
+            ambiguous = cfg.toxic_label is None and _norm(id2label[non_toxic]) in TOXIC_NAMES
         if toxic is None and non_toxic is not None:
             toxic = other[non_toxic]
-    if non_toxic is None or toxic is None or non_toxic == toxic:
+            ambiguous = cfg.non_toxic_label is None and _norm(id2label[toxic]) in NON_TOXIC_NAMES
+    if sigmoid and toxic is not None and non_toxic is None:
+        return None, toxic
+    if non_toxic is None or toxic is None or non_toxic == toxic or ambiguous:
         raise RlaifError(
             f"cannot tell which labels of {spec!r} mean toxic and non-toxic (its labels: {sorted(id2label.values())})",
             "set toxic_label and non_toxic_label for this scorer in the config, e.g. toxic_label: hate, non_toxic_label: nothate",
@@ -71,8 +82,8 @@ class HFClassifierBackend:
         self.tokenizer.padding_side = "right"
         self.max_length = cfg.max_length
         id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
-        self.non_toxic, self.toxic = resolve_labels(id2label, cfg)
-        self.multi_label = getattr(self.model.config, "problem_type", None) == "multi_label_classification"
+        self.sigmoid = getattr(self.model.config, "problem_type", None) == "multi_label_classification" or len(id2label) == 1
+        self.non_toxic, self.toxic = resolve_labels(id2label, cfg, sigmoid=self.sigmoid)
         self.device = next(self.model.parameters()).device
 
     @torch.inference_mode()
@@ -84,10 +95,13 @@ class HFClassifierBackend:
         if not texts:
             return []
         logits = self.logits(texts)
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        probs = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
         return probs[:, self.toxic].tolist()
 
     def reward(self, texts: list[str]) -> list[float]:
         if not texts:
             return []
-        return self.logits(texts)[:, self.non_toxic].tolist()
+        logits = self.logits(texts)
+        if self.non_toxic is None:
+            return (-logits[:, self.toxic]).tolist()
+        return logits[:, self.non_toxic].tolist()
