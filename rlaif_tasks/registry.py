@@ -1,0 +1,285 @@
+"""The model registry: trained policies as MLflow transformers models, promoted by alias.
+
+Aliases of a registered model (`tracking.registered_model`, default `rlaif-<name>-policy`):
+
+    challenger    the newest registered version, waiting for the gate
+    champion      the version in use: load it with models:/<name>@champion
+    previous      the champion it replaced: what `rollback` restores
+    rolled_back   the last champion a rollback demoted
+
+Each version also carries a `rlaif.status` tag (challenger, champion, previous, rejected,
+rolled_back) and `rlaif.replaced_version`, the champion it replaced, so repeated rollbacks walk
+back through the promotion history.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlaif_tasks import tracking
+from rlaif_tasks.config import RunConfig
+from rlaif_tasks.errors import RlaifError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER, PREVIOUS, ROLLED_BACK = "champion", "challenger", "previous", "rolled_back"
+TAG_STATUS = "rlaif.status"
+TAG_REPLACED = "rlaif.replaced_version"
+ARTIFACT_NAME = "policy"
+_RUNTIME_PACKAGES = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    """`models:/name@alias` for an alias, `models:/name/3` for a version number."""
+    ref = str(alias_or_version)
+    return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+
+
+def pip_requirements() -> list[str]:
+    """Pinned from this environment: MLflow's defaults for the flavour would ask for torchvision, which the policy never uses."""
+    reqs = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            reqs.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _client(client: "MlflowClient | None", config: RunConfig | None) -> "MlflowClient":
+    return client if client is not None else tracking.connect(config)
+
+
+def _require_model(client: "MlflowClient", name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        raise RlaifError(
+            f"no registered model {name!r} at {client._registry_uri}",
+            "check the name (`rlaif registry show NAME`) and the tracking URI (tracking.tracking_uri or $MLFLOW_TRACKING_URI)",
+        ) from None
+
+
+def _version(client: "MlflowClient", name: str, version: str | int) -> "ModelVersion":
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RlaifError(f"model {name!r} has no version {version}", f"list its versions with `rlaif registry show {name}`") from None
+
+
+def _exists(client: "MlflowClient", name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+        return True
+    except MlflowException:
+        return False
+
+
+def get_alias(client: "MlflowClient", name: str, alias: str) -> "ModelVersion | None":
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def versions_of_run(client: "MlflowClient", name: str, run_id: str) -> list["ModelVersion"]:
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32") -> str:
+    """Log the policy folder as a transformers text-generation model of the run; returns the logged model id.
+
+    A model this run logged before (a retry that failed before registering) is reused.
+    """
+    import mlflow
+
+    run = client.get_run(run_id)
+    logged = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{ARTIFACT_NAME}'"
+    )
+    ready = [m for m in logged if client.list_logged_model_artifacts(m.model_id)]
+    if ready:
+        return ready[0].model_id
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")}
+    # created here, in the run's experiment: left to itself MLflow files it under the active (default) experiment
+    model = logged[0] if logged else mlflow.initialize_logged_model(
+        name=ARTIFACT_NAME, source_run_id=run_id, tags=tags, experiment_id=run.info.experiment_id
+    )
+
+    import transformers
+
+    from rlaif_tasks.models import load_model
+
+    loaded = load_model(str(model_dir), kind="auto", dtype=dtype, device="cpu")
+    if loaded.kind != "causal-lm":
+        raise RlaifError(
+            f"{model_dir} holds a {loaded.kind}; the registry stores text-generation (causal LM) policies",
+            "register a causal LM policy (transformers 5 has no text2text pipeline for MLflow's transformers flavour)",
+        )
+    pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
+    mlflow.transformers.log_model(pipeline, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, pip_requirements=pip_requirements())
+    if str(client.get_logged_model(model.model_id).status) != "READY":
+        mlflow.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
+def register_policy(
+    config: RunConfig, run_id: str, model_dir: str | Path, *, client: "MlflowClient | None" = None, tags: dict[str, str] | None = None
+) -> dict:
+    """Log `model_dir` into the MLflow run and register it as a new version with alias `challenger`.
+
+    Idempotent per MLflow run: when the run already registered a version, that version is returned.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(client, config)
+    name = tracking.registered_model_name(config)
+    model_dir = Path(model_dir)
+    existing = versions_of_run(client, name, run_id)
+    if existing:
+        mv = existing[0]
+        if TAG_STATUS not in mv.tags:  # a retry after registering, before the alias was set
+            _set_challenger(client, name, mv.version)
+        log.info("MLflow run %s already registered %s version %s", run_id, name, mv.version)
+        return _summary(name, mv, reused=True)
+    if not (model_dir / "config.json").is_file():
+        raise RlaifError(f"{model_dir} is not a trained model folder (no config.json)", "run the train stage of this run first")
+    model_id = _log_policy(client, run_id, model_dir, config.model.dtype)
+    try:
+        client.create_registered_model(name, description=f"Policies aligned by the rlaif run config {config.name!r}.")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run_tags = client.get_run(run_id).data.tags
+    version_tags = {k: v for k, v in run_tags.items() if k.startswith("rlaif.")} | dict(tags or {})
+    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id)
+    _set_challenger(client, name, mv.version)
+    log.info("registered %s version %s from MLflow run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
+    return _summary(name, client.get_model_version(name, mv.version), reused=False)
+
+
+def _set_challenger(client: "MlflowClient", name: str, version: str) -> None:
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, TAG_STATUS, CHALLENGER)
+
+
+def _summary(name: str, mv: "ModelVersion", **extra) -> dict:
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "model_uri": model_uri(name, mv.version), **extra}
+
+
+def promote(name: str, version: str | int, *, client: "MlflowClient | None" = None, config: RunConfig | None = None) -> dict:
+    """Make `version` the champion; the champion it replaces becomes `previous`. Promoting the champion again changes nothing."""
+    client = _client(client, config)
+    _require_model(client, name)
+    target = _version(client, name, version)
+    version = str(target.version)
+    current = get_alias(client, name, CHAMPION)
+    if current is not None and str(current.version) == version:
+        return {"name": name, "champion": version, "previous": _alias_version(client, name, PREVIOUS), "changed": False}
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+        client.set_model_version_tag(name, current.version, TAG_STATUS, PREVIOUS)
+    client.set_model_version_tag(name, version, TAG_REPLACED, str(current.version) if current is not None else "")
+    client.set_model_version_tag(name, version, "rlaif.promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, TAG_STATUS, CHAMPION)
+    if CHALLENGER in target.aliases:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    log.info("%s: version %s is the champion (previous: %s)", name, version, current.version if current else "none")
+    return {"name": name, "champion": version, "previous": str(current.version) if current else None, "changed": True}
+
+
+def rollback(name: str, *, client: "MlflowClient | None" = None, config: RunConfig | None = None) -> dict:
+    """Make `previous` the champion again; the demoted champion gets alias `rolled_back`.
+
+    `previous` then moves one step further back (to the version the restored one had replaced),
+    so rolling back twice restores the champion before that.
+    """
+    client = _client(client, config)
+    _require_model(client, name)
+    champion = get_alias(client, name, CHAMPION)
+    if champion is None:
+        raise RlaifError(f"model {name!r} has no champion, so there is nothing to roll back", f"promote a version first: `rlaif registry promote {name} VERSION`")
+    previous = get_alias(client, name, PREVIOUS)
+    if previous is None:
+        raise RlaifError(
+            f"model {name!r} has no previous champion to roll back to (champion: version {champion.version})",
+            f"promote another version explicitly: `rlaif registry promote {name} VERSION` (see `rlaif registry show {name}`)",
+        )
+    demoted, restored = str(champion.version), str(previous.version)
+    client.set_registered_model_alias(name, CHAMPION, restored)
+    client.set_model_version_tag(name, restored, TAG_STATUS, CHAMPION)
+    client.set_registered_model_alias(name, ROLLED_BACK, demoted)
+    client.set_model_version_tag(name, demoted, TAG_STATUS, ROLLED_BACK)
+    client.set_model_version_tag(name, demoted, "rlaif.rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    older = previous.tags.get(TAG_REPLACED, "")
+    if older and older not in (demoted, restored) and _exists(client, name, older):
+        client.set_registered_model_alias(name, PREVIOUS, older)
+        client.set_model_version_tag(name, older, TAG_STATUS, PREVIOUS)
+    else:
+        client.delete_registered_model_alias(name, PREVIOUS)
+        older = ""
+    log.info("%s: rolled back from version %s to %s", name, demoted, restored)
+    return {"name": name, "champion": restored, "rolled_back": demoted, "previous": older or None}
+
+
+def mark_rejected(client: "MlflowClient", name: str, version: str | int, reason: str) -> None:
+    """Tag a version the gate refused; it keeps alias `challenger` until a newer one is registered."""
+    client.set_model_version_tag(name, str(version), TAG_STATUS, "rejected")
+    client.set_model_version_tag(name, str(version), "rlaif.rejected_reason", reason[:5000])
+
+
+def _alias_version(client: "MlflowClient", name: str, alias: str) -> str | None:
+    mv = get_alias(client, name, alias)
+    return str(mv.version) if mv is not None else None
+
+
+def describe(name: str, *, client: "MlflowClient | None" = None, config: RunConfig | None = None) -> dict:
+    """Aliases and every version (status, run, gate outcome) of a registered model."""
+    client = _client(client, config)
+    model = _require_model(client, name)
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
+    return {
+        "name": name,
+        "aliases": {alias: str(v) for alias, v in sorted(model.aliases.items())},
+        "versions": [
+            {
+                "version": str(mv.version),
+                "aliases": sorted(mv.aliases),
+                "status": mv.tags.get(TAG_STATUS, ""),
+                "gate": mv.tags.get("rlaif.gate", ""),
+                "run_id": mv.run_id,
+                "dag_run_id": mv.tags.get(tracking.TAG_DAG_RUN_ID, ""),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000)),
+            }
+            for mv in versions
+        ],
+    }
+
+
+def format_description(info: dict) -> str:
+    lines = [f"{info['name']}  " + "  ".join(f"{a}={v}" for a, v in info["aliases"].items())]
+    lines.append(f"{'version':>8}  {'aliases':<28}{'status':<13}{'gate':<9}{'created':<18}{'dag run':<36}run")
+    for v in info["versions"]:
+        lines.append(
+            f"{v['version']:>8}  {','.join(v['aliases']) or '-':<28}{v['status'] or '-':<13}{v['gate'] or '-':<9}"
+            f"{v['created']:<18}{v['dag_run_id'] or '-':<36}{v['run_id']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""Registry and promotion gate on a real MLflow sqlite store with real registered tiny policies.
+
+The policies differ in a controlled way: a tiny random causal LM gets one hidden feature that is
+constant for every input, and the "detoxified" variants push the logits of toxic words down along
+that feature (the "worse" one pushes them up). The bundled profanity-check judge scores the
+responses, so toxicity, KL and perplexity are all measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlaif_tasks import gate, registry, tracking
+from rlaif_tasks.config import EvaluationConfig, GenerationConfig, RunConfig, ScorerConfig, TrackingConfig
+from rlaif_tasks.errors import RlaifError
+
+MILD = ["stupid", "idiot"]
+TOXIC = ["stupid", "idiot", "hate", "awful", "bad"]
+
+
+def constant_feature_lm(src, dst):
+    """Residual dimension 0 is 4.0 for every token and no layer writes to it: a bias direction for the logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 4.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        model.lm_head.weight[:, 0] = 0.0
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def steered_lm(base, dst, words, delta):
+    """The base with the logits of `words` shifted by about `delta * 5.7` for every context."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with torch.no_grad():
+        for word in words:
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(word), 0] = delta
+    model.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU the thread pool's spinning costs seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from tiny_models import tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("models")
+    base = constant_feature_lm(tiny_causal_lm(root / "random"), root / "base")
+    return {
+        "base": base,
+        "milder": steered_lm(base, root / "milder", MILD, -3.0),
+        "clean": steered_lm(base, root / "clean", TOXIC, -3.0),
+        "worse": steered_lm(base, root / "worse", MILD, 1.0),
+    }
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    from tiny_models import WORDS
+
+    rng = random.Random(0)
+    friendly = [w for w in WORDS if w not in TOXIC]
+    rows = [{"prompt": " ".join(rng.choice(friendly) for _ in range(rng.randint(2, 5))), "category": "tiny"} for _ in range(80)]
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return TrackingConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=str(root / "artifacts"))
+
+
+def make_config(name, models, prompts_file, store, tmp_path, *, seed=0, **gate_settings) -> RunConfig:
+    config = RunConfig(name=name, seed=seed, device="cpu", run_dir=str(tmp_path / name))
+    config.model.policy = str(models["base"])
+    config.data.source = str(prompts_file)
+    config.data.use_chat_template = False
+    config.data.test_size = 32
+    config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=32)
+    config.evaluation = EvaluationConfig(judges=[ScorerConfig(model="profanity-check")], samples_per_prompt=2)
+    config.tracking = store
+    for key, value in gate_settings.items():
+        setattr(config.gate, key, value)
+    return config
+
+
+def trained_run(config, model_dir, dag_run_id):
+    """A run folder as the nightly stages leave it before the gate: data, both evaluations, an MLflow run."""
+    from rlaif_tasks.data import read_manifest
+    from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
+
+    prepare_dataset(config)
+    run_dir = config.resolved_run_dir
+    evaluate_model(config, "baseline")
+    evaluate_model(config, "final", str(model_dir))
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(
+        client, config, dag_id="test", dag_run_id=dag_run_id,
+        tags={tracking.TAG_DATASET: read_manifest(run_dir)["content_sha256"], tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config)},
+    )
+    for label in ("baseline", "final"):
+        tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, json.loads((run_dir / "eval" / f"{label}.json").read_text())))
+    return client, run_id, run_dir
+
+
+def test_registered_policy_loads_and_generates_and_registers_once(models, prompts_file, store, tmp_path):
+    import mlflow
+
+    config = make_config("load", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="load-1")
+    first = registry.register_policy(config, run_id, models["clean"], client=client)
+    again = registry.register_policy(config, run_id, models["clean"], client=client)
+    assert first["name"] == "rlaif-load-policy" and first["version"] == "1" and not first["reused"]
+    assert again["version"] == "1" and again["reused"]
+    assert len(client.search_model_versions("name = 'rlaif-load-policy'")) == 1
+    assert str(client.get_model_version_by_alias("rlaif-load-policy", "challenger").version) == "1"
+    logged = client.get_logged_model(client.get_model_version("rlaif-load-policy", "1").source.removeprefix("models:/"))
+    assert logged.artifact_location.startswith(Path(store.artifact_location).as_uri()) and str(logged.status).endswith("READY")
+    assert logged.source_run_id == run_id
+
+    other_run = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="load-2")
+    assert registry.register_policy(config, other_run, models["clean"], client=client)["version"] == "2"
+    assert str(client.get_model_version_by_alias("rlaif-load-policy", "challenger").version) == "2"
+
+    registry.promote("rlaif-load-policy", 1, client=client)
+    generator = mlflow.transformers.load_model("models:/rlaif-load-policy@champion")
+    out = generator("you are a", max_new_tokens=6, min_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert out.startswith("you are a") and len(out.split()) > 3
+    assert not set(out.split()[3:]) & set(TOXIC)  # the clean policy never says a toxic word
+    predictions = mlflow.pyfunc.load_model("models:/rlaif-load-policy@champion").predict(["hello my friend", "the day is"])
+    assert len(predictions) == 2 and all(isinstance(p, str) and len(p) > len("the day is") for p in predictions)
+
+
+def test_identical_policy_has_zero_kl_and_unit_perplexity_ratio(models, prompts_file, store, tmp_path):
+    from rlaif_tasks.models import load_model
+    from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
+
+    config = make_config("kl", models, prompts_file, store, tmp_path)
+    prepare_dataset(config)
+    evaluate_model(config, "baseline")
+    evaluate_model(config, "final", str(models["clean"]))
+    run_dir = config.resolved_run_dir
+    base = load_model(str(models["base"]), device="cpu")
+    clean = load_model(str(models["clean"]), device="cpu")
+    own = pd.read_parquet(run_dir / "eval" / "baseline_samples.parquet")
+    same = gate.kl_and_fluency(base.model, base.model, base.tokenizer, own, own)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["perplexity_ratio"] == pytest.approx(1.0)
+    assert same["n_responses"] == 64 and same["n_tokens"] > 64 * 4
+
+    moved = gate.kl_and_fluency(clean.model, base.model, base.tokenizer, pd.read_parquet(run_dir / "eval" / "final_samples.parquet"), own)
+    # dropping ~5 of 62 near-uniform words costs about -log(1 - 5/62) = 0.08 nats per token, 8 tokens
+    assert 0.2 < moved["kl"] < 1.5
+    assert 0.8 < moved["perplexity_ratio"] < 1.25
+
+
+def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, store, tmp_path):
+    name = "rlaif-nightly-policy"
+    # night 1: the milder policy against the base policy (no champion yet)
+    config = make_config("nightly", models, prompts_file, store, tmp_path / "n1")
+    client, run_id, run_dir = trained_run(config, models["milder"], "night-1")
+    v1 = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, name, v1, models["milder"], client=client)
+    assert decision["reference"]["kind"] == "base" and decision["passed"], decision
+    assert decision["improvement"] > 0.2 and decision["checks"] == {"toxicity": True, "kl": True, "fluency": True}
+    assert client.get_run(run_id).data.metrics["gate/passed"] == 1.0
+    assert client.get_run(run_id).data.tags["rlaif.gate"] == "passed"
+    stored = json.loads(open(client.download_artifacts(run_id, gate.DECISION_ARTIFACT, str(tmp_path))).read())
+    assert stored["challenger_version"] == v1 and stored["kl"] == pytest.approx(decision["kl"])
+    registry.promote(name, v1, client=client)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+
+    # night 2, same prompts: the worse policy is refused; the champion's toxicity comes from its own run
+    config = make_config("nightly", models, prompts_file, store, tmp_path / "n2")
+    client, run_id, run_dir = trained_run(config, models["worse"], "night-2")
+    v2 = registry.register_policy(config, run_id, models["worse"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, name, v2, models["worse"], client=client)
+    assert not decision["passed"] and decision["checks"]["toxicity"] is False
+    assert decision["reference"]["kind"] == "champion" and decision["reference"]["version"] == v1
+    assert decision["reference"]["source"].startswith("MLflow run")
+    assert decision["challenger_toxicity"] > decision["reference_toxicity"]
+    assert not list((run_dir / "eval").glob("champion-*.json"))
+    registry.mark_rejected(client, name, v2, "; ".join(decision["reasons"]))
+    assert client.get_model_version(name, v2).tags["rlaif.status"] == "rejected"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+
+    # night 3, other prompts (seed 1): the champion is loaded from the registry and evaluated again;
+    # the clean policy beats it and is promoted
+    config = make_config("nightly", models, prompts_file, store, tmp_path / "n3", seed=1)
+    client, run_id, run_dir = trained_run(config, models["clean"], "night-3")
+    v3 = registry.register_policy(config, run_id, models["clean"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, name, v3, models["clean"], client=client)
+    assert decision["reference"]["source"] == "evaluated on this run's test prompts"
+    assert (run_dir / "eval" / f"champion-v{v1}.json").is_file()
+    assert decision["passed"] and decision["reference_toxicity"] > decision["challenger_toxicity"], decision
+    assert "eval/champion/profanity-check/mean" in client.get_run(run_id).data.metrics
+    promoted = registry.promote(name, v3, client=client)
+    assert promoted == {"name": name, "champion": v3, "previous": v1, "changed": True}
+    assert registry.promote(name, v3, client=client)["changed"] is False
+    info = registry.describe(name, client=client)
+    assert info["aliases"] == {"champion": v3, "previous": v1}  # registering v3 moved `challenger`, promoting it removed it
+    assert [v["status"] for v in info["versions"]] == ["previous", "rejected", "champion"]
+
+    # rollback: v1 is the champion again, v3 keeps alias rolled_back; nothing older to roll back to
+    restored = registry.rollback(name, client=client)
+    assert restored == {"name": name, "champion": v1, "rolled_back": v3, "previous": None}
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert str(client.get_model_version_by_alias(name, "rolled_back").version) == v3
+    assert client.get_model_version(name, v3).tags["rlaif.status"] == "rolled_back"
+    with pytest.raises(RlaifError, match="no previous champion"):
+        registry.rollback(name, client=client)
+    with pytest.raises(RlaifError, match="no registered model"):
+        registry.rollback("rlaif-missing-policy", client=client)
+
+
+def test_gate_refuses_a_better_policy_over_the_kl_budget(models, prompts_file, store, tmp_path):
+    config = make_config("budget", models, prompts_file, store, tmp_path, max_kl=0.05)
+    client, run_id, run_dir = trained_run(config, models["clean"], "budget-1")
+    version = registry.register_policy(config, run_id, models["clean"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, "rlaif-budget-policy", version, models["clean"], client=client)
+    assert decision["checks"] == {"toxicity": True, "kl": False, "fluency": True}, decision
+    assert not decision["passed"] and decision["kl"] > 0.05
+    assert "KL to the base policy" in decision["reasons"][0]
+    assert client.get_model_version("rlaif-budget-policy", version).tags["rlaif.gate"] == "refused"
+
+
+def test_decide_and_gate_judge():
+    config = RunConfig()
+    assert gate.gate_judge(config) == "jigsaw-bilstm"
+    config.gate.judge = "hatesonar"
+    assert gate.gate_judge(config) == "hatesonar"
+    config.gate.judge = "perspective"
+    with pytest.raises(RlaifError, match="not one of the evaluation judges"):
+        gate.gate_judge(config)
+    g = config.gate
+    assert gate.decide(0.09, 0.10, 1.0, 1.1, g)["passed"] is True  # exactly 10% >= 5%
+    assert gate.decide(0.099, 0.10, 1.0, 1.1, g)["checks"]["toxicity"] is False
+    assert gate.decide(0.0, 0.0, 1.0, 1.1, g)["reasons"] == ["the reference toxicity is 0.0000: no relative drop to measure"]
+    assert gate.decide(0.05, 0.10, 1.0, 2.5, g)["checks"] == {"toxicity": True, "kl": True, "fluency": False}
