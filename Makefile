@@ -5,10 +5,14 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
+# Extra config overrides for `make run`, e.g. SET="train.steps=10 train.learning_rate=1e-4".
+SET ?=
+AIRFLOW_PORT ?= 8080
+MLFLOW_PORT ?= 5000
 # Re-install whenever the pinned requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run test bench clean-venv
+.PHONY: install run up test bench clean-venv
 
 install: $(STAMP)
 
@@ -21,8 +25,13 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# One run of the DAG rlaif_nightly in the embedded Airflow (SQLite in .airflow/), then its report.
 run: $(STAMP)
-	$(VENV)/bin/rlaif run --config $(CONFIG)
+	VENV=$(VENV) bash scripts/run_nightly.sh $(CONFIG) $(SET)
+
+# Airflow UI on 127.0.0.1:$(AIRFLOW_PORT) and MLflow UI on 127.0.0.1:$(MLFLOW_PORT) until Ctrl-C.
+up: $(STAMP)
+	VENV=$(VENV) AIRFLOW_PORT=$(AIRFLOW_PORT) MLFLOW_PORT=$(MLFLOW_PORT) bash scripts/up.sh $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest

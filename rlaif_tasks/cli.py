@@ -5,6 +5,10 @@
     rlaif score --config configs/demo.yaml --text "you are an idiot" --text "have a nice day"
     rlaif evaluate --config configs/demo.yaml --label baseline
     rlaif run --config configs/demo.yaml
+    rlaif nightly --config configs/demo.yaml
+    rlaif registry show rlaif-demo-policy
+    rlaif registry promote rlaif-demo-policy 3
+    rlaif registry rollback rlaif-demo-policy
 """
 
 from __future__ import annotations
@@ -119,6 +123,56 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _model_name(args) -> str:
+    from rlaif_tasks.tracking import registered_model_name
+
+    return args.name or registered_model_name(_config(args))
+
+
+def cmd_registry_show(args) -> int:
+    """Aliases and versions of a registered policy."""
+    from rlaif_tasks import registry
+
+    info = registry.describe(_model_name(args), config=_config(args))
+    print(json.dumps(info, indent=2) if args.json else registry.format_description(info))
+    return 0
+
+
+def cmd_registry_promote(args) -> int:
+    """Make a version the champion by hand (the gate is not consulted)."""
+    from rlaif_tasks import registry
+
+    result = registry.promote(args.name, args.version, config=_config(args))
+    if result["changed"]:
+        print(f"{result['name']}: version {result['champion']} is the champion (previous: {result['previous'] or 'none'})")
+    else:
+        print(f"{result['name']}: version {result['champion']} already is the champion")
+    return 0
+
+
+def cmd_registry_rollback(args) -> int:
+    """Restore the previous champion."""
+    from rlaif_tasks import registry
+
+    result = registry.rollback(_model_name(args), config=_config(args))
+    print(
+        f"{result['name']}: version {result['champion']} is the champion again; version {result['rolled_back']} has alias rolled_back"
+        f" (previous: {result['previous'] or 'none'})"
+    )
+    return 0
+
+
+def cmd_nightly(args) -> int:
+    """The nightly DAG's stages in one process: data, baseline, training, evaluation, registration, gate."""
+    from rlaif_tasks.config import parse_override
+    from rlaif_tasks.nightly import run_all
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    result = run_all(args.config, overrides, dag_id=args.dag_id, dag_run_id=args.dag_run_id)
+    print(result["text"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", help="YAML run config (defaults apply when omitted)")
@@ -150,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", aliases=["train"], parents=[common], help="prepare data, baseline evaluation, training, final evaluation (one process)")
     run.set_defaults(fn=cmd_run)
+
+    nightly = sub.add_parser("nightly", parents=[common], help="the nightly run in one process: train, evaluate, register, promote if better")
+    nightly.add_argument("--dag-id", default="rlaif_nightly", help="recorded as the MLflow run's rlaif.dag_id tag")
+    nightly.add_argument("--dag-run-id", help="reuse a run id to resume that run (default: manual__<UTC time>)")
+    nightly.set_defaults(fn=cmd_nightly)
+
+    reg = sub.add_parser("registry", help="registered policies and their aliases (champion, challenger, previous)").add_subparsers(dest="action", required=True)
+    show = reg.add_parser("show", parents=[common], help="aliases and versions of a registered model")
+    show.add_argument("name", nargs="?", help="registered model name (default: tracking.registered_model of the config)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show.set_defaults(fn=cmd_registry_show)
+    promote = reg.add_parser("promote", parents=[common], help="make VERSION the champion; the old champion becomes previous")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.set_defaults(fn=cmd_registry_promote)
+    rollback = reg.add_parser("rollback", parents=[common], help="make the previous champion the champion again")
+    rollback.add_argument("name", nargs="?", help="registered model name (default: tracking.registered_model of the config)")
+    rollback.set_defaults(fn=cmd_registry_rollback)
     return parser
 
 

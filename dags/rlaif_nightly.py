@@ -1,0 +1,146 @@
+"""Nightly alignment run: data, baseline evaluation, RL training, evaluation, registry, gate, report.
+
+Each task is one stage of `rlaif_tasks.nightly`, imported inside the task so that parsing this file
+stays cheap (no torch, transformers or mlflow in the DAG processor). Tasks hand each other only a
+small dict of references (run directory, MLflow run id, model version) through XCom; the stages
+are idempotent, so a retried or cleared task reuses the MLflow run and the registered version.
+
+Trigger with a config file and optional overrides; an empty override means "as in the config":
+
+    airflow dags test rlaif_nightly -c '{"config": "configs/demo.yaml", "steps": 10}'
+
+The schedule, queue, pool, retries and timeouts come from the `orchestration` section of the
+config named by $RLAIF_DAG_CONFIG (default configs/demo.yaml), read when the file is parsed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, result, task
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+
+from rlaif_tasks.config import load_config, parse_override
+
+PROJECT = Path(__file__).resolve().parent.parent
+DAG_CONFIG = os.environ.get("RLAIF_DAG_CONFIG", "configs/demo.yaml")
+
+# Trigger-form param -> config key it overrides.
+OVERRIDE_PARAMS = {
+    "algorithm": "train.algorithm",
+    "steps": "train.steps",
+    "learning_rate": "train.learning_rate",
+    "policy": "model.policy",
+    "reward": "reward.model",
+}
+
+
+def resolve_config_path(path: str) -> str:
+    """Relative config paths are relative to the project folder, wherever the worker process starts."""
+    return str(path if Path(path).is_absolute() else PROJECT / path)
+
+
+def overrides_from_params(params: dict) -> dict:
+    """Config overrides from the trigger form: unset, null or empty fields keep the config's value."""
+    overrides = {key: params[name] for name, key in OVERRIDE_PARAMS.items() if params.get(name) not in (None, "")}
+    overrides.update(parse_override(item) for item in params.get("set") or [] if item and item.strip())
+    return overrides
+
+
+orchestration = load_config(resolve_config_path(DAG_CONFIG)).orchestration
+eval_timeout = timedelta(minutes=orchestration.eval_timeout_minutes)
+on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
+
+
+@dag(
+    dag_id="rlaif_nightly",
+    schedule=orchestration.schedule,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["rlaif", "alignment", "nightly", "mlflow"],
+    doc_md=__doc__,
+    default_args={
+        "owner": "rlaif",
+        "retries": orchestration.retries,
+        "retry_delay": timedelta(minutes=orchestration.retry_delay_minutes),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(hours=2),
+        # A config or data error (RlaifError) fails at once: retrying cannot fix it.
+        "retry_policy": ExceptionRetryPolicy(
+            rules=[RetryRule(exception="rlaif_tasks.errors.RlaifError", action=RetryAction.FAIL, reason="config or data error: fix and re-trigger")]
+        ),
+        "execution_timeout": eval_timeout,
+    },
+    params={
+        "config": Param(DAG_CONFIG, type="string", minLength=1, description="Run config YAML, absolute or relative to the project folder."),
+        "algorithm": Param(None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config."),
+        "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, PPO/GRPO/RLOO updates; empty: from the config."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),
+        "policy": Param(None, type=["null", "string"], description="model.policy: a bundled name, hub id or local folder; empty: from the config."),
+        "reward": Param(None, type=["null", "string"], description="reward.model: the judge used as reward; empty: from the config."),
+        "set": Param([], type=["null", "array"], items={"type": "string"}, description="More overrides, one key.sub=value per line, as `rlaif run --set`."),
+    },
+)
+def rlaif_nightly():
+    @task
+    def prepare_dataset() -> dict:
+        from rlaif_tasks import nightly
+
+        context = get_current_context()
+        params = context["params"]
+        return nightly.prepare_dataset(
+            resolve_config_path(params["config"]), overrides_from_params(params), context["dag"].dag_id, context["run_id"]
+        )
+
+    @task(execution_timeout=eval_timeout, **on_gpu)
+    def baseline_eval(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        return nightly.baseline_eval(refs)
+
+    @task(execution_timeout=timedelta(minutes=orchestration.train_timeout_minutes), **on_gpu)
+    def train(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        return nightly.train(refs)
+
+    @task(execution_timeout=eval_timeout, **on_gpu)
+    def evaluate(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        return nightly.evaluate(refs)
+
+    @task
+    def register(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        return nightly.register(refs)
+
+    @task
+    def promote_if_better(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        return nightly.promote_if_better(refs)
+
+    @result
+    @task
+    def report(refs: dict) -> dict:
+        from rlaif_tasks import nightly
+
+        summary = nightly.report(refs)
+        print(summary["text"])
+        return summary
+
+    refs = prepare_dataset()
+    refs = baseline_eval(refs)
+    refs = train(refs)
+    refs = evaluate(refs)
+    refs = register(refs)
+    refs = promote_if_better(refs)
+    report(refs)
+
+
+rlaif_nightly()

@@ -1,0 +1,262 @@
+"""The nightly run as stage functions: what each Airflow task calls, and `rlaif nightly` in one process.
+
+    prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> report
+
+Stages pass small JSON-able dicts ("refs": run folder, MLflow run id, hashes, model version) and
+nothing else; each one reloads the run config from run_dir/config.yaml. Heavy libraries are
+imported inside the functions, so importing this module (as a DAG file does) costs nothing.
+
+Every stage may run again after a failure or a cleared task: the MLflow run is found by the DAG run's
+tags, finished outputs in the run folder (prepared data, eval/<label>.json, train/final, the gate
+decision) are reused, MLflow logging only adds what is missing, and registration and promotion
+recognise what this run already did.
+
+Run folders are `<run_dir>/<DAG run id>`, with `run_dir` from the config (default `runs/{name}`)
+placed under $RLAIF_HOME when it is relative and that variable is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaif_tasks.errors import RlaifError
+
+log = logging.getLogger(__name__)
+
+
+def safe_run_id(dag_run_id: str) -> str:
+    """A folder name for a DAG run id (`scheduled__2026-01-01T02:00:00+00:00` has ':' and '+')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", dag_run_id).strip("._") or "run"
+    if safe != dag_run_id:
+        safe = f"{safe[:80]}-{hashlib.sha1(dag_run_id.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def nightly_run_dir(config, dag_run_id: str) -> Path:
+    from rlaif_tasks.tracking import rlaif_home
+
+    base = Path(config.run_dir.format(name=config.name)).expanduser()
+    if not base.is_absolute():
+        base = rlaif_home() / base
+    return base / safe_run_id(dag_run_id)
+
+
+def _load(refs: dict):
+    from rlaif_tasks.config import load_config
+
+    run_dir = Path(refs["run_dir"])
+    return load_config(run_dir / "config.yaml"), run_dir
+
+
+def _client(config):
+    from rlaif_tasks import tracking
+
+    return tracking.connect(config)
+
+
+def _has_evaluation(run_dir: Path, label: str) -> bool:
+    return (run_dir / "eval" / f"{label}.json").is_file() and (run_dir / "eval" / f"{label}_samples.parquet").is_file()
+
+
+def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str) -> dict:
+    import pandas as pd
+
+    from rlaif_tasks import tracking
+    from rlaif_tasks.evaluation import read_evaluation
+
+    summary = read_evaluation(run_dir / "eval" / f"{label}.json")
+    tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, summary))
+    samples = pd.read_parquet(run_dir / "eval" / f"{label}_samples.parquet").head(config.evaluation.num_table_rows)
+    tracking.log_samples_table(client, run_id, samples, f"eval/{label}_samples.json")
+    return summary
+
+
+# -- the stages ---------------------------------------------------------------------------------
+
+
+def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str) -> dict:
+    """Load the config, fix this DAG run's folder, prepare the prompts and find-or-create the MLflow run."""
+    from rlaif_tasks import tracking
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.data import read_manifest
+    from rlaif_tasks.pipeline import prepare_dataset as prepare_prompts
+    from rlaif_tasks.pipeline import run_dir_of
+
+    config = load_config(config_path, dict(overrides or {}))
+    if not config.tracking.enabled:
+        raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")
+    if config.train.steps == 0:
+        raise RlaifError("train.steps is 0: the nightly run would have no model to register", "set train.steps to 1 or more (or use `rlaif evaluate` for the base policy)")
+    run_dir = nightly_run_dir(config, dag_run_id)
+    config.run_dir = str(run_dir)
+    recipe = tracking.config_hash(config)
+    written = run_dir / "config.yaml"
+    if written.is_file():
+        earlier = tracking.config_hash(load_config(written))
+        if earlier != recipe:
+            raise RlaifError(
+                f"{run_dir} was started with another config ({earlier}, now {recipe})",
+                "start a new DAG run for a changed config (or delete that folder to redo this DAG run)",
+            )
+    run_dir_of(config)
+    data = run_dir / "data"
+    if not all((data / f).is_file() for f in ("manifest.json", "train.parquet", "test.parquet")):
+        prepare_prompts(config)
+    manifest = read_manifest(run_dir)
+    client = _client(config)
+    run_id = tracking.find_or_create_run(
+        client, config, dag_id=dag_id, dag_run_id=dag_run_id,
+        tags={
+            tracking.TAG_DATASET: manifest["content_sha256"],
+            tracking.TAG_CODE_VERSION: tracking.code_version(),
+            tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
+            tracking.TAG_RUN_DIR: str(run_dir),
+        },
+    )
+    tracking.log_params(client, run_id, config)
+    counts = manifest.get("counts", {})
+    tracking.log_metrics_once(client, run_id, {f"data/{k}_prompts": float(counts[k]) for k in ("train", "test") if k in counts})
+    client.log_artifact(run_id, str(written), "run")
+    client.log_artifact(run_id, str(data / "manifest.json"), "run")
+    return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "dataset_sha256": manifest["content_sha256"], "config_hash": recipe}
+
+
+def baseline_eval(refs: dict) -> dict:
+    """Toxicity of the base policy on the test prompts (reused when eval/baseline.json exists)."""
+    from rlaif_tasks.pipeline import evaluate_model
+
+    config, run_dir = _load(refs)
+    if not _has_evaluation(run_dir, "baseline"):
+        evaluate_model(config, "baseline")
+    _log_evaluation(_client(config), config, refs["mlflow_run_id"], run_dir, "baseline")
+    return dict(refs)
+
+
+def train(refs: dict) -> dict:
+    """Train the policy (resuming from checkpoints; skipped when train/final exists); logs per-step metrics."""
+    from rlaif_tasks import tracking
+    from rlaif_tasks.train import train as train_policy
+    from rlaif_tasks.train.metrics import read_metrics
+
+    config, run_dir = _load(refs)
+    client = _client(config)
+    logger = tracking.TrainingMetricsLogger(client, refs["mlflow_run_id"])
+
+    def live(row: dict) -> None:
+        try:
+            logger(row)
+        except Exception as exc:  # the tracking server being away must not kill hours of training
+            log.warning("could not log step %s to MLflow (%s); it is logged after training", row.get("step"), exc)
+
+    final = run_dir / "train" / "final"
+    if (final / "config.json").is_file():
+        log.info("reusing the trained policy %s", final)
+    else:
+        final = train_policy(config, run_dir, on_step=live)
+    rows = read_metrics(run_dir / "train" / "metrics.jsonl")
+    logger.log(rows)
+    if rows:
+        tracking.log_figure(client, refs["mlflow_run_id"], tracking.training_figure(rows), "plots/training.png")
+    return {**refs, "model_dir": str(final)}
+
+
+def evaluate(refs: dict) -> dict:
+    """Toxicity of the trained policy on the test prompts, compared with the baseline (report.json)."""
+    from rlaif_tasks import tracking
+    from rlaif_tasks.pipeline import compare_evaluations, evaluate_model
+
+    config, run_dir = _load(refs)
+    if not _has_evaluation(run_dir, "final"):
+        evaluate_model(config, "final", refs["model_dir"])
+    report = compare_evaluations(config, "baseline", "final")
+    client = _client(config)
+    run_id = refs["mlflow_run_id"]
+    _log_evaluation(client, config, run_id, run_dir, "final")
+    tracking.log_metrics_once(client, run_id, tracking.comparison_metrics(report["judges"]))
+    tracking.log_figure(client, run_id, tracking.toxicity_figure(report["judges"]), "plots/toxicity.png")
+    client.log_artifact(run_id, str(run_dir / "report.json"), "eval")
+    return dict(refs)
+
+
+def register(refs: dict) -> dict:
+    """Log the trained policy to MLflow and register it (alias `challenger`); once per MLflow run."""
+    from rlaif_tasks import registry
+
+    config, _ = _load(refs)
+    version = registry.register_policy(config, refs["mlflow_run_id"], refs["model_dir"], client=_client(config))
+    return {**refs, "model_name": version["name"], "model_version": version["version"]}
+
+
+def promote_if_better(refs: dict) -> dict:
+    """Run the gate; promote the challenger to `champion` when it passes, tag it `rejected` otherwise."""
+    import json
+
+    from rlaif_tasks import gate, registry
+
+    config, run_dir = _load(refs)
+    client = _client(config)
+    name, version = refs["model_name"], str(refs["model_version"])
+    stored = run_dir / "gate" / "decision.json"
+    decision = json.loads(stored.read_text(encoding="utf-8")) if stored.is_file() else None
+    if decision is None or decision.get("challenger_version") != version or decision.get("model_name") != name:
+        decision = gate.run_gate(config, run_dir, refs["mlflow_run_id"], name, version, refs["model_dir"], client=client)
+    status = client.get_model_version(name, version).tags.get(registry.TAG_STATUS, registry.CHALLENGER)
+    if status != registry.CHALLENGER:  # a retry after the decision was applied: never undo later promotions
+        log.info("%s version %s is already %s; leaving the aliases alone", name, version, status)
+    elif decision["passed"]:
+        registry.promote(name, version, client=client)
+    else:
+        registry.mark_rejected(client, name, version, "; ".join(decision["reasons"]))
+    return {**refs, "promoted": bool(decision["passed"]), "decision": decision}
+
+
+def report(refs: dict) -> dict:
+    """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
+    import json
+
+    from rlaif_tasks.atomic import write_json
+    from rlaif_tasks.evaluation import format_comparison
+
+    config, run_dir = _load(refs)
+    comparison = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["judges"]
+    toxicity = {
+        judge: {"before": row["mean_before"], "after": row["mean_after"], "improvement": row["mean_improvement"]}
+        for judge, row in comparison.items()
+    }
+    name, version, promoted = refs.get("model_name"), refs.get("model_version"), bool(refs.get("promoted"))
+    decision = refs.get("decision") or {}
+    if promoted:
+        outcome = f"promoted to champion (toxicity {decision.get('improvement', float('nan')):.1%} lower than the {decision.get('reference', {}).get('kind', 'reference')})"
+    else:
+        outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
+    text = "\n".join([
+        f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.algorithm}, {config.train.steps} steps)",
+        format_comparison(comparison),
+        f"MLflow run {refs['mlflow_run_id']}",
+        f"model {name} version {version}: {outcome}",
+    ])
+    result = {
+        "run_dir": str(run_dir), "mlflow_run_id": refs["mlflow_run_id"], "model_name": name, "model_version": version,
+        "promoted": promoted, "toxicity": toxicity, "text": text,
+    }
+    write_json(run_dir / "nightly.json", result)
+    client = _client(config)
+    client.log_text(refs["mlflow_run_id"], text, "report.txt")
+    if client.get_run(refs["mlflow_run_id"]).info.status == "RUNNING":
+        client.set_terminated(refs["mlflow_run_id"], "FINISHED")
+    return result
+
+
+def run_all(config_path: str | None, overrides: dict | None = None, dag_id: str = "rlaif_nightly", dag_run_id: str | None = None) -> dict:
+    """Every stage in one process, in DAG order (`rlaif nightly`)."""
+    dag_run_id = dag_run_id or time.strftime("manual__%Y-%m-%dT%H:%M:%S", time.gmtime())
+    refs: dict[str, Any] = prepare_dataset(config_path, dict(overrides or {}), dag_id, dag_run_id)
+    for stage in (baseline_eval, train, evaluate, register, promote_if_better):
+        log.info("nightly stage %s", stage.__name__)
+        refs = stage(refs)
+    return report(refs)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make up`: the Airflow UI and the MLflow UI over the stores `make run` wrote to, until Ctrl-C.
+#
+#     scripts/up.sh [CONFIG]
+#
+# Starts the Airflow api-server (UI and REST API) on 127.0.0.1:$AIRFLOW_PORT (8080), a scheduler
+# and a DAG processor (so that the trigger form and the nightly schedule work; the DAG is paused
+# until you unpause it), and `mlflow server` on 127.0.0.1:$MLFLOW_PORT (5000) over the embedded
+# store. Logs: .airflow/logs/up/. Ctrl-C stops them all.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+source scripts/airflow_env.sh "${1:-}"
+rlaif_airflow_init
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+logs="$AIRFLOW_HOME/logs/up"
+mkdir -p "$logs"
+
+for port in "$AIRFLOW_PORT" "$MLFLOW_PORT"; do
+    if python -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$port"; then
+        echo "error: 127.0.0.1:$port is already in use" >&2
+        echo "  fix: stop what listens there, or choose other ports: make up AIRFLOW_PORT=8081 MLFLOW_PORT=5001" >&2
+        exit 2
+    fi
+done
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    echo "stopping..."
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+airflow api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" --workers 1 >"$logs/api-server.log" 2>&1 &
+pids+=($!)
+airflow scheduler --skip-serve-logs >"$logs/scheduler.log" 2>&1 &
+pids+=($!)
+airflow dag-processor >"$logs/dag-processor.log" 2>&1 &
+pids+=($!)
+
+mlflow_ui="http://127.0.0.1:$MLFLOW_PORT"
+if [[ -n "${MLFLOW_TRACKING_URI:-}" && "$MLFLOW_TRACKING_URI" != sqlite:* ]]; then
+    mlflow_ui="$MLFLOW_TRACKING_URI (MLFLOW_TRACKING_URI; no local MLflow UI started)"
+else
+    store="${MLFLOW_TRACKING_URI:-sqlite:///$RLAIF_HOME/.mlflow/mlflow.db}"
+    mkdir -p "$RLAIF_HOME/.mlflow/artifacts"
+    # No MLflow job workers: this project runs no server-side MLflow jobs.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "$store" --default-artifact-root "$RLAIF_HOME/.mlflow/artifacts" \
+        --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$logs/mlflow.log" 2>&1 &
+    pids+=($!)
+fi
+
+user="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS%%:*}"
+cat <<EOF
+Airflow UI   http://127.0.0.1:$AIRFLOW_PORT   (user: $user, password in $AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE)
+MLflow UI    $mlflow_ui
+Logs         $logs/
+Ctrl-C stops everything.
+EOF
+wait -n
+echo "a service stopped; see $logs/" >&2

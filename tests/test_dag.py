@@ -1,0 +1,129 @@
+"""Integrity of the nightly DAG: it imports cleanly, reads like the pipeline and takes its settings from the config."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DAGS = ROOT / "dags"
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+ORCHESTRATION = """
+name: dagtest
+orchestration:
+  schedule: "15 4 * * 1-5"
+  queue: gpu-a100
+  pool: a100
+  retries: 3
+  retry_delay_minutes: 2
+  train_timeout_minutes: 90
+  eval_timeout_minutes: 20
+"""
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory):
+    """The DAG as Airflow's DagBag loads it, with a config whose orchestration section differs from the defaults."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    config = home / "dagtest.yaml"
+    config.write_text(ORCHESTRATION)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AIRFLOW_HOME", str(home))
+    patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    patch.setenv("RLAIF_DAG_CONFIG", str(config))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    yield bag.dags["rlaif_nightly"]
+    patch.undo()
+
+
+def test_seven_tasks_in_pipeline_order(dag):
+    assert sorted(dag.task_ids) == sorted(STAGES)
+    for upstream, downstream in zip(STAGES, STAGES[1:]):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert dag.get_task("prepare_dataset").upstream_task_ids == set()
+    assert dag.get_task("report").downstream_task_ids == set()
+
+
+def test_schedule_and_run_settings_come_from_the_config(dag):
+    assert dag.timetable.expression == "15 4 * * 1-5" and str(dag.timetable.timezone) == "UTC"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert {"rlaif", "nightly"} <= set(dag.tags)
+    for task_id in ("baseline_eval", "train", "evaluate"):
+        task = dag.get_task(task_id)
+        assert (task.queue, task.pool) == ("gpu-a100", "a100")
+    for task_id in ("prepare_dataset", "register", "promote_if_better", "report"):
+        assert dag.get_task(task_id).pool != "a100"
+    assert dag.get_task("train").execution_timeout == timedelta(minutes=90)
+    assert dag.get_task("evaluate").execution_timeout == timedelta(minutes=20)
+    for task in dag.tasks:
+        assert task.retries == 3
+        assert task.retry_delay == timedelta(minutes=2)
+        assert task.retry_exponential_backoff > 1
+
+
+def test_config_errors_fail_at_once_other_errors_retry(dag):
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    from rlaif_tasks.errors import RlaifError
+
+    policy = dag.get_task("train").retry_policy
+    assert policy.evaluate(RlaifError("train.steps is -1", "set it to 1"), try_number=1, max_tries=4).action == RetryAction.FAIL
+    assert policy.evaluate(RuntimeError("CUDA out of memory"), try_number=1, max_tries=4).action == RetryAction.DEFAULT
+
+
+def test_trigger_form_params(dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = dag.params
+    assert set(params) == {"config", "algorithm", "steps", "learning_rate", "policy", "reward", "set"}
+    for name in params:
+        assert params.get_param(name).description
+    assert params["steps"] is None and params["algorithm"] is None
+    accepted = {"steps": 5, "algorithm": "grpo", "learning_rate": 1e-5, "policy": "/models/llama", "set": ["train.batch_size=8"]}
+    for name, value in accepted.items():
+        assert copy.deepcopy(params.get_param(name)).resolve(value=value) == value
+    for name, value in {"steps": 0, "algorithm": "dpo", "learning_rate": 0, "config": ""}.items():
+        with pytest.raises(ParamValidationError):
+            copy.deepcopy(params.get_param(name)).resolve(value=value)
+
+
+def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
+    module = sys.modules[dag.get_task("train").python_callable.__module__]
+    from rlaif_tasks.config import load_config
+
+    params = {"config": "configs/demo.yaml", "algorithm": "", "steps": 3, "learning_rate": None, "policy": None,
+              "reward": "hatesonar", "set": ["train.batch_size=8", " gate.min_improvement = 0.1", ""]}
+    overrides = module.overrides_from_params(params)
+    assert overrides == {"train.steps": 3, "reward.model": "hatesonar", "train.batch_size": 8, "gate.min_improvement": 0.1}
+    config = load_config(module.resolve_config_path(params["config"]), overrides)
+    assert (config.train.steps, config.train.batch_size, config.reward.model, config.train.algorithm) == (3, 8, "hatesonar", "ppo")
+    assert module.resolve_config_path("configs/demo.yaml") == str(ROOT / "configs" / "demo.yaml")
+
+
+def test_parsing_in_a_fresh_process_is_cheap(tmp_path):
+    """The DAG processor parses this file often: no torch, transformers or mlflow, and the demo config's schedule."""
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        "dag = bag.dags['rlaif_nightly']\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'mlflow', 'peft', 'trl', 'rlaif_tasks.nightly') if m in sys.modules)\n"
+        "print(json.dumps({'errors': bag.import_errors, 'heavy': heavy, 'schedule': dag.timetable.expression,\n"
+        "                  'queue': dag.get_task('train').queue, 'pool': dag.get_task('train').pool}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RLAIF_DAG_CONFIG"}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"errors": {}, "heavy": [], "schedule": "0 2 * * *", "queue": "gpu", "pool": "gpu"}

@@ -1,0 +1,220 @@
+"""The nightly DAG end to end through a real Airflow metadata DB, the REST API and an MLflow store.
+
+A tiny policy, two PPO steps and a dozen prompts, run the way `make run` runs it
+(scripts/run_nightly.sh: `airflow dags test` on SQLite), then inspected through the api-server's
+REST API with a JWT, and partly re-run by a real scheduler (LocalExecutor) after clearing tasks,
+which must reuse the MLflow run and the registered version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DAG_ID = "rlaif_nightly"
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+RERUN = ["prepare_dataset", "register", "promote_if_better", "report"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A home with its own Airflow DB and MLflow store, a tiny policy, prompts and a run config."""
+    from tiny_models import WORDS, tiny_causal_lm
+
+    home = tmp_path_factory.mktemp("rlaif_home")
+    policy = tiny_causal_lm(home / "policy")
+    rng = random.Random(0)
+    rows = [{"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))), "category": "tiny"} for _ in range(24)]
+    prompts = home / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = home / "tiny.yaml"
+    config.write_text(f"""
+name: tiny
+seed: 0
+device: cpu
+model: {{policy: {policy}}}
+data: {{source: {prompts}, use_chat_template: false, test_size: 8, min_prompt_tokens: 1}}
+generation: {{max_new_tokens: 8, min_new_tokens: 8, batch_size: 8}}
+reward: {{model: profanity-check}}
+evaluation: {{judges: [{{model: profanity-check}}]}}
+train: {{steps: 2, batch_size: 4, mini_batch_size: 2, save_every: 1, learning_rate: 1.0e-3, lora_target_modules: [all-linear]}}
+# First night, no champion yet: any policy not twice as toxic as the base one within the budgets is promoted.
+gate: {{min_improvement: -1.0, max_kl: 50.0, max_perplexity_ratio: 10.0}}
+# A schedule that never fires during the test (the scheduler below only re-runs cleared tasks).
+orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.05, train_timeout_minutes: 10, eval_timeout_minutes: 10}}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_")) and k not in ("RLAIF_HOME", "RLAIF_DAG_CONFIG")}
+    env.update(RLAIF_HOME=str(home), VENV=str(Path(sys.executable).parent.parent), AIRFLOW_PORT=str(free_port()), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return {"home": home, "config": config, "env": env, "url": f"http://127.0.0.1:{env['AIRFLOW_PORT']}"}
+
+
+def airflow_process(project, command: str, log: Path, **extra_env) -> subprocess.Popen:
+    """An Airflow component in the project's environment (scripts/airflow_env.sh), in its own process group."""
+    script = f'source scripts/airflow_env.sh "$0" && exec airflow {command}'
+    return subprocess.Popen(
+        ["bash", "-c", script, str(project["config"])], cwd=ROOT, env={**project["env"], **extra_env},
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def nightly(project):
+    """`make run` on the tiny config: one DAG run recorded in the metadata DB, then its report."""
+    out = subprocess.run(
+        ["bash", "scripts/run_nightly.sh", str(project["config"])], cwd=ROOT, env=project["env"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(project):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project['home'] / '.mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def api(project, nightly):
+    """The api-server on a free loopback port, and a client holding a JWT from POST /auth/token."""
+    server = airflow_process(project, f"api-server --host 127.0.0.1 --port {project['env']['AIRFLOW_PORT']} --workers 1", project["home"] / "api-server.log")
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (project["home"] / "api-server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{project['url']}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the api-server did not answer within 180 s"
+            time.sleep(2)
+        passwords = json.loads((project["home"] / ".airflow" / "passwords.json").read_text())
+        assert passwords == {"admin": "admin"}  # the documented default login
+        assert httpx.post(f"{project['url']}/auth/token", json={"username": "admin", "password": "wrong"}).status_code == 401
+        token = httpx.post(f"{project['url']}/auth/token", json={"username": "admin", "password": "admin"})
+        assert token.status_code == 201, token.text
+        with httpx.Client(base_url=f"{project['url']}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=30) as client:
+            yield client
+    finally:
+        stop(server)
+
+
+def get(client: httpx.Client, path: str, **params) -> dict:
+    response = client.get(path, params=params)
+    assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:500]}"
+    return response.json()
+
+
+def task_instances(client: httpx.Client, run_id: str) -> dict[str, dict]:
+    return {ti["task_id"]: ti for ti in get(client, f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]}
+
+
+def xcom(client: httpx.Client, run_id: str, task_id: str) -> dict:
+    return get(client, f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value", deserialize=True)["value"]
+
+
+def test_make_run_prints_the_report_read_back_from_airflow(nightly):
+    assert "Airflow DAG run manual__" in nightly and ": success" in nightly
+    assert "  ".join(f"{stage}=success" for stage in STAGES) in nightly
+    report = nightly[nightly.index("nightly run tiny"):]
+    assert "profanity-check" in report and "mean before" in report
+    assert "MLflow run " in report and "model rlaif-tiny-policy version 1: promoted to champion" in report
+
+
+def test_mlflow_holds_the_metrics_and_the_champion(project, nightly, mlflow_client):
+    experiment = mlflow_client.get_experiment_by_name("rlaif-tiny")
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["rlaif.dag_id"] == DAG_ID
+    assert run.info.run_id in nightly
+    summary = json.loads((Path(run.data.tags["rlaif.run_dir"]) / "nightly.json").read_text())
+    toxicity = summary["toxicity"]["profanity-check"]
+    assert run.data.metrics["eval/baseline/profanity-check/mean"] == pytest.approx(toxicity["before"])
+    assert run.data.metrics["eval/final/profanity-check/mean"] == pytest.approx(toxicity["after"])
+    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/reward/mean")] == [1, 2]
+    versions = mlflow_client.search_model_versions("name = 'rlaif-tiny-policy'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+    assert str(mlflow_client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
+
+
+def test_rest_api_reports_the_run_and_its_tasks(project, api):
+    assert httpx.get(f"{project['url']}/api/v2/dags/{DAG_ID}/dagRuns").status_code == 401
+    runs = get(api, f"/dags/{DAG_ID}/dagRuns")
+    assert runs["total_entries"] == 1
+    run = runs["dag_runs"][0]
+    assert run["state"] == "success" and run["conf"]["config"] == str(project["config"])
+    tis = task_instances(api, run["dag_run_id"])
+    assert sorted(tis) == sorted(STAGES)
+    assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in tis.values())
+    assert (tis["train"]["queue"], tis["train"]["pool"]) == ("gpu", "gpu")
+    assert tis["register"]["pool"] == "default_pool"
+    assert [ti["task_id"] for ti in sorted(tis.values(), key=lambda ti: ti["start_date"])] == STAGES
+    report = xcom(api, run["dag_run_id"], "report")
+    assert str(report["model_version"]) == "1" and report["promoted"] is True
+    params = get(api, f"/dags/{DAG_ID}/details")["params"]
+    assert params["steps"]["description"] and params["config"]["value"] == str(project["config"])
+
+
+def test_cleared_tasks_rerun_by_the_scheduler_reuse_the_mlflow_run_and_version(project, api, mlflow_client):
+    run_id = get(api, f"/dags/{DAG_ID}/dagRuns")["dag_runs"][0]["dag_run_id"]
+    mlflow_run_id = xcom(api, run_id, "prepare_dataset")["mlflow_run_id"]
+    cleared = api.post(f"/dags/{DAG_ID}/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": RERUN, "only_failed": False, "include_downstream": False, "reset_dag_runs": True,
+    })
+    assert cleared.status_code == 200, cleared.text
+    assert sorted(ti["task_id"] for ti in cleared.json()["task_instances"]) == sorted(RERUN)
+    assert api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
+
+    scheduler = airflow_process(project, "scheduler --skip-serve-logs", project["home"] / "scheduler.log", AIRFLOW__CORE__PARALLELISM="1")
+    try:
+        deadline = time.monotonic() + 300
+        while (state := get(api, f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]) not in ("success", "failed"):
+            assert scheduler.poll() is None, (project["home"] / "scheduler.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the cleared run is still {state} after 300 s"
+            time.sleep(3)
+    finally:
+        stop(scheduler)
+        api.patch(f"/dags/{DAG_ID}", json={"is_paused": True})
+
+    tis = task_instances(api, run_id)
+    assert state == "success", {k: v["state"] for k, v in tis.items()}
+    assert {k: v["try_number"] for k, v in tis.items()} == {k: 2 if k in RERUN else 1 for k in STAGES}
+    assert xcom(api, run_id, "prepare_dataset")["mlflow_run_id"] == mlflow_run_id
+    assert get(api, f"/dags/{DAG_ID}/dagRuns")["total_entries"] == 1
+    experiment = mlflow_client.get_experiment_by_name("rlaif-tiny")
+    assert [r.info.run_id for r in mlflow_client.search_runs([experiment.experiment_id])] == [mlflow_run_id]
+    assert [str(v.version) for v in mlflow_client.search_model_versions("name = 'rlaif-tiny-policy'")] == ["1"]
+    model = mlflow_client.get_registered_model("rlaif-tiny-policy")
+    assert {alias: str(version) for alias, version in model.aliases.items()} == {"champion": "1"}
+    assert str(xcom(api, run_id, "report")["model_version"]) == "1"

@@ -1,0 +1,131 @@
+"""The nightly stages end to end on a tiny policy, with the embedded MLflow store under $RLAIF_HOME."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from rlaif_tasks import nightly, tracking
+from rlaif_tasks.errors import RlaifError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU the thread pool's spinning costs seconds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAIF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    from tiny_models import WORDS, tiny_causal_lm
+
+    policy = tiny_causal_lm(tmp_path / "policy")
+    rng = random.Random(0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=rng.randint(2, 5)))}) + "\n" for _ in range(40)))
+    config = {
+        "name": "tiny",
+        "device": "cpu",
+        "model": {"policy": str(policy)},
+        "data": {"source": str(prompts), "use_chat_template": False, "test_size": 16},
+        "generation": {"max_new_tokens": 6, "min_new_tokens": 6, "batch_size": 16},
+        "reward": {"model": "profanity-check"},
+        "evaluation": {"judges": [{"model": "profanity-check"}], "num_table_rows": 5},
+        "train": {"steps": 4, "batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8},
+        # the first model faces the base policy: any result within 10x of its toxicity is promoted
+        "gate": {"min_improvement": -10.0},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, config_path, capsys):
+    from mlflow import MlflowClient
+
+    from rlaif_tasks.cli import main
+
+    first = nightly.run_all(str(config_path), {"train.steps": 2}, dag_run_id="scheduled__2026-01-01T02:00:00+00:00")
+    run_dir = home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00")
+    assert first["run_dir"] == str(run_dir) and (run_dir / "config.yaml").is_file()
+    assert first["model_name"] == "rlaif-tiny-policy" and first["model_version"] == "1" and first["promoted"] is True
+    assert set(first["toxicity"]) == {"profanity-check"}
+    assert "promoted to champion" in first["text"] and first["mlflow_run_id"] in first["text"]
+
+    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")  # the embedded store under $RLAIF_HOME
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "2"
+    assert run.data.tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
+    assert len(run.data.tags[tracking.TAG_DATASET]) == 64
+    assert run.data.tags[tracking.TAG_CODE_VERSION] == tracking.code_version() != ""
+    assert client.get_model_version("rlaif-tiny-policy", "1").tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
+    assert {"eval/baseline/profanity-check/mean", "eval/final/profanity-check/frac_toxic", "improvement/profanity-check/mean", "gate/kl"} <= run.data.metrics.keys()
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")) == [1, 2]
+    artifacts = {a.path for folder in ("plots", "eval", "gate") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"plots/training.png", "plots/toxicity.png", "eval/final_samples.json", "eval/baseline_samples.json", "gate/decision.json"} <= artifacts
+    assert (home / ".mlflow" / "artifacts").is_dir()
+
+    # the same DAG run again (every task retried): same MLflow run, same version, no new history
+    again = nightly.run_all(str(config_path), {"train.steps": 2}, dag_run_id="scheduled__2026-01-01T02:00:00+00:00")
+    assert (again["mlflow_run_id"], again["model_version"], again["promoted"]) == (first["mlflow_run_id"], "1", True)
+    assert len(client.get_metric_history(run.info.run_id, "train/reward/mean")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "eval/final/profanity-check/mean")) == 1
+    assert len(client.search_model_versions("name = 'rlaif-tiny-policy'")) == 1
+
+    # the next night trains the same model (same seed and data) under the default gate: a 0% drop
+    # against the champion is refused, and the champion's toxicity is read from night 1's MLflow run
+    assert main(["nightly", "--config", str(config_path), "--set", "train.steps=2", "--set", "gate.min_improvement=0.05",
+                 "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 0
+    second = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "nightly.json").read_text())
+    assert second["model_version"] == "2" and second["promoted"] is False
+    assert second["text"] in capsys.readouterr().out
+    decision = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "gate" / "decision.json").read_text())
+    assert decision["reference"]["kind"] == "champion" and decision["reference"]["source"].startswith("MLflow run")
+    assert decision["improvement"] == pytest.approx(0.0, abs=1e-9)
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "challenger").version) == "2"
+    assert client.get_model_version("rlaif-tiny-policy", "2").tags["rlaif.status"] == "rejected"
+    assert "not promoted" in second["text"]
+
+    # by hand: promote the refused version anyway, then roll back to night 1's champion
+    assert main(["registry", "promote", "rlaif-tiny-policy", "2"]) == 0
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "2"
+    assert main(["registry", "rollback", "rlaif-tiny-policy"]) == 0
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "rolled_back").version) == "2"
+    capsys.readouterr()
+    assert main(["registry", "show", "--config", str(config_path), "--json"]) == 0  # name from the config
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["aliases"] == {"champion": "1", "rolled_back": "2"}
+    assert main(["registry", "rollback", "rlaif-tiny-policy"]) == 2  # nothing left to roll back to
+    assert "no previous champion" in capsys.readouterr().err
+
+
+def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):
+    refs = nightly.prepare_dataset(str(config_path), {"train.steps": 1}, "rlaif_nightly", "manual__1")
+    assert set(refs) == {"run_dir", "mlflow_run_id", "dataset_sha256", "config_hash"}
+    json.dumps(refs)
+    assert nightly.prepare_dataset(str(config_path), {"train.steps": 1}, "rlaif_nightly", "manual__1") == refs
+    with pytest.raises(RlaifError, match="another config"):
+        nightly.prepare_dataset(str(config_path), {"train.steps": 3}, "rlaif_nightly", "manual__1")
+    with pytest.raises(RlaifError, match="train.steps is 0"):
+        nightly.prepare_dataset(str(config_path), {"train.steps": 0}, "rlaif_nightly", "manual__2")
+    assert nightly.safe_run_id("manual__1") == "manual__1"
+    assert nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
