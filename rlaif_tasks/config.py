@@ -254,8 +254,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `5e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise RlaifError(f"{where}: expected a number, got {value!r}", f"set {where} to a number such as 0.5 or 5e-4")
     if tp is bool and not isinstance(value, bool):
         raise RlaifError(f"{where}: expected true or false, got {value!r}", f"set {where} to true or false")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):

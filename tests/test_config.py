@@ -36,6 +36,7 @@ def test_overrides_are_read_as_yaml_and_win_over_the_file(tmp_path):
         ("train:\n  stepz: 3\n", ["train.stepz", "steps"]),
         ("train:\n  steps: many\n", ["train.steps", "whole number"]),
         ("train:\n  algorithm: sac\n", ["train.algorithm", "ppo"]),
+        ("train:\n  learning_rate: fast\n", ["train.learning_rate", "number"]),
         ("train:\n  batch_size: 10\n  mini_batch_size: 4\n", ["multiple"]),
         ("generation:\n  min_new_tokens: 50\n  max_new_tokens: 10\n", ["min_new_tokens"]),
         ("data:\n  test_size: 2.5\n", ["test_size"]),
@@ -49,6 +50,13 @@ def test_bad_configs_name_the_problem(tmp_path, text, words):
     for word in words:
         assert word in str(err.value)
     assert err.value.fix
+
+
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads `5e-4` as a string; float fields take it as the number it means."""
+    cfg = load_config(write(tmp_path, "train:\n  learning_rate: 5e-4\n"), ["train.init_kl_coef=2e-1"])
+    assert cfg.train.learning_rate == 5e-4 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.init_kl_coef == 0.2
 
 
 def test_missing_file_and_bad_override():
