@@ -67,7 +67,7 @@ def baseline_env(venv: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     # --no-index: only wheels on the configured find-links; PyPI's torch would pull the multi-GB CUDA build
-    if subprocess.run([*pip, "--no-index", TORCH_PIN]).returncode != 0:
+    if subprocess.run([*pip, "--no-index", "--no-deps", TORCH_PIN]).returncode != 0:
         raise RlaifError(
             f"no local CPU wheel for {TORCH_PIN} to install into {venv}",
             "put torch-2.13.0+cpu-*.whl in a folder and set PIP_FIND_LINKS to it (pip download torch==2.13.0 "
