@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 # Re-install whenever the pinned requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run up test bench clean-venv
+.PHONY: install run up test bench results clean-venv
 
 install: $(STAMP)
 
@@ -36,8 +36,14 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Benchmarks and demo results, written to docs/benchmarks.md and docs/results.md (about an hour here).
 bench: $(STAMP)
 	$(PY) bench/bench_generation.py
+	$(PY) bench/bench_ppo_vs_trl.py --steps 6 --rounds 2
+	$(PY) bench/bench_dag_vs_cli.py
+
+results: $(STAMP)
+	$(PY) bench/results_demo.py
 
 clean-venv:
 	rm -rf $(VENV)

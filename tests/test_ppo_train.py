@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import signal
-import subprocess
 import sys
-import textwrap
-import time
 import types
 from pathlib import Path
 
@@ -22,13 +16,10 @@ from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train.metrics import read_metrics
 from rlaif_tasks.train.ppo import METRIC_KEYS, cut_at_stop, train_ppo
 
+from killed_training import count_good, kill_after_step
+
 QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
-TESTS_DIR = Path(__file__).parent
 TIMING_KEYS = {"time/generate", "time/score", "time/update", "time/step", "tokens_per_second"}
-
-
-def count_good(texts, prompts=None):
-    return [float(t.split().count("good")) for t in texts]
 
 
 @pytest.fixture(scope="module")
@@ -97,52 +88,10 @@ def test_same_seed_same_first_step_and_final_folder_is_a_plain_model(causal_path
     assert out.shape == (1, 6)
 
 
-RESUME_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, time
-    from rlaif_tasks.config import RunConfig
-    from rlaif_tasks.train.ppo import train_ppo
-
-    config_dict, run_dir, queries = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-    calls = 0
-
-    def reward(texts, prompts):
-        global calls
-        calls += 1
-        if calls >= 6:  # step 6 hangs: the test kills the process here, after step 5 was logged
-            time.sleep(120)
-        return [float(t.split().count("good")) for t in texts]
-
-    from rlaif_tasks.config import _build
-    train_ppo(_build(RunConfig, config_dict), run_dir, queries, reward_fn=reward)
-    """
-)
-
-
 def test_resume_after_sigkill_runs_only_the_remaining_steps(causal_path, tmp_path, caplog):
     config = tiny_config(causal_path, steps=6, save_every=2, learning_rate=1e-2, use_lora=True, lora_r=4, lora_alpha=8)
     metrics_file = tmp_path / "train" / "metrics.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RESUME_SCRIPT, json.dumps(config.to_dict()), str(tmp_path), json.dumps(QUERIES)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not any(r["step"] == 5 for r in read_metrics(metrics_file)):
-            if proc.poll() is not None:
-                pytest.fail(f"the training subprocess exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("step 5 never appeared in metrics.jsonl")
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    killed_rows = read_metrics(metrics_file)
+    killed_rows = kill_after_step("rlaif_tasks.train.ppo:train_ppo", config, tmp_path, QUERIES, step=5)
     assert [r["step"] for r in killed_rows] == [1, 2, 3, 4, 5]
     checkpoints = tmp_path / "train" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith(".")) == ["step-2", "step-4"]
