@@ -89,7 +89,7 @@ def main() -> None:
     overrides = " ".join(f"--set {o}" for o in args.overrides) or "(none)"
     body = f"""## Nightly run: Airflow DAG against one CLI process
 
-`bench/bench_dag_vs_cli.py --config {args.config} {' '.join(f'--set {o}' for o in args.overrides)}`; {machine()}.
+`{' '.join(['bench/bench_dag_vs_cli.py', '--config', args.config, *(f'--set {o}' for o in args.overrides)])}`; {machine()}.
 
 The same config (overrides: {overrides}) once as `rlaif nightly` (one process) and once as
 `airflow dags test rlaif_nightly` (a DAG run in the embedded Airflow, SQLite metadata DB, each of the
