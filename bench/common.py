@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -31,3 +32,22 @@ def write_section(key: str, body: str, path: Path = DOCS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def worker_arguments() -> argparse.Namespace:
+    """The command line both PPO benchmark workers take, so both sides get the same work.
+
+    Kept to the standard library and torch: the TRL 1.12 worker imports it from its own venv.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--reward-model", required=True)
+    parser.add_argument("--prompts", required=True, help="JSON list of query strings")
+    parser.add_argument("--steps", type=int, default=5, help="PPO steps, warm-up included")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mini-batch-size", type=int, default=4)
+    parser.add_argument("--response-length", type=int, default=24)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--output-dir", required=True)
+    return parser.parse_args()

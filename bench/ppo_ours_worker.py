@@ -8,18 +8,22 @@ query + response text -> the policy's tokenizer -> the score at the last token.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import logging
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlaif_tasks.config import GenerationConfig, ModelConfig, RunConfig, TrainConfig
 from rlaif_tasks.train import ppo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import worker_arguments  # noqa: E402
 
 
 def classifier_reward(path: str, tokenizer_path: str):
@@ -60,18 +64,7 @@ class StepLog(logging.Handler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--reward-model", required=True)
-    parser.add_argument("--prompts", required=True, help="JSON list of query strings")
-    parser.add_argument("--steps", type=int, default=5, help="PPO steps, warm-up included")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--mini-batch-size", type=int, default=4)
-    parser.add_argument("--response-length", type=int, default=24)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--output-dir", required=True)
-    args = parser.parse_args()
+    args = worker_arguments()
 
     config = RunConfig(
         name="bench-ppo",

@@ -7,11 +7,12 @@ that package is not installed there.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -20,6 +21,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import trl.experimental.ppo.ppo_trainer as ppo_module
 from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import worker_arguments  # noqa: E402
 
 
 class StepStamps(TrainerCallback):
@@ -47,18 +51,7 @@ def count_new_tokens(sink: list[int]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--reward-model", required=True)
-    parser.add_argument("--prompts", required=True, help="JSON list of query strings")
-    parser.add_argument("--steps", type=int, default=5, help="PPO steps, warm-up included")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--mini-batch-size", type=int, default=4)
-    parser.add_argument("--response-length", type=int, default=24)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--output-dir", required=True)
-    args = parser.parse_args()
+    args = worker_arguments()
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.policy, padding_side="left")

@@ -11,16 +11,7 @@ import yaml
 from rlaif_tasks import nightly, tracking
 from rlaif_tasks.errors import RlaifError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU the thread pool's spinning costs seconds."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

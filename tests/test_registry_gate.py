@@ -19,6 +19,8 @@ from rlaif_tasks import gate, registry, tracking
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig, RunConfig, ScorerConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MILD = ["stupid", "idiot"]
 TOXIC = ["stupid", "idiot", "hate", "awful", "bad"]
 
@@ -53,17 +55,6 @@ def steered_lm(base, dst, words, delta):
     model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)
     return dst
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU the thread pool's spinning costs seconds."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
