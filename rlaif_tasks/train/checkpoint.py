@@ -162,3 +162,17 @@ def load_checkpoint(path: Path, *, policy, value_head, optimizer) -> dict[str, A
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return read_state(path)
+
+
+def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) -> None:
+    """The trained policy as a plain transformers folder (LoRA merged unless told not to), written atomically."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and merge_adapter:
+        model = model.merge_and_unload()
+    elif isinstance(model, PeftModel):
+        log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
+    with atomic_dir(final_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    log.info("saved the trained policy to %s", final_dir)

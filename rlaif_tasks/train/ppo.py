@@ -432,7 +432,6 @@ def train_ppo(
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from rlaif_tasks.atomic import atomic_dir
     from rlaif_tasks.models import load_model, resolve_device
 
     t, gen_cfg = config.train, config.generation
@@ -624,16 +623,6 @@ def train_ppo(
     # -- final model: LoRA merged into the base, saved as a plain transformers folder -------------
     final_dir = out_dir / "final"
     if accelerator.is_main_process:
-        final = unwrapped.policy
-        from peft import PeftModel
-
-        if isinstance(final, PeftModel) and t.merge_adapter:
-            final = final.merge_and_unload()
-        elif isinstance(final, PeftModel):
-            log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
-        with atomic_dir(final_dir) as tmp:
-            final.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        log.info("saved the trained policy to %s", final_dir)
+        ckpt.save_final_policy(unwrapped.policy, tokenizer, final_dir, t.merge_adapter)
     accelerator.wait_for_everyone()
     return PPOResult(model_dir=final_dir, metrics=metrics, resumed_from=start_step)

@@ -282,7 +282,6 @@ def train_with_trl(
     import datasets
     from transformers.trainer_callback import PrinterCallback
 
-    from rlaif_tasks.atomic import atomic_dir
     from rlaif_tasks.models import load_model, resolve_device
     from rlaif_tasks.train.ppo import _eos_ids, lora_config
 
@@ -362,16 +361,6 @@ def train_with_trl(
     # -- final model: LoRA merged into the base, saved as a plain transformers folder -------------
     final_dir = out_dir / "final"
     if trainer.is_world_process_zero():
-        from peft import PeftModel
-
-        final = trainer.accelerator.unwrap_model(trainer.model)
-        if isinstance(final, PeftModel) and t.merge_adapter:
-            final = final.merge_and_unload()
-        elif isinstance(final, PeftModel):
-            log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
-        with atomic_dir(final_dir) as tmp:
-            final.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        log.info("saved the trained policy to %s", final_dir)
+        ckpt.save_final_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_dir, t.merge_adapter)
     trainer.accelerator.wait_for_everyone()
     return TRLResult(model_dir=final_dir, metrics=list(rows), resumed_from=start_step)
