@@ -49,6 +49,64 @@ def overrides_from_params(params: dict) -> dict:
     return overrides
 
 
+def use_mlflow_connection() -> None:
+    """MLflow URI and credentials from the Airflow connection named by $RLAIF_MLFLOW_CONN_ID, if set.
+
+    Otherwise the worker's MLFLOW_TRACKING_URI / _USERNAME / _PASSWORD apply. The values go to this
+    task process's environment only, where the MLflow client reads them; never to params or logs.
+    """
+    conn_id = os.environ.get("RLAIF_MLFLOW_CONN_ID")
+    if not conn_id:
+        return
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    scheme = conn.schema or "http"
+    os.environ["MLFLOW_TRACKING_URI"] = conn.host if "://" in (conn.host or "") else f"{scheme}://{conn.host}:{conn.port or 5000}"
+    if conn.login:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+
+
+def stage(name: str, *args):
+    """Run one stage of rlaif_tasks.nightly, imported here so that parsing the DAG stays cheap."""
+    from rlaif_tasks import nightly
+
+    use_mlflow_connection()
+    return getattr(nightly, name)(*args)
+
+
+def record_failure(context) -> None:
+    """Failure callback of the DAG run: say why (e.g. the queue no worker serves) in the log and on the MLflow run."""
+    import logging
+
+    from rlaif_tasks import nightly
+
+    log = logging.getLogger("rlaif_nightly")
+    dag, run_id = context["dag"], context["run_id"]
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        found = RuntimeTaskInstance.get_task_states(dag_id=dag.dag_id, run_ids=[run_id]).get(run_id, {})
+    except Exception as exc:  # the message is still useful without the states
+        log.warning("could not read the task states of %s: %s", run_id, exc)
+        found = {}
+    order = [task.task_id for task in dag.topological_sort()]
+    message = nightly.explain_failure(
+        context.get("reason"), {t: found.get(t) for t in order}, {t: dag.get_task(t).queue for t in order},
+        {t: dag.get_task(t).pool for t in order}, orchestration.dagrun_timeout_minutes,
+    )
+    log.error("rlaif_nightly %s: %s", run_id, message)
+    dag_run = context.get("dag_run")
+    params = {**dag.params.dump(), **(getattr(dag_run, "conf", None) or {})}
+    try:
+        use_mlflow_connection()
+        mlflow_run = nightly.record_failure(resolve_config_path(params["config"]), overrides_from_params(params), dag.dag_id, run_id, message)
+        log.error("MLflow run %s marked FAILED", mlflow_run)
+    except Exception as exc:
+        log.warning("could not mark the MLflow run of %s as failed: %s", run_id, exc)
+
+
 orchestration = load_config(resolve_config_path(DAG_CONFIG)).orchestration
 eval_timeout = timedelta(minutes=orchestration.eval_timeout_minutes)
 on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
@@ -59,7 +117,9 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
     schedule=orchestration.schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=orchestration.max_active_runs,
+    dagrun_timeout=timedelta(minutes=orchestration.dagrun_timeout_minutes),
+    on_failure_callback=record_failure,
     tags=["rlaif", "alignment", "nightly", "mlflow"],
     doc_md=__doc__,
     default_args={
@@ -87,50 +147,34 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
 def rlaif_nightly():
     @task
     def prepare_dataset() -> dict:
-        from rlaif_tasks import nightly
-
         context = get_current_context()
         params = context["params"]
-        return nightly.prepare_dataset(
-            resolve_config_path(params["config"]), overrides_from_params(params), context["dag"].dag_id, context["run_id"]
-        )
+        return stage("prepare_dataset", resolve_config_path(params["config"]), overrides_from_params(params), context["dag"].dag_id, context["run_id"])
 
     @task(execution_timeout=eval_timeout, **on_gpu)
     def baseline_eval(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        return nightly.baseline_eval(refs)
+        return stage("baseline_eval", refs)
 
     @task(execution_timeout=timedelta(minutes=orchestration.train_timeout_minutes), **on_gpu)
     def train(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        return nightly.train(refs)
+        return stage("train", refs)
 
     @task(execution_timeout=eval_timeout, **on_gpu)
     def evaluate(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        return nightly.evaluate(refs)
+        return stage("evaluate", refs)
 
     @task
     def register(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        return nightly.register(refs)
+        return stage("register", refs)
 
     @task
     def promote_if_better(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        return nightly.promote_if_better(refs)
+        return stage("promote_if_better", refs)
 
     @result
     @task
     def report(refs: dict) -> dict:
-        from rlaif_tasks import nightly
-
-        summary = nightly.report(refs)
+        summary = stage("report", refs)
         print(summary["text"])
         return summary
 

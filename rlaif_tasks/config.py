@@ -135,6 +135,8 @@ class TrainConfig:
     """Completions per prompt for GRPO/RLOO."""
     save_every: int = 5
     merge_adapter: bool = True
+    num_processes: int = 1
+    """Processes for `accelerate launch` (data-parallel, `batch_size` is split over them); 1 trains in this process."""
 
 
 @dataclass
@@ -178,6 +180,10 @@ class OrchestrationConfig:
     retry_delay_minutes: float = 5.0
     train_timeout_minutes: float = 240.0
     eval_timeout_minutes: float = 60.0
+    dagrun_timeout_minutes: float = 480.0
+    """The whole DAG run fails after this long, so a task queued where no worker listens cannot wait forever."""
+    max_active_runs: int = 1
+    """DAG runs in flight at once; the pool still lets only its slots' worth of GPU tasks run together."""
 
 
 @dataclass
@@ -334,6 +340,8 @@ def validate(config: RunConfig) -> None:
             f"train.batch_size ({t.batch_size}) is not a multiple of train.mini_batch_size ({t.mini_batch_size})",
             "choose a mini-batch size that divides the batch size",
         )
+    if t.num_processes < 1:
+        raise RlaifError(f"train.num_processes must be >= 1, got {t.num_processes}", "set train.num_processes to 1 (this process) or the number of processes to launch")
     if t.steps < 0:
         raise RlaifError(f"train.steps must be >= 0 (0 evaluates the base policy only), got {t.steps}", "set train.steps to 0 or more")
     if t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
@@ -345,5 +353,8 @@ def validate(config: RunConfig) -> None:
         )
     if d.test_size <= 0 or (d.test_size >= 1 and d.test_size != int(d.test_size)):
         raise RlaifError(f"data.test_size must be a fraction in (0, 1) or a whole count, got {d.test_size}", "set e.g. data.test_size=200 or 0.1")
+    o = config.orchestration
+    if o.dagrun_timeout_minutes <= 0 or o.max_active_runs < 1:
+        raise RlaifError("orchestration.dagrun_timeout_minutes must be > 0 and orchestration.max_active_runs >= 1", "raise the value")
     if d.min_prompt_tokens > d.max_prompt_tokens:
         raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")

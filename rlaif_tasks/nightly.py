@@ -28,6 +28,9 @@ from rlaif_tasks.errors import RlaifError
 
 log = logging.getLogger(__name__)
 
+TAG_FAILURE = "rlaif.failure"
+"""Why the DAG run failed, set on its MLflow run by `record_failure`."""
+
 
 def safe_run_id(dag_run_id: str) -> str:
     """A folder name for a DAG run id (`scheduled__2026-01-01T02:00:00+00:00` has ':' and '+')."""
@@ -47,9 +50,17 @@ def nightly_run_dir(config, dag_run_id: str) -> Path:
 
 
 def _load(refs: dict):
+    """The run's config from its folder, which every worker must see at the same path."""
+    import socket
+
     from rlaif_tasks.config import load_config
 
     run_dir = Path(refs["run_dir"])
+    if not (run_dir / "config.yaml").is_file():
+        raise RlaifError(
+            f"the run folder {run_dir} (written by prepare_dataset on another worker) is not visible on {socket.gethostname()}",
+            "mount RLAIF_HOME at the same path on every Airflow worker (NFS, EFS, a shared volume); see docs/orchestration.md",
+        )
     return load_config(run_dir / "config.yaml"), run_dir
 
 
@@ -247,8 +258,11 @@ def report(refs: dict) -> dict:
     write_json(run_dir / "nightly.json", result)
     client = _client(config)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
-    if client.get_run(refs["mlflow_run_id"]).info.status == "RUNNING":
-        client.set_terminated(refs["mlflow_run_id"], "FINISHED")
+    run = client.get_run(refs["mlflow_run_id"])
+    if TAG_FAILURE in run.data.tags:  # an earlier failure of this DAG run, now repaired by a retry
+        client.delete_tag(run.info.run_id, TAG_FAILURE)
+    if run.info.status != "FINISHED":
+        client.set_terminated(run.info.run_id, "FINISHED")
     return result
 
 
@@ -260,3 +274,55 @@ def run_all(config_path: str | None, overrides: dict | None = None, dag_id: str 
         log.info("nightly stage %s", stage.__name__)
         refs = stage(refs)
     return report(refs)
+
+
+def record_failure(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, message: str) -> str | None:
+    """Mark this DAG run's MLflow run FAILED with the reason (the DAG's failure callback); returns its id.
+
+    Without this a run whose DAG run failed or timed out would stay RUNNING in MLflow forever.
+    """
+    from mlflow.entities import ViewType
+
+    from rlaif_tasks import tracking
+    from rlaif_tasks.config import load_config
+
+    config = load_config(config_path, dict(overrides or {}))
+    client = _client(config)
+    experiment = client.get_experiment_by_name(tracking.experiment_name(config))
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
+        run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+    )
+    if not found:
+        return None
+    run_id = found[0].info.run_id
+    client.set_tag(run_id, TAG_FAILURE, message[:5000])
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+def explain_failure(reason: str | None, states: dict[str, str | None], queues: dict[str, str], pools: dict[str, str], dagrun_timeout_minutes: float) -> str:
+    """What went wrong with a DAG run, and the fix, from its task states (the failure callback's message).
+
+    `states`, `queues` and `pools` map task ids in DAG order to their state, Celery queue and pool.
+    A run that timed out names the first unfinished task's queue: the usual cause is that no
+    worker listens on it, and the fix is the command that starts one.
+    """
+    failed = [task for task, state in states.items() if state == "failed"]
+    if reason == "timed_out" or not failed:
+        stalled = next((task for task, state in states.items() if state != "success"), None)
+        if stalled is None:
+            return f"the DAG run failed ({reason or 'no reason given'}) after every task succeeded"
+        queue, pool = queues.get(stalled, "default"), pools.get(stalled, "default_pool")
+        worker = "worker-default" if queue == "default" else f"worker-gpu (with RLAIF_GPU_QUEUE={queue})" if queue != "gpu" else "worker-gpu"
+        return (
+            f"the DAG run timed out after {dagrun_timeout_minutes:g} min (orchestration.dagrun_timeout_minutes) before task "
+            f"{stalled} finished; it runs on Celery queue '{queue}' in pool '{pool}'. If it stayed queued, no worker serves "
+            f"queue '{queue}' or the pool has no free slot: start one with `scripts/service.sh {worker}` "
+            f"(airflow celery worker --queues {queue}) and check the pool's slots; if it was running, raise its timeout "
+            "or orchestration.dagrun_timeout_minutes."
+        )
+    first = failed[0]
+    return f"task {first} failed after its retries (queue '{queues.get(first, 'default')}'); its log in the Airflow UI has the error"

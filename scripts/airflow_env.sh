@@ -65,7 +65,7 @@ EOF
         touch "$migrated"
     fi
     if [[ ! -f "$AIRFLOW_HOME/.pool-$pool" ]]; then
-        airflow pools set "$pool" 1 "GPU slots for training and evaluation tasks" >/dev/null 2>&1 || { echo "error: could not create the Airflow pool $pool" >&2; return 1; }
+        airflow pools set "$pool" "${RLAIF_GPU_SLOTS:-1}" "GPU slots for training and evaluation tasks" >/dev/null 2>&1 || { echo "error: could not create the Airflow pool $pool" >&2; return 1; }
         touch "$AIRFLOW_HOME/.pool-$pool"
     fi
     if [[ -z "${AIRFLOW__API_AUTH__JWT_SECRET:-}" ]]; then

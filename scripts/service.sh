@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One start command per component of the production set-up; docker/compose.yaml, `make up` and the
+# tests that run the Celery topology here (tests/test_celery_topology.py) all call exactly these.
+#
+#     scripts/service.sh COMPONENT
+#
+#   init            airflow db migrate, the `gpu` pool, the JWT key and login when not given (idempotent)
+#   api-server      UI, REST API and the execution API the workers' tasks talk to
+#   scheduler
+#   dag-processor
+#   triggerer
+#   worker-default  airflow celery worker --queues default
+#   worker-gpu      airflow celery worker --queues gpu --concurrency 1
+#   mlflow          mlflow server with basic auth, a database store and artefacts served by the server
+#
+# Everything comes from the environment (scripts/airflow_env.sh lists the Airflow defaults). The
+# production values that matter:
+#
+#   AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+#   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://USER:PASS@HOST:5432/airflow
+#   AIRFLOW__CELERY__BROKER_URL=redis://HOST:6379/0
+#   AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql://USER:PASS@HOST:5432/airflow
+#   AIRFLOW__API_AUTH__JWT_SECRET            the same on every component
+#   AIRFLOW__CORE__EXECUTION_API_SERVER_URL  http://API-SERVER:8080/execution/ (workers)
+#   RLAIF_HOME                               run folders, mounted at the same path on every worker
+#   MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD   (tasks)
+#
+# Optional: RLAIF_API_WORKERS (1), RLAIF_WORKER_CONCURRENCY (default queue, 2), RLAIF_GPU_QUEUE
+# (gpu), RLAIF_SKIP_SERVE_LOGS=1 (two workers on one host: the log server takes port 8793),
+# RLAIF_WORKER_HOSTNAME (the name task instances record; default the host's FQDN).
+#
+# The mlflow component reads MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION,
+# MLFLOW_AUTH_ADMIN_PASSWORD (required on the first start: MLflow ships no default),
+# MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_DATABASE_URI (default: the store's database),
+# MLFLOW_FLASK_SERVER_SECRET_KEY (CSRF; the same on every server), MLFLOW_HOST (127.0.0.1),
+# MLFLOW_PORT (5000), MLFLOW_WORKERS (1), MLFLOW_ALLOWED_HOSTS.
+set -euo pipefail
+component="${1:?usage: scripts/service.sh init|api-server|scheduler|dag-processor|triggerer|worker-default|worker-gpu|mlflow}"
+shift
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -n "${VENV:-}" ]]; then
+    case "$VENV" in /*) ;; *) VENV="$here/../$VENV" ;; esac
+    export PATH="$VENV/bin:$PATH"
+fi
+
+if [[ "$component" == mlflow ]]; then
+    : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI, e.g. postgresql+psycopg2://mlflow:PASS@HOST:5432/mlflow}"
+    : "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION: a folder or s3://bucket/prefix the server writes artefacts to}"
+    port="${MLFLOW_PORT:-5000}"
+    # The auth app's own config: users and permissions live in a database next to the store.
+    if [[ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+        export MLFLOW_AUTH_CONFIG_PATH="${MLFLOW_AUTH_CONFIG_DIR:-${TMPDIR:-/tmp}}/mlflow-basic-auth-$port.ini"
+        (umask 077 && cat >"$MLFLOW_AUTH_CONFIG_PATH" <<EOF
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+EOF
+)
+    fi
+    if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+        echo "mlflow: MLFLOW_FLASK_SERVER_SECRET_KEY is not set; using a random one (UI sessions end at each restart; set it, the same on every server)" >&2
+        export MLFLOW_FLASK_SERVER_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    fi
+    # No server-side job runners: this project starts none, and they cost ~2.5 GiB.
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+    host="${MLFLOW_HOST:-127.0.0.1}"
+    exec mlflow server --app-name basic-auth \
+        --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
+        --serve-artifacts --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
+        --host "$host" --port "$port" --workers "${MLFLOW_WORKERS:-1}" \
+        --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:$port,127.0.0.1,127.0.0.1:$port,mlflow,mlflow:$port}" \
+        "$@"
+fi
+
+source "$here/airflow_env.sh" ""
+serve_logs=()
+[[ "${RLAIF_SKIP_SERVE_LOGS:-0}" == 1 ]] && serve_logs=(--skip-serve-logs)
+if [[ -n "${RLAIF_WORKER_HOSTNAME:-}" ]]; then
+    export AIRFLOW__CORE__HOSTNAME_CALLABLE="rlaif_tasks.services.worker_hostname"
+fi
+
+case "$component" in
+    init)
+        rlaif_airflow_init
+        echo "airflow: metadata DB migrated, pool and login in place" >&2
+        ;;
+    api-server)
+        exec airflow api-server --host "$AIRFLOW__API__HOST" --port "$AIRFLOW__API__PORT" --workers "${RLAIF_API_WORKERS:-1}" "$@"
+        ;;
+    scheduler)
+        exec airflow scheduler "${serve_logs[@]}" "$@"
+        ;;
+    dag-processor)
+        exec airflow dag-processor "$@"
+        ;;
+    triggerer)
+        exec airflow triggerer "${serve_logs[@]}" "$@"
+        ;;
+    worker-default)
+        exec airflow celery worker --queues "${AIRFLOW__CELERY__DEFAULT_QUEUE:-default}" \
+            --concurrency "${RLAIF_WORKER_CONCURRENCY:-2}" --celery-hostname "default@%h" "${serve_logs[@]}" "$@"
+        ;;
+    worker-gpu)
+        exec airflow celery worker --queues "${RLAIF_GPU_QUEUE:-gpu}" --concurrency 1 \
+            --celery-hostname "gpu@%h" "${serve_logs[@]}" "$@"
+        ;;
+    *)
+        echo "error: unknown component $component" >&2
+        echo "  fix: one of init api-server scheduler dag-processor triggerer worker-default worker-gpu mlflow" >&2
+        exit 2
+        ;;
+esac

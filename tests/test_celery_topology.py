@@ -1,0 +1,150 @@
+"""The production topology, run here: CeleryExecutor on Postgres + Redis, two kinds of Celery worker, MLflow with auth.
+
+Every component is started by `scripts/service.sh` (what docker/compose.yaml runs) on 127.0.0.1,
+with databases and a Redis DB number of its own (tests/production_stack.py), and stopped at the
+end. The tiny config trains in seconds, so each scenario is a real DAG run of rlaif_nightly.
+Outside CI a missing Postgres or Redis skips this module with the line saying what to start; in
+CI (`CI=true`) it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from production_stack import START_SERVERS, ProductionStack, servers_missing, write_tiny_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.celery]
+
+GPU_TASKS = ["baseline_eval", "train", "evaluate"]
+DEFAULT_TASKS = ["prepare_dataset", "register", "promote_if_better", "report"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    missing = servers_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs the Celery topology, but the servers do not answer ({missing}): {START_SERVERS}")
+        pytest.skip(f"{START_SERVERS} ({missing})")
+    home = tmp_path_factory.mktemp("celery_home")
+    config = write_tiny_project(home, orchestration=", max_active_runs: 2")
+    stack = ProductionStack(home, config)
+    stack.config = config
+    try:
+        stack.start_all()
+        assert stack.api.patch("/dags/rlaif_nightly", json={"is_paused": False}).status_code == 200
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def mlflow_run_of(client, dag_run_id: str):
+    experiment = client.get_experiment_by_name("rlaif-tiny")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`rlaif.dag_run_id` = '{dag_run_id}'")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def interval(ti: dict) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])
+
+
+def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack):
+    run_id = stack.trigger({"config": str(stack.config)})
+    assert stack.wait_for_run(run_id) == "success", stack.task_instances(run_id)
+    tis = stack.task_instances(run_id)
+    assert {t: (tis[t]["queue"], tis[t]["hostname"]) for t in GPU_TASKS} == {t: ("gpu", "gpu-worker-1") for t in GPU_TASKS}
+    assert {t: (tis[t]["queue"], tis[t]["hostname"]) for t in DEFAULT_TASKS} == {t: ("default", "default-worker") for t in DEFAULT_TASKS}
+    assert {t: tis[t]["pool"] for t in GPU_TASKS} == {t: "gpu" for t in GPU_TASKS}
+
+    client = stack.mlflow_client()
+    run = mlflow_run_of(client, run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")] == [1, 2]
+    assert "eval/final/profanity-check/mean" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # served by the server
+    assert any((stack.home / "mlflow-artifacts").rglob("MLmodel")), "the logged policy is not in the server's artefact store"
+    versions = client.search_model_versions("name = 'rlaif-tiny-policy'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+    assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
+
+    api = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/get-by-name"
+    assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, timeout=30).status_code == 401
+    assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", "wrong"), timeout=30).status_code == 401
+    assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", stack.mlflow_password), timeout=30).status_code == 200
+    # The credentials reach MLflow through the environment, never as params or tags, nor in task logs.
+    assert not any(stack.mlflow_password in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
+    logs = [p for p in (stack.home / "airflow" / "logs").rglob("*.log") if f"run_id={run_id}" in str(p)]
+    assert len(logs) >= len(tis) and not any(stack.mlflow_password in p.read_text(errors="replace") for p in logs)
+
+
+def test_gpu_pool_keeps_two_runs_from_training_at_once(stack):
+    """Two gpu workers could take two tasks; the pool's one slot must still run them one at a time."""
+    stack.start("worker-gpu", "worker-gpu-2", RLAIF_WORKER_HOSTNAME="gpu-worker-2")
+    try:
+        runs = [stack.trigger({"config": str(stack.config)}), stack.trigger({"config": str(stack.config)})]
+        assert [stack.wait_for_run(r) for r in runs] == ["success", "success"]
+    finally:
+        stack.stop("worker-gpu-2")
+    tis = [stack.task_instances(r) for r in runs]
+    gpu = sorted((interval(ti[t]) for ti in tis for t in GPU_TASKS), key=lambda i: i[0])
+    for (_, end), (start, _) in zip(gpu, gpu[1:]):
+        assert start >= end, f"two gpu-pool tasks overlapped: {gpu}"
+    trains = sorted(interval(ti["train"]) for ti in tis)
+    assert trains[1][0] >= trains[0][1]
+    assert all(ti[t]["pool"] == "gpu" and ti[t]["state"] == "success" for ti in tis for t in GPU_TASKS)
+
+
+def test_killed_gpu_worker_task_is_retried_on_a_new_worker_and_resumes(stack):
+    run_id = stack.trigger({"config": str(stack.config), "steps": 10})
+    run_dir = Path(stack.wait_until(lambda: stack.task_instances(run_id)["prepare_dataset"]["state"] == "success"
+                                    and stack.xcom(run_id, "prepare_dataset")["run_dir"], 300, "prepare_dataset"))
+    checkpoints = run_dir / "train" / "checkpoints"
+    stack.wait_until(lambda: (checkpoints / "step-2").is_dir(), 300, "train's second checkpoint", every=0.3)
+    assert stack.task_instances(run_id)["train"]["state"] == "running"
+    stack.kill("worker-gpu-1")  # SIGKILL: the worker and the task process it runs
+    stack.start("worker-gpu", "worker-gpu-3", RLAIF_WORKER_HOSTNAME="gpu-worker-3")
+    assert stack.wait_for_run(run_id) == "success", stack.task_instances(run_id)
+
+    train = stack.task_instances(run_id)["train"]
+    assert (train["try_number"], train["hostname"]) == (2, "gpu-worker-3")
+    steps = [json.loads(line)["step"] for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == list(range(1, 11))
+    retry_log = next((stack.home / "airflow" / "logs").rglob(f"*run_id={run_id}*/task_id=train/attempt=2.log"))
+    assert "resuming from checkpoint" in retry_log.read_text(errors="replace")
+    assert [m.step for m in stack.mlflow_client().get_metric_history(mlflow_run_of(stack.mlflow_client(), run_id).info.run_id, "train/reward/mean")] == list(range(1, 11))
+
+
+def test_task_on_a_queue_no_worker_serves_ends_the_run_with_the_fix(stack):
+    for name in [n for n in stack.processes if n.startswith("worker-gpu")]:
+        stack.stop(name)
+    timeout_config = write_tiny_project(stack.home, orchestration=", max_active_runs: 2, dagrun_timeout_minutes: 1.0", filename="tiny-timeout.yaml")
+    stack.stop("dag-processor")
+    stack.start("dag-processor", RLAIF_DAG_CONFIG=str(timeout_config))
+    stack.wait_until(lambda: stack.get("/dags/rlaif_nightly/details").get("dag_run_timeout") in ("PT1M", "PT60S"),
+                     300, "the DAG with a one-minute dagrun_timeout to be parsed")
+    started = time.monotonic()
+    run_id = stack.trigger({"config": str(stack.config)})
+    assert stack.wait_for_run(run_id, timeout=300) == "failed"
+    assert time.monotonic() - started < 60 + 150
+    tis = stack.task_instances(run_id)
+    assert tis["prepare_dataset"]["state"] == "success"
+    assert tis["baseline_eval"]["state"] == "skipped" and not tis["baseline_eval"]["hostname"]
+
+    def failure_recorded():
+        run = mlflow_run_of(stack.mlflow_client(), run_id)
+        return run if run.info.status == "FAILED" else None
+
+    run = stack.wait_until(failure_recorded, 120, "the failure callback to mark the MLflow run FAILED")
+    message = run.data.tags["rlaif.failure"]
+    assert "baseline_eval" in message and "queue 'gpu'" in message and "scripts/service.sh worker-gpu" in message
+    assert "queue 'gpu'" in stack.log_text("dag-processor") or any(
+        "queue 'gpu'" in p.read_text(errors="replace") for p in (stack.home / "airflow" / "logs").rglob("*.log")
+    )
