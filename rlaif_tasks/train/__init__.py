@@ -3,6 +3,9 @@
     ppo         our own PPO (rlaif_tasks.train.ppo): TRL 1.16 has no PPOTrainer
     grpo, rloo  TRL's online trainers (rlaif_tasks.train.trl_online)
 
+With `train.num_processes` > 1 the training runs in that many processes started by `accelerate
+launch` (rlaif_tasks.train.distributed), the global batch split between them.
+
 Whatever the algorithm, the result is `run_dir/train/final`: a plain transformers folder (model +
 tokenizer, LoRA merged into the base weights) that any HF loader and MLflow's transformers flavour
 can read without peft. Adapter checkpoints live in `run_dir/train/checkpoints/step-N` meanwhile.
@@ -16,27 +19,42 @@ from typing import Callable
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError
 
-__all__ = ["train"]
+__all__ = ["train", "train_in_process"]
 
 
 def train(config: RunConfig, run_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> Path:
     """Train the configured policy on the run's train prompts; returns the final model folder.
 
-    `on_step(metrics)` is called once per optimisation step with that step's metrics dict.
+    `on_step(metrics)` is called once per optimisation step with that step's metrics dict. With
+    `train.num_processes` > 1 (and not already inside a launch) the training runs in `accelerate
+    launch` subprocesses; `on_step` is still called here, once per step.
     """
-    run_dir = Path(run_dir)
-    algorithm = config.train.algorithm
-    if algorithm not in ("ppo", "grpo", "rloo"):
-        raise RlaifError(f"unknown train.algorithm {algorithm!r}", "set train.algorithm to ppo, grpo or rloo")
+    from rlaif_tasks.train import distributed
+
+    _check_algorithm(config)
+    if config.train.num_processes > 1 and not distributed.in_launch():
+        return distributed.launch(config, Path(run_dir), on_step=on_step)
+    return train_in_process(config, run_dir, on_step=on_step)
+
+
+def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> Path:
+    """The training in this process (one of the launched ones when distributed)."""
     from rlaif_tasks.data import load_prompts_split
 
+    run_dir = Path(run_dir)
+    _check_algorithm(config)
     split = load_prompts_split(run_dir, "train")
     queries = split["query"].astype(str).tolist()
     prompts = split["prompt"].astype(str).tolist() if "prompt" in split.columns else queries
-    if algorithm == "ppo":
+    if config.train.algorithm == "ppo":
         from rlaif_tasks.train.ppo import train_ppo
 
         return train_ppo(config, run_dir, queries, prompts, on_step=on_step).model_dir
     from rlaif_tasks.train.trl_online import train_with_trl
 
     return train_with_trl(config, run_dir, queries, prompts, on_step=on_step).model_dir
+
+
+def _check_algorithm(config: RunConfig) -> None:
+    if config.train.algorithm not in ("ppo", "grpo", "rloo"):
+        raise RlaifError(f"unknown train.algorithm {config.train.algorithm!r}", "set train.algorithm to ppo, grpo or rloo")

@@ -4,12 +4,13 @@
     step-N/model.safetensors     the full policy weights (no LoRA)
     step-N/value_head.safetensors
     step-N/optimizer.pt
-    step-N/rng.pt                python, numpy, torch (and CUDA) generator states
+    step-N/rng.pt                python, numpy, torch (and CUDA) generator states (rank 0's)
+    step-N/rng-rank<R>.pt        the same for rank R >= 1, when trained in several processes
     step-N/trainer_state.json    step, KL controller, config fingerprint, metrics so far (written last)
 
 A checkpoint is written into a hidden temp folder and renamed into place, so a killed run leaves
 either a complete `step-N` or a `.step-N.*.tmp` folder that the next start deletes. Only the newest
-`keep` checkpoints are kept.
+`keep` checkpoints are kept. With several processes only rank 0 writes, and every rank reads.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ STATE_FILE = "trainer_state.json"
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
-NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter"}
-"""TrainConfig fields that may change between a run and its resumption (e.g. train longer)."""
+NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter", "num_processes"}
+"""TrainConfig fields that may change between a run and its resumption (e.g. train longer, on fewer GPUs)."""
 
 
 def training_fields(config: RunConfig, queries: Sequence[str]) -> dict[str, Any]:
@@ -106,8 +107,17 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_checkpoint(root: Path, step: int, *, policy, value_head, optimizer, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `root/step-<step>` atomically, then drop all but the newest `keep` checkpoints."""
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
+def save_checkpoint(
+    root: Path, step: int, *, policy, value_head, optimizer, state: dict[str, Any], rng_states: Sequence[dict] | None = None, keep: int = 2
+) -> Path:
+    """Write `root/step-<step>` atomically, then drop all but the newest `keep` checkpoints.
+
+    `rng_states`: one RNG state per process, in rank order (default: this process's).
+    """
     from safetensors.torch import save_file, save_model
 
     final = root / f"step-{step}"
@@ -118,7 +128,8 @@ def save_checkpoint(root: Path, step: int, *, policy, value_head, optimizer, sta
             save_model(policy, str(tmp / "model.safetensors"))
         save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        for rank, rng in enumerate(rng_states or [rng_state()]):
+            torch.save(rng, tmp / _rng_file(rank))
         (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **state}, indent=1, default=str) + "\n", encoding="utf-8")
     stale = list_checkpoints(root)[:-keep] if keep > 0 else []
     for _, old in stale:
@@ -143,8 +154,11 @@ def check_compatible(path: Path, state: dict[str, Any], fields: dict[str, Any]) 
     )
 
 
-def load_checkpoint(path: Path, *, policy, value_head, optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states from `path`; returns its trainer state."""
+def load_checkpoint(path: Path, *, policy, value_head, optimizer, rank: int = 0) -> dict[str, Any]:
+    """Restore weights, optimizer and `rank`'s RNG states from `path`; returns its trainer state.
+
+    A rank the checkpoint has no RNG state for (it was written by fewer processes) keeps its seed.
+    """
     from safetensors.torch import load_file, load_model
 
     if _is_peft(policy):
@@ -160,19 +174,30 @@ def load_checkpoint(path: Path, *, policy, value_head, optimizer) -> dict[str, A
         load_model(policy, str(path / "model.safetensors"))
     value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    rng_file = path / _rng_file(rank)
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning("%s has no RNG state for rank %d: its sampling continues from its seed, not bit for bit", path, rank)
     return read_state(path)
 
 
 def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) -> None:
-    """The trained policy as a plain transformers folder (LoRA merged unless told not to), written atomically."""
+    """The trained policy as a plain transformers folder (LoRA merged unless told not to), written atomically.
+
+    Every rank calls it; rank 0 writes while the others wait, so N processes leave one folder.
+    """
     from peft import PeftModel
 
-    if isinstance(model, PeftModel) and merge_adapter:
-        model = model.merge_and_unload()
-    elif isinstance(model, PeftModel):
-        log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
-    with atomic_dir(final_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    log.info("saved the trained policy to %s", final_dir)
+    from rlaif_tasks.train import distributed
+
+    if distributed.is_main():
+        if isinstance(model, PeftModel) and merge_adapter:
+            model = model.merge_and_unload()
+        elif isinstance(model, PeftModel):
+            log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
+        with atomic_dir(final_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        log.info("saved the trained policy to %s", final_dir)
+    distributed.barrier()

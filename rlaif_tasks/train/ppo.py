@@ -17,6 +17,12 @@ One training step:
 
 The value head is one linear layer on the policy's last hidden state (shared trunk). The math in
 section 1 is pure functions over tensors, tested against hand-computed numbers. See docs/ppo.md.
+
+Under `accelerate launch` with N processes (CleanRL's multi-GPU PPO): `train.batch_size` and
+`mini_batch_size` are global, each rank rolls out and trains on its 1/N share, the gradients are
+averaged over ranks before clipping and the step (so all ranks keep identical weights), whitening,
+the KL controller and the metrics use the global batch's statistics, and only rank 0 writes files.
+The collectives are in distributed.py; in one process they are the identity.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from rlaif_tasks.config import RunConfig, TrainConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train import checkpoint as ckpt
+from rlaif_tasks.train import distributed as dist
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -63,22 +70,27 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
-    if unbiased and n > 1:
-        var = var * n / (n - 1)
-    return var
+def _this_process(total: torch.Tensor) -> torch.Tensor:
+    """The default `sum_all`: statistics of this process's tensors only."""
+    return total
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+    sum_all: Callable[[torch.Tensor], torch.Tensor] = _this_process,
+) -> torch.Tensor:
     """Scale to unit (unbiased) std over the masked entries; also centre them unless `shift_mean=False`.
 
-    Entries outside the mask come back as 0.
+    Entries outside the mask come back as 0. `sum_all` sums a tensor over processes
+    (`distributed.all_reduce_sum`), so that N processes whiten with the statistics of the global batch.
     """
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    m = mask.to(x.dtype)
+    count, total = sum_all(torch.stack([m.sum(), (x * m).sum()])).unbind()
+    mean = total / count.clamp(min=1)
+    var = sum_all(((x - mean) ** 2 * m).sum()) / count.clamp(min=1)
+    if count > 1:
+        var = var * count / (count - 1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -371,14 +383,19 @@ def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool,
     return Rollout(batch=batch, texts=texts, ended=ended)
 
 
-def shape_scores(scores: torch.Tensor, ended: torch.Tensor, t: TrainConfig) -> torch.Tensor:
-    """Missing-EOS penalty (subtracted), then clipping to +-reward_clip, then optional whitening (scale only)."""
+def shape_scores(
+    scores: torch.Tensor, ended: torch.Tensor, t: TrainConfig, sum_all: Callable[[torch.Tensor], torch.Tensor] = _this_process
+) -> torch.Tensor:
+    """Missing-EOS penalty (subtracted), then clipping to +-reward_clip, then optional whitening (scale only).
+
+    `sum_all`: as for `whiten`, the whitening statistics of the global batch under N processes.
+    """
     if t.missing_eos_penalty is not None:
         scores = scores - t.missing_eos_penalty * (~ended).to(scores.dtype)
     if t.reward_clip is not None:
         scores = scores.clamp(-t.reward_clip, t.reward_clip)
-    if t.whiten_rewards and scores.numel() > 1:
-        scores = whiten(scores, shift_mean=False)
+    if t.whiten_rewards and sum_all(torch.tensor(float(scores.numel()))) > 1:
+        scores = whiten(scores, shift_mean=False, sum_all=sum_all)
     return scores
 
 
@@ -428,8 +445,9 @@ def train_ppo(
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
     `reward_fn(responses, prompts)` replaces the scorer built from `config.reward`.
     Resumes from the newest complete checkpoint under `run_dir/train/checkpoints`.
+    Under `accelerate launch` each of N processes trains on 1/N of every batch (see distributed.py);
+    `on_step` is called in the main process only.
     """
-    from accelerate import Accelerator
     from transformers import set_seed
 
     from rlaif_tasks.models import load_model, resolve_device
@@ -443,10 +461,14 @@ def train_ppo(
     ckpt_root = out_dir / "checkpoints"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # -- setup: seed, model (+LoRA), value head, reference, optimizer, accelerator ------------
+    # -- setup: processes, seed, model (+LoRA), value head, reference, optimizer -----------------
     device = resolve_device(config.device)
-    accelerator = Accelerator(cpu=device == "cpu")
-    set_seed(config.seed + accelerator.process_index)  # one process: exactly config.seed
+    procs = dist.state(cpu=device == "cpu")  # one process, or one of N under accelerate launch (gloo on CPU)
+    world, rank, main = procs.num_processes, procs.process_index, procs.is_main_process
+    dist.check_world(t, world)
+    dist.refuse_sharding("PPO")
+    local_batch, local_mini = t.batch_size // world, t.mini_batch_size // world
+    set_seed(config.seed)  # the same initial weights (LoRA init) on every rank
     loaded = load_model(
         config.model.policy, kind="auto", revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
         dtype=config.model.dtype, device="cpu",
@@ -461,15 +483,14 @@ def train_ppo(
 
         policy = get_peft_model(policy, lora_config(t, is_seq2seq))
     else:
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).eval().requires_grad_(False).to(procs.device)
         policy.requires_grad_(True)
-    model = PolicyWithValueHead(policy, is_seq2seq)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: PolicyWithValueHead = accelerator.unwrap_model(model)
+    model = PolicyWithValueHead(policy, is_seq2seq).to(procs.device)
     model.eval()  # no dropout anywhere: PPO's ratios need the same function in rollout and update
-    if reference is not None:
-        reference.to(accelerator.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
+    if rank:
+        set_seed(config.seed + rank)  # each rank samples its own responses; rank 0 keeps the one-process stream
     if reward_fn is None:
         from rlaif_tasks.rewards import build_scorer
 
@@ -478,19 +499,19 @@ def train_ppo(
     kl_ctl = kl_controller(t)
     temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
 
-    # -- resume -----------------------------------------------------------------------------
+    # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
     metrics: list[dict] = []
     start_step = 0
     writer = MetricsWriter(out_dir / "metrics.jsonl")
-    if accelerator.is_main_process:
+    if main:
         ckpt.clean_partial(ckpt_root)
-    accelerator.wait_for_everyone()
+    procs.wait_for_everyone()
     found = ckpt.list_checkpoints(ckpt_root)
     if found:
         step_done, path = found[-1]
         ckpt.check_compatible(path, ckpt.read_state(path), fields)
-        state = ckpt.load_checkpoint(path, policy=unwrapped.policy, value_head=unwrapped.value_head, optimizer=optimizer)
+        state = ckpt.load_checkpoint(path, policy=model.policy, value_head=model.value_head, optimizer=optimizer, rank=rank)
         kl_ctl.load_state_dict(state["kl_controller"])
         metrics = [m for m in state["metrics"] if m["step"] <= step_done]
         start_step = step_done
@@ -498,131 +519,139 @@ def train_ppo(
             log.info("resuming from checkpoint %s: step %d of %d done, running steps %d-%d", path, step_done, t.steps, step_done + 1, t.steps)
         else:
             log.info("resuming from checkpoint %s: all %d steps already done", path, step_done)
-    if accelerator.is_main_process:
+    if main:
         writer.reset(metrics)  # drops lines a killed run wrote after its last checkpoint
 
     def save(step: int) -> None:
-        if accelerator.is_main_process:
+        rng_states = dist.gather_objects(ckpt.rng_state())  # every rank's, so each resumes its own stream
+        if main:
             state = {"fingerprint": ckpt.fingerprint(fields), "training_fields": fields, "kl_controller": kl_ctl.state_dict(),
-                     "metrics": metrics, "world_size": accelerator.num_processes}
-            path = ckpt.save_checkpoint(ckpt_root, step, policy=unwrapped.policy, value_head=unwrapped.value_head, optimizer=optimizer, state=state)
+                     "metrics": metrics, "world_size": world}
+            path = ckpt.save_checkpoint(ckpt_root, step, policy=model.policy, value_head=model.value_head, optimizer=optimizer,
+                                        state=state, rng_states=rng_states)
             log.info("saved checkpoint %s", path)
-        accelerator.wait_for_everyone()
+        procs.wait_for_everyone()
 
     # -- the loop -------------------------------------------------------------------------------
-    world, rank = accelerator.num_processes, accelerator.process_index
     step_times: list[float] = []
     for step in range(start_step + 1, t.steps + 1):
         t_step = time.perf_counter()
-        idx = batch_indices(step, len(queries), t.batch_size * world, config.seed)[rank * t.batch_size : (rank + 1) * t.batch_size]
+        idx = batch_indices(step, len(queries), t.batch_size, config.seed)[rank * local_batch : (rank + 1) * local_batch]
         batch_queries, batch_prompts = [queries[i] for i in idx], [prompts[i] for i in idx]
 
-        # 1. rollout
+        # 1. rollout (this rank's share of the batch)
         t0 = time.perf_counter()
-        ro = rollout(unwrapped.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, accelerator.device)
-        batch = {k: v.to(accelerator.device) for k, v in ro.batch.items()}
+        ro = rollout(model.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, procs.device)
+        batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
         mask = batch["response_mask"]
         time_generate = time.perf_counter() - t0
 
         # 2. reward
         t0 = time.perf_counter()
-        raw_scores = torch.tensor(reward_fn(ro.texts, batch_prompts), dtype=torch.float32, device=accelerator.device)
+        raw_scores = torch.tensor(reward_fn(ro.texts, batch_prompts), dtype=torch.float32, device=procs.device)
         if raw_scores.shape != (len(ro.texts),) or not torch.isfinite(raw_scores).all():
             raise RlaifError(f"the reward returned {raw_scores.numel()} scores (finite: {bool(torch.isfinite(raw_scores).all())}) for {len(ro.texts)} responses", "make the reward return one finite float per response")
-        scores = shape_scores(raw_scores, ro.ended.to(accelerator.device), t)
+        scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
         time_score = time.perf_counter() - t0
 
         # 3. evaluate the rollout: old log-probs, values, entropy; reference log-probs (no grad)
         t0 = time.perf_counter()
         n = mask.shape[0]
-        size = max(gen_cfg.batch_size, t.mini_batch_size)  # no activations kept: generation-sized chunks fit
+        size = max(gen_cfg.batch_size, local_mini)  # no activations kept: generation-sized chunks fit
         chunks = [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
         old_logp, old_values, ref_logp, entropy = [], [], [], []
         with torch.no_grad():
             for c in chunks:
                 sub = {k: v[c] for k, v in batch.items()}
-                logits, values = unwrapped(sub)
+                logits, values = model(sub)
                 logits = logits / temperature
                 old_logp.append(token_logprobs(logits, sub["response_ids"]))
                 entropy.append(token_entropy(logits))
                 old_values.append(values.float())
                 if reference is None:
-                    with unwrapped.policy.disable_adapter():
-                        ref_logits, _ = lm_forward(unwrapped.policy, sub, is_seq2seq, want_hidden=False)
+                    with model.policy.disable_adapter():
+                        ref_logits, _ = lm_forward(model.policy, sub, is_seq2seq, want_hidden=False)
                 else:
                     ref_logits, _ = lm_forward(reference, sub, is_seq2seq, want_hidden=False)
                 ref_logp.append(token_logprobs(ref_logits / temperature, sub["response_ids"]))
         old_logp, old_values, ref_logp, entropy = (torch.cat(x) for x in (old_logp, old_values, ref_logp, entropy))
         time_forward = time.perf_counter() - t0
 
-        # 4. per-token rewards (KL penalty + score on the last token), GAE, whitened advantages
+        # 4. per-token rewards (KL penalty + score on the last token), GAE, advantages whitened over the global batch
         kl_coef = kl_ctl.value
         rewards = -kl_coef * kl_penalty(old_logp, ref_logp, t.kl_penalty) * mask
         last = mask.sum(1) - 1
         rewards[torch.arange(n), last] += scores
         advantages, returns = gae(rewards, old_values * mask, mask, t.gamma, t.lam)
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages, mask, sum_all=dist.all_reduce_sum)
 
-        # 5. PPO update over minibatches
+        # 5. PPO update over minibatches; gradients averaged over processes before clipping
         t0 = time.perf_counter()
         stats = {"loss/policy": [], "loss/value": [], "clipfrac": [], "approx_kl": []}
         for _ in range(t.ppo_epochs):
-            for mb in torch.randperm(n).split(t.mini_batch_size):
+            for mb in torch.randperm(n).split(local_mini):
                 sub = {k: v[mb] for k, v in batch.items()}
                 logits, values = model(sub)
                 logp = token_logprobs(logits / temperature, sub["response_ids"])
                 m = mask[mb]
                 pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], advantages[mb], m, t.cliprange)
                 vf_loss, _ = value_loss(values.float(), old_values[mb], returns[mb], m, t.cliprange_value)
-                loss = pg_loss + t.vf_coef * vf_loss
-                accelerator.backward(loss)
+                # this rank's share of the global minibatch's tokens: averaging the gradients over ranks
+                # then gives the gradient of the mean over all its tokens, as one process would (1.0 there)
+                tokens = m.sum().float()
+                share = world * tokens / dist.all_reduce_sum(tokens).clamp(min=1)
+                ((pg_loss + t.vf_coef * vf_loss) * share).backward()
+                dist.all_reduce_mean_grads(params)
                 if t.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
                     stats[key].append(value.item())
         time_update = time.perf_counter() - t0 + time_forward
+        dist.record_param_digest(step, params)
 
-        # 6. metrics (gathered over processes) and the KL controller
+        # 6. metrics and the KL controller, over the global batch
         seq_kl = ((old_logp - ref_logp) * mask).sum(1)
-        gathered = accelerator.gather(torch.stack([raw_scores, seq_kl, mask.sum(1).float()], dim=1))
+        gathered = dist.gather(torch.stack([raw_scores, seq_kl, mask.sum(1).float()], dim=1))
         all_scores, all_kl, all_len = gathered[:, 0], gathered[:, 1], gathered[:, 2]
         mean_kl = all_kl.mean().item()
         kl_ctl.update(mean_kl, int(gathered.shape[0]))
+        sums = dist.all_reduce_sum(torch.tensor(
+            [(entropy * mask).sum().item(), mask.sum().item(), *(float(np.mean(v)) for v in stats.values())], dtype=torch.float64,
+        ))
+        time_generate_max = dist.all_reduce_max(torch.tensor(time_generate)).item()  # the slowest rank sets the pace
         row = {
             "step": step,
             "reward/mean": all_scores.mean().item(),
             "reward/std": all_scores.std(unbiased=False).item(),
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "entropy": masked_mean(entropy, mask).item(),
-            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "entropy": (sums[0] / sums[1].clamp(min=1)).item(),
+            **{k: (v / world).item() for k, v in zip(stats, sums[2:])},
             "response_length": all_len.mean().item(),
-            "tokens_per_second": float(mask.sum().item() / max(time_generate, 1e-9)),
+            "tokens_per_second": float(sums[1].item() / max(time_generate_max, 1e-9)),
             "time/generate": time_generate,
             "time/score": time_score,
             "time/update": time_update,
             "time/step": time.perf_counter() - t_step,
         }
         metrics.append(row)
-        if accelerator.is_main_process:
-            writer.append(row)
         step_times.append(row["time/step"])
-        eta = float(np.mean(step_times)) * (t.steps - step)
-        log.info(
-            "step %d/%d reward %.3f kl %.3f kl_coef %.3f | %.1fs/step (generate %.1f, score %.1f, forward %.1f, update %.1f) eta %s",
-            step, t.steps, row["reward/mean"], mean_kl, kl_coef, row["time/step"], time_generate, time_score,
-            time_forward, time_update - time_forward, _fmt_seconds(eta),
-        )
-        if on_step is not None:
-            on_step(dict(row))
+        if main:
+            writer.append(row)
+            eta = float(np.mean(step_times)) * (t.steps - step)
+            log.info(
+                "step %d/%d reward %.3f kl %.3f kl_coef %.3f | %.1fs/step (generate %.1f, score %.1f, forward %.1f, update %.1f) eta %s",
+                step, t.steps, row["reward/mean"], mean_kl, kl_coef, row["time/step"], time_generate, time_score,
+                time_forward, time_update - time_forward, _fmt_seconds(eta),
+            )
+            if on_step is not None:
+                on_step(dict(row))
         if (t.save_every and step % t.save_every == 0) or step == t.steps:
             save(step)
 
-    # -- final model: LoRA merged into the base, saved as a plain transformers folder -------------
+    # -- final model: LoRA merged into the base, saved as a plain transformers folder (by rank 0) --
     final_dir = out_dir / "final"
-    if accelerator.is_main_process:
-        ckpt.save_final_policy(unwrapped.policy, tokenizer, final_dir, t.merge_adapter)
-    accelerator.wait_for_everyone()
+    ckpt.save_final_policy(model.policy, tokenizer, final_dir, t.merge_adapter)
     return PPOResult(model_dir=final_dir, metrics=metrics, resumed_from=start_step)

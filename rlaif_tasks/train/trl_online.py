@@ -8,8 +8,9 @@
 
 TRL samples `train.num_generations` completions per prompt and scores each against its group: GRPO
 by (reward - group mean) / group std, RLOO by reward - mean of the other completions. So
-`train.batch_size` counts completions per step, `batch_size / num_generations` prompts. See
-docs/grpo_rloo.md.
+`train.batch_size` counts completions per step, `batch_size / num_generations` prompts. Under
+`accelerate launch` with N processes both batch sizes stay global (each process generates and
+trains on 1/N of them, TRL averages the gradients) and only rank 0 writes files. See docs/grpo_rloo.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train import checkpoint as ckpt
+from rlaif_tasks.train import distributed as dist
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -74,11 +76,14 @@ def check_supported(config: RunConfig) -> None:
         )
 
 
-def trl_args(config: RunConfig, output_dir: Path, device: str):
+def trl_args(config: RunConfig, output_dir: Path, device: str, world_size: int = 1):
     """The GRPOConfig / RLOOConfig equivalent of our run config.
 
     One logged step is one rollout: `ppo_epochs` optimizer steps over the same generations
     (TRL's num_iterations), each accumulating gradients over `mini_batch_size` micro-batches.
+    Both sizes are global: each of `world_size` processes takes `mini_batch_size / world_size` per
+    micro-batch, so TRL's generation batch (per-device batch x processes x accumulation steps) is
+    `batch_size` whatever the number of processes.
     """
     from trl import GRPOConfig, RLOOConfig
 
@@ -100,7 +105,7 @@ def trl_args(config: RunConfig, output_dir: Path, device: str):
         weight_decay=0.0,
         optim="adamw_torch",
         max_grad_norm=t.max_grad_norm,
-        per_device_train_batch_size=t.mini_batch_size,
+        per_device_train_batch_size=t.mini_batch_size // world_size,
         gradient_accumulation_steps=t.batch_size // t.mini_batch_size,
         gradient_checkpointing=False,
         num_generations=t.num_generations,
@@ -130,7 +135,8 @@ def make_reward_func(reward_fn: RewardFn, name: str, config: RunConfig, eos_ids:
     TRL passes the policy's queries as `prompts`; the raw prompt of each query arrives in the
     dataset's `raw_prompt` column, which is what prompt+response judges read. The unshaped scores
     are logged (as PPO's `reward/mean`); then PPO's shaping applies: missing-EOS penalty, clipping,
-    whitening (`shape_scores`).
+    whitening (`shape_scores`). TRL calls it in every process with that process's completions, so
+    the logged statistics and the whitening are summed over processes (those of the global batch).
     """
     import torch
 
@@ -148,11 +154,13 @@ def make_reward_func(reward_fn: RewardFn, name: str, config: RunConfig, eos_ids:
                 "make the reward return one finite float per response",
             )
         raw = torch.tensor(scores, dtype=torch.float32)
-        log_metric("score/mean", raw.mean().item())
-        log_metric("score/std", raw.std(unbiased=False).item())
+        count, total, squares = dist.all_reduce_sum(torch.tensor([raw.numel(), raw.sum().item(), raw.square().sum().item()], dtype=torch.float64))
+        mean = total / count
+        log_metric("score/mean", mean.item())
+        log_metric("score/std", (squares / count - mean**2).clamp(min=0).sqrt().item())
         if shaping:
             ended = torch.tensor([bool(ids) and ids[-1] in eos_ids for ids in completion_ids])
-            raw = shape_scores(raw, ended, t)
+            raw = shape_scores(raw, ended, t, sum_all=dist.all_reduce_sum)
         log_metric("time/score", time.perf_counter() - t0)
         return raw.tolist()
 
@@ -224,8 +232,9 @@ def _metrics_callback(writer: MetricsWriter, rows: list[dict], fields: dict, epo
             }
             self.last = now
             rows.append(row)
-            if state.is_world_process_zero:
-                writer.append(row)
+            if not state.is_world_process_zero:
+                return
+            writer.append(row)
             log.info(
                 "step %d/%d reward %.3f kl %s | %.1fs/step (generate %.1f, score %.2f)",
                 row["step"], state.max_steps // epochs, row["reward/mean"],
@@ -278,6 +287,7 @@ def train_with_trl(
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
     `reward_fn(responses, prompts)` replaces the scorer built from `config.reward`.
     Resumes from the newest complete checkpoint under `run_dir/train/checkpoints`.
+    Under `accelerate launch` every process calls it; `on_step` is called in the main process only.
     """
     import datasets
     from transformers.trainer_callback import PrinterCallback
@@ -298,6 +308,8 @@ def train_with_trl(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(config.device)
+    procs = dist.state(cpu=device == "cpu")  # the state TRL's Trainer then uses: gloo on CPU
+    dist.check_world(t, procs.num_processes)
     loaded = load_model(
         config.model.policy, kind="auto", revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
         dtype=config.model.dtype, device="cpu",
@@ -326,7 +338,9 @@ def train_with_trl(
     fields = ckpt.training_fields(config, queries)
     epochs = max(1, t.ppo_epochs)
     writer = MetricsWriter(out_dir / "metrics.jsonl")
-    clean_incomplete(ckpt_root)
+    if procs.is_main_process:
+        clean_incomplete(ckpt_root)
+    procs.wait_for_everyone()
     rows: list[dict] = []
     resume_from, start_step = None, 0
     found = complete_checkpoints(ckpt_root)
@@ -340,10 +354,11 @@ def train_with_trl(
             log.info("resuming from checkpoint %s: step %d of %d done, running steps %d-%d", resume_from, start_step, t.steps, start_step + 1, t.steps)
         else:
             log.info("resuming from checkpoint %s: all %d steps already done", resume_from, start_step)
-    writer.reset(rows)
+    if procs.is_main_process:
+        writer.reset(rows)
 
     # -- the trainer -----------------------------------------------------------------------------
-    args = trl_args(config, ckpt_root, device)
+    args = trl_args(config, ckpt_root, device, procs.num_processes)
     dataset = datasets.Dataset.from_dict({"prompt": queries, "raw_prompt": prompts})
     trainer = _trainer_class(t.algorithm)(
         model=model,
@@ -358,9 +373,7 @@ def train_with_trl(
     if t.steps > 0:  # also when all steps are done: train() then only loads the checkpoint's weights
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
 
-    # -- final model: LoRA merged into the base, saved as a plain transformers folder -------------
+    # -- final model: LoRA merged into the base, saved as a plain transformers folder (by rank 0) --
     final_dir = out_dir / "final"
-    if trainer.is_world_process_zero():
-        ckpt.save_final_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_dir, t.merge_adapter)
-    trainer.accelerator.wait_for_everyone()
+    ckpt.save_final_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_dir, t.merge_adapter)
     return TRLResult(model_dir=final_dir, metrics=list(rows), resumed_from=start_step)
