@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_ppo_vs_trl.py --steps 6 --rounds 2
 	$(PY) bench/bench_dag_vs_cli.py
+	$(PY) bench/bench_executors.py
+	$(PY) bench/bench_processes.py
 
 results: $(STAMP)
 	$(PY) bench/results_demo.py

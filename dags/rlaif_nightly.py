@@ -114,6 +114,7 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
 
 @dag(
     dag_id="rlaif_nightly",
+    description="Align the policy with RL from AI feedback, evaluate it before and after, register it, promote it if the gate passes",
     schedule=orchestration.schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -139,7 +140,7 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
         "algorithm": Param(None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config."),
         "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, PPO/GRPO/RLOO updates; empty: from the config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),
-        "policy": Param(None, type=["null", "string"], description="model.policy: a bundled name, hub id or local folder; empty: from the config."),
+        "policy": Param(None, type=["null", "string"], description="model.policy: a bundled name, hub id, local folder or models:/NAME@ALIAS (e.g. the champion); empty: from the config."),
         "reward": Param(None, type=["null", "string"], description="reward.model: the judge used as reward; empty: from the config."),
         "set": Param([], type=["null", "array"], items={"type": "string"}, description="More overrides, one key.sub=value per line, as `rlaif run --set`."),
     },

@@ -129,7 +129,11 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             tracking.TAG_RUN_DIR: str(run_dir),
         },
     )
+    airflow_url = tracking.airflow_run_url(dag_id, dag_run_id)
+    if airflow_url:
+        client.set_tag(run_id, tracking.TAG_AIRFLOW_URL, airflow_url)
     tracking.log_params(client, run_id, config)
+    tracking.log_prompt_datasets(client, run_id, run_dir, manifest, config.data.source)
     counts = manifest.get("counts", {})
     tracking.log_metrics_once(client, run_id, {f"data/{k}_prompts": float(counts[k]) for k in ("train", "test") if k in counts})
     client.log_artifact(run_id, str(written), "run")
@@ -230,6 +234,7 @@ def report(refs: dict) -> dict:
     """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
     import json
 
+    from rlaif_tasks import tracking
     from rlaif_tasks.atomic import write_json
     from rlaif_tasks.evaluation import format_comparison
 
@@ -245,18 +250,19 @@ def report(refs: dict) -> dict:
         outcome = f"promoted to champion (toxicity {decision.get('improvement', float('nan')):.1%} lower than the {decision.get('reference', {}).get('kind', 'reference')})"
     else:
         outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
+    client = _client(config)
+    mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.algorithm}, {config.train.steps} steps)",
         format_comparison(comparison),
-        f"MLflow run {refs['mlflow_run_id']}",
+        f"MLflow run {refs['mlflow_run_id']}" + (f" ({mlflow_url})" if mlflow_url else ""),
         f"model {name} version {version}: {outcome}",
     ])
     result = {
         "run_dir": str(run_dir), "mlflow_run_id": refs["mlflow_run_id"], "model_name": name, "model_version": version,
-        "promoted": promoted, "toxicity": toxicity, "text": text,
+        "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url,
     }
     write_json(run_dir / "nightly.json", result)
-    client = _client(config)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
     run = client.get_run(refs["mlflow_run_id"])
     if TAG_FAILURE in run.data.tags:  # an earlier failure of this DAG run, now repaired by a retry

@@ -256,13 +256,17 @@ def describe(name: str, *, client: "MlflowClient | None" = None, config: RunConf
     client = _client(client, config)
     model = _require_model(client, name)
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
+    # search_model_versions leaves `aliases` empty; the registered model holds the alias map.
+    aliases_of: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        aliases_of.setdefault(str(version), []).append(alias)
     return {
         "name": name,
         "aliases": {alias: str(v) for alias, v in sorted(model.aliases.items())},
         "versions": [
             {
                 "version": str(mv.version),
-                "aliases": sorted(mv.aliases),
+                "aliases": aliases_of.get(str(mv.version), []),
                 "status": mv.tags.get(TAG_STATUS, ""),
                 "gate": mv.tags.get("rlaif.gate", ""),
                 "run_id": mv.run_id,
@@ -276,10 +280,10 @@ def describe(name: str, *, client: "MlflowClient | None" = None, config: RunConf
 
 def format_description(info: dict) -> str:
     lines = [f"{info['name']}  " + "  ".join(f"{a}={v}" for a, v in info["aliases"].items())]
-    lines.append(f"{'version':>8}  {'aliases':<28}{'status':<13}{'gate':<9}{'created':<18}{'dag run':<36}run")
+    lines.append(f"{'version':>8}  {'aliases':<28}{'status':<13}{'gate':<9}{'created':<18}{'dag run':<36} run")
     for v in info["versions"]:
         lines.append(
             f"{v['version']:>8}  {','.join(v['aliases']) or '-':<28}{v['status'] or '-':<13}{v['gate'] or '-':<9}"
-            f"{v['created']:<18}{v['dag_run_id'] or '-':<36}{v['run_id']}"
+            f"{v['created']:<18}{v['dag_run_id'] or '-':<36} {v['run_id']}"
         )
     return "\n".join(lines)

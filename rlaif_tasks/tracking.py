@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from rlaif_tasks.config import RunConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.stores import default_tracking_uri, embedded_mlflow_root, rlaif_home  # noqa: F401 (rlaif_home: re-exported)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +44,10 @@ TAG_DATASET = "rlaif.dataset_sha256"
 TAG_CODE_VERSION = "rlaif.code_version"
 TAG_EVAL_SETTINGS = "rlaif.eval_settings"
 TAG_RUN_DIR = "rlaif.run_dir"
+TAG_AIRFLOW_URL = "rlaif.airflow_url"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_VIEW = "custom_model_development"
+"""The MLflow UI opens an experiment with this kind on its model-training view, not the GenAI one."""
 
 _MAX_PARAM_LENGTH = 6000
 _SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
@@ -51,30 +56,14 @@ _SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 # -- where --------------------------------------------------------------------------------------
 
 
-def rlaif_home() -> Path:
-    """Root of the embedded store and of nightly run folders: $RLAIF_HOME, else the current directory."""
-    return Path(os.environ.get("RLAIF_HOME") or os.getcwd()).resolve()
-
-
 def _tracking_config(config: RunConfig | TrackingConfig | None) -> TrackingConfig:
     if config is None:
         return TrackingConfig()
     return config.tracking if isinstance(config, RunConfig) else config
 
 
-def _embedded_root() -> Path:
-    root = rlaif_home() / ".mlflow"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def resolve_tracking_uri(config: RunConfig | TrackingConfig | None = None) -> str:
-    cfg = _tracking_config(config)
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{_embedded_root() / 'mlflow.db'}"
+    return _tracking_config(config).tracking_uri or default_tracking_uri()
 
 
 def resolve_artifact_location(config: RunConfig | TrackingConfig | None = None) -> str | None:
@@ -83,8 +72,8 @@ def resolve_artifact_location(config: RunConfig | TrackingConfig | None = None) 
     if cfg.artifact_location:
         location = cfg.artifact_location
         return location if "://" in location else Path(location).expanduser().resolve().as_uri()
-    if resolve_tracking_uri(cfg) == f"sqlite:///{_embedded_root() / 'mlflow.db'}":
-        artifacts = _embedded_root() / "artifacts"
+    if resolve_tracking_uri(cfg) == f"sqlite:///{embedded_mlflow_root() / 'mlflow.db'}":
+        artifacts = embedded_mlflow_root() / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         return artifacts.as_uri()
     return None
@@ -121,7 +110,7 @@ def ensure_experiment(client: "MlflowClient", config: RunConfig) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=resolve_artifact_location(config))
+            return client.create_experiment(name, artifact_location=resolve_artifact_location(config), tags={TAG_EXPERIMENT_KIND: TRAINING_VIEW})
         except MlflowException:  # created meanwhile by a parallel task
             experiment = client.get_experiment_by_name(name)
     if experiment.lifecycle_stage == "deleted":
@@ -129,6 +118,8 @@ def ensure_experiment(client: "MlflowClient", config: RunConfig) -> str:
             f"the MLflow experiment {name!r} ({experiment.experiment_id}) is deleted",
             f"restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set tracking.experiment to a new name",
         )
+    if TAG_EXPERIMENT_KIND not in experiment.tags:  # made by an older version: open it on the training view too
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, TRAINING_VIEW)
     return experiment.experiment_id
 
 
@@ -397,3 +388,43 @@ def toxicity_figure(judges: dict[str, dict[str, float]], before: str = "baseline
 
 def log_figure(client: "MlflowClient", run_id: str, fig: "Figure", artifact_file: str) -> None:
     client.log_figure(run_id, fig, artifact_file)
+
+
+# -- links and inputs ---------------------------------------------------------------------------
+
+
+def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, manifest: dict, source: str) -> int:
+    """The run's prepared prompt splits as MLflow dataset inputs (the UI's Datasets column); once per split."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    from rlaif_tasks.data import load_prompts_split
+
+    have = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
+    inputs = []
+    for split in ("train", "test"):
+        name, digest = f"prompts-{split}", f"{manifest['content_sha256'][:16]}-{split}"
+        if (name, digest) in have:
+            continue
+        frame = load_prompts_split(run_dir, split)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training" if split == "train" else "evaluation")]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+    return len(inputs)
+
+
+def run_url(client: "MlflowClient", run_id: str) -> str | None:
+    """The MLflow UI page of a run, when the store is a tracking server (not a local file)."""
+    uri = client._tracking_client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}"
+
+
+def airflow_run_url(dag_id: str, dag_run_id: str) -> str | None:
+    """The Airflow UI page of a DAG run, from the api-server's public URL ($AIRFLOW__API__BASE_URL)."""
+    from urllib.parse import quote
+
+    base = os.environ.get("AIRFLOW__API__BASE_URL")
+    return f"{base.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(dag_run_id, safe='')}" if base else None

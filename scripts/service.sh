@@ -32,6 +32,8 @@
 # The mlflow component reads MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION,
 # MLFLOW_AUTH_ADMIN_PASSWORD (required on the first start: MLflow ships no default),
 # MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_DATABASE_URI (default: the store's database),
+# MLFLOW_AUTH_CACHE_TTL_SECONDS (30: a checked login is trusted that long, instead of a PBKDF2 hash
+# on every request, each artefact upload included; a changed password takes as long to apply),
 # MLFLOW_FLASK_SERVER_SECRET_KEY (CSRF; the same on every server), MLFLOW_HOST (127.0.0.1),
 # MLFLOW_PORT (5000), MLFLOW_WORKERS (1), MLFLOW_ALLOWED_HOSTS.
 set -euo pipefail
@@ -58,6 +60,7 @@ database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-30}
 EOF
 )
     fi

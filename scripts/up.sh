@@ -3,8 +3,8 @@
 #
 #     scripts/up.sh [CONFIG]
 #
-# Starts the Airflow api-server (UI and REST API) on 127.0.0.1:$AIRFLOW_PORT (8080), a scheduler
-# and a DAG processor (so that the trigger form and the nightly schedule work; the DAG is paused
+# Starts the Airflow api-server (UI and REST API) on 127.0.0.1:$AIRFLOW_PORT (8080), a scheduler, a
+# DAG processor and a triggerer (so that the trigger form and the nightly schedule work; the DAG is paused
 # until you unpause it), and `mlflow server` on 127.0.0.1:$MLFLOW_PORT (5000) over the embedded
 # store. Logs: .airflow/logs/up/. Ctrl-C stops them all.
 set -euo pipefail
@@ -33,12 +33,12 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-airflow api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" --workers 1 >"$logs/api-server.log" 2>&1 &
-pids+=($!)
-airflow scheduler --skip-serve-logs >"$logs/scheduler.log" 2>&1 &
-pids+=($!)
-airflow dag-processor >"$logs/dag-processor.log" 2>&1 &
-pids+=($!)
+# The same start commands as the production containers (scripts/service.sh); one host, so the
+# api-server reads task logs from local files and no log server is needed.
+for component in api-server scheduler dag-processor triggerer; do
+    RLAIF_SKIP_SERVE_LOGS=1 bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
+    pids+=($!)
+done
 
 mlflow_ui="http://127.0.0.1:$MLFLOW_PORT"
 if [[ -n "${MLFLOW_TRACKING_URI:-}" && "$MLFLOW_TRACKING_URI" != sqlite:* ]]; then

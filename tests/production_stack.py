@@ -94,7 +94,7 @@ class ProductionStack:
             "AIRFLOW_HOME": str(home / "airflow"),
             "AIRFLOW_PORT": str(self.api_port),
             "AIRFLOW__CORE__EXECUTOR": executor,
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__PARALLELISM": "4" if executor == "CeleryExecutor" else "2",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
             "AIRFLOW__CELERY__BROKER_URL": f"{REDIS_URL}/{redis_db}",
             "AIRFLOW__CELERY__RESULT_BACKEND": _db_url(self.databases[0], "db+postgresql"),
@@ -186,7 +186,15 @@ class ProductionStack:
         self.start("dag-processor")
         self.start("triggerer")
         if self.executor == "CeleryExecutor":
-            self.start("worker-default", RLAIF_WORKER_HOSTNAME="default-worker")
+            # The default worker takes MLflow's URI and login from an Airflow connection; its own
+            # environment's password is wrong, so its tasks only work if the connection is used.
+            connection = {"conn_type": "http", "host": "127.0.0.1", "port": self.mlflow_port, "schema": "http",
+                          "login": "admin", "password": self.mlflow_password}
+            self.start(
+                "worker-default", RLAIF_WORKER_HOSTNAME="default-worker", RLAIF_MLFLOW_CONN_ID="rlaif_mlflow",
+                AIRFLOW_CONN_RLAIF_MLFLOW=json.dumps(connection), MLFLOW_TRACKING_PASSWORD="not-the-password",
+                MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+            )
             if gpu_worker:
                 self.start("worker-gpu", "worker-gpu-1", RLAIF_WORKER_HOSTNAME="gpu-worker-1")
         self.wait_until(lambda: self._answers(f"{self.api_url}/api/v2/monitor/health"), 240, "the api-server")
@@ -269,7 +277,10 @@ class ProductionStack:
 
 
 def write_tiny_project(home: Path, name: str = "tiny", *, steps: int = 2, orchestration: str = "", filename: str | None = None) -> Path:
-    """A tiny policy, 24 prompts and a run config that trains it in seconds; returns the config path."""
+    """A tiny policy, 24 prompts and a run config that trains it in seconds; returns the config path.
+
+    Its gate promotes any policy within the budgets on the first night, and its schedule never fires.
+    """
     import random
 
     from tiny_models import WORDS, tiny_causal_lm

@@ -67,6 +67,10 @@ def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack)
     client = stack.mlflow_client()
     run = mlflow_run_of(client, run_id)
     assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["rlaif.airflow_url"] == f"{stack.api_url}/dags/rlaif_nightly/runs/{run_id.replace(':', '%3A').replace('+', '%2B')}"
+    assert sorted(d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs) == ["prompts-test", "prompts-train"]
+    assert stack.xcom(run_id, "report")["mlflow_url"] == f"{stack.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")] == [1, 2]
     assert "eval/final/profanity-check/mean" in run.data.metrics
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # served by the server
@@ -79,7 +83,8 @@ def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack)
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, timeout=30).status_code == 401
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", "wrong"), timeout=30).status_code == 401
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", stack.mlflow_password), timeout=30).status_code == 200
-    # The credentials reach MLflow through the environment, never as params or tags, nor in task logs.
+    # The credentials reach MLflow through the environment (gpu worker) or an Airflow connection
+    # (default worker: prepare_dataset created the run above through it), never as params or tags, nor in task logs.
     assert not any(stack.mlflow_password in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
     logs = [p for p in (stack.home / "airflow" / "logs").rglob("*.log") if f"run_id={run_id}" in str(p)]
     assert len(logs) >= len(tis) and not any(stack.mlflow_password in p.read_text(errors="replace") for p in logs)

@@ -25,6 +25,8 @@ orchestration:
   retry_delay_minutes: 2
   train_timeout_minutes: 90
   eval_timeout_minutes: 20
+  dagrun_timeout_minutes: 300
+  max_active_runs: 2
 """
 
 
@@ -56,8 +58,9 @@ def test_seven_tasks_in_pipeline_order(dag):
 
 def test_schedule_and_run_settings_come_from_the_config(dag):
     assert dag.timetable.expression == "15 4 * * 1-5" and str(dag.timetable.timezone) == "UTC"
-    assert dag.catchup is False and dag.max_active_runs == 1
-    assert {"rlaif", "nightly"} <= set(dag.tags)
+    assert dag.catchup is False and dag.max_active_runs == 2
+    assert dag.dagrun_timeout == timedelta(minutes=300) and dag.on_failure_callback
+    assert {"rlaif", "nightly"} <= set(dag.tags) and "promote" in dag.description
     for task_id in ("baseline_eval", "train", "evaluate"):
         task = dag.get_task(task_id)
         assert (task.queue, task.pool) == ("gpu-a100", "a100")
@@ -127,3 +130,37 @@ def test_parsing_in_a_fresh_process_is_cheap(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"errors": {}, "heavy": [], "schedule": "0 2 * * *", "queue": "gpu", "pool": "gpu"}
+
+
+def test_every_compose_service_runs_a_component_of_service_sh():
+    """What the containers run is what the Celery topology test starts: scripts/service.sh COMPONENT."""
+    import re
+
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/opt/rlaif/scripts/service.sh"]' in dockerfile
+    script = (ROOT / "scripts" / "service.sh").read_text()
+    known = set(re.findall(r"^    ([a-z-]+)\)$", script, re.M)) | {"mlflow"}
+    ours = {name: svc for name, svc in compose["services"].items() if svc.get("image", "").startswith("rlaif-airflow")}
+    commands = {name: svc["command"] for name, svc in ours.items()}
+    assert {c[0] for c in commands.values()} == {"init", "api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "worker-gpu", "mlflow"}
+    assert all(len(c) == 1 and c[0] in known for c in commands.values()), commands
+    unknown = subprocess.run(["bash", str(ROOT / "scripts" / "service.sh"), "no-such-component"], capture_output=True, text=True, env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)})
+    assert unknown.returncode == 2 and "worker-gpu" in unknown.stderr
+
+
+def test_failure_message_names_the_queue_no_worker_serves_and_the_command():
+    from rlaif_tasks.nightly import explain_failure
+
+    queues = dict.fromkeys(STAGES, "default") | dict.fromkeys(["baseline_eval", "train", "evaluate"], "gpu")
+    pools = {t: "gpu" if q == "gpu" else "default_pool" for t, q in queues.items()}
+    states = {"prepare_dataset": "success"} | dict.fromkeys(STAGES[1:], "skipped")
+    message = explain_failure("timed_out", states, queues, pools, 480)
+    assert "before task baseline_eval finished" in message and "queue 'gpu'" in message and "pool 'gpu'" in message
+    assert "scripts/service.sh worker-gpu" in message and "480 min" in message
+    states = dict.fromkeys(STAGES[:4], "success") | {"register": "skipped", "promote_if_better": None, "report": None}
+    assert "task register" in explain_failure("timed_out", states, queues, pools, 60) and "worker-default" in explain_failure("timed_out", states, queues, pools, 60)
+    states = dict.fromkeys(STAGES[:2], "success") | {"train": "failed"} | dict.fromkeys(STAGES[3:], "upstream_failed")
+    assert explain_failure("task_failure", states, queues, pools, 60).startswith("task train failed")

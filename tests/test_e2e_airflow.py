@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,45 +19,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from production_stack import free_port, write_tiny_project
+
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "rlaif_nightly"
 STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
 RERUN = ["prepare_dataset", "register", "promote_if_better", "report"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A home with its own Airflow DB and MLflow store, a tiny policy, prompts and a run config."""
-    from tiny_models import WORDS, tiny_causal_lm
-
     home = tmp_path_factory.mktemp("rlaif_home")
-    policy = tiny_causal_lm(home / "policy")
-    rng = random.Random(0)
-    rows = [{"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))), "category": "tiny"} for _ in range(24)]
-    prompts = home / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = home / "tiny.yaml"
-    config.write_text(f"""
-name: tiny
-seed: 0
-device: cpu
-model: {{policy: {policy}}}
-data: {{source: {prompts}, use_chat_template: false, test_size: 8, min_prompt_tokens: 1}}
-generation: {{max_new_tokens: 8, min_new_tokens: 8, batch_size: 8}}
-reward: {{model: profanity-check}}
-evaluation: {{judges: [{{model: profanity-check}}]}}
-train: {{steps: 2, batch_size: 4, mini_batch_size: 2, save_every: 1, learning_rate: 1.0e-3, lora_target_modules: [all-linear]}}
-# First night, no champion yet: any policy not twice as toxic as the base one within the budgets is promoted.
-gate: {{min_improvement: -1.0, max_kl: 50.0, max_perplexity_ratio: 10.0}}
-# A schedule that never fires during the test (the scheduler below only re-runs cleared tasks).
-orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.05, train_timeout_minutes: 10, eval_timeout_minutes: 10}}
-""")
+    # The tiny config's first night has no champion: any policy within the budgets is promoted; its
+    # schedule never fires during the test (the scheduler below only re-runs cleared tasks).
+    config = write_tiny_project(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_")) and k not in ("RLAIF_HOME", "RLAIF_DAG_CONFIG")}
     env.update(RLAIF_HOME=str(home), VENV=str(Path(sys.executable).parent.parent), AIRFLOW_PORT=str(free_port()), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return {"home": home, "config": config, "env": env, "url": f"http://127.0.0.1:{env['AIRFLOW_PORT']}"}

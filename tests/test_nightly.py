@@ -79,6 +79,9 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert len(client.get_metric_history(run.info.run_id, "train/reward/mean")) == 2
     assert len(client.get_metric_history(run.info.run_id, "eval/final/profanity-check/mean")) == 1
     assert len(client.search_model_versions("name = 'rlaif-tiny-policy'")) == 1
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs  # logged once, not again on the retry
+    assert sorted((d.dataset.name, d.tags[0].value) for d in inputs) == [("prompts-test", "evaluation"), ("prompts-train", "training")]
+    assert {d.dataset.digest.split("-")[0] for d in inputs} == {run.data.tags[tracking.TAG_DATASET][:16]}
 
     # the next night trains the same model (same seed and data) under the default gate: a 0% drop
     # against the champion is refused, and the champion's toxicity is read from night 1's MLflow run
@@ -120,3 +123,11 @@ def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):
         nightly.prepare_dataset(str(config_path), {"train.steps": 0}, "rlaif_nightly", "manual__2")
     assert nightly.safe_run_id("manual__1") == "manual__1"
     assert nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
+
+
+def test_a_worker_that_cannot_see_the_run_folder_says_to_share_rlaif_home(home, tmp_path):
+    """Tasks of one run hand each other files in the run folder: every worker must mount RLAIF_HOME."""
+    refs = {"run_dir": str(tmp_path / "elsewhere" / "runs" / "tiny" / "manual_1"), "mlflow_run_id": "0" * 32}
+    with pytest.raises(RlaifError) as raised:
+        nightly.baseline_eval(refs)
+    assert "is not visible on" in raised.value.problem and "RLAIF_HOME" in raised.value.fix

@@ -219,6 +219,9 @@ def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, s
     info = registry.describe(name, client=client)
     assert info["aliases"] == {"champion": v3, "previous": v1}  # registering v3 moved `challenger`, promoting it removed it
     assert [v["status"] for v in info["versions"]] == ["previous", "rejected", "champion"]
+    assert [v["aliases"] for v in info["versions"]] == [["previous"], [], ["champion"]]
+    table = registry.format_description(info).splitlines()
+    assert table[4].split()[1] == "champion" and table[4].split()[-1] == info["versions"][2]["run_id"]
 
     # rollback: v1 is the champion again, v3 keeps alias rolled_back; nothing older to roll back to
     restored = registry.rollback(name, client=client)
@@ -256,3 +259,45 @@ def test_decide_and_gate_judge():
     assert gate.decide(0.099, 0.10, 1.0, 1.1, g)["checks"]["toxicity"] is False
     assert gate.decide(0.0, 0.0, 1.0, 1.1, g)["reasons"] == ["the reference toxicity is 0.0000: no relative drop to measure"]
     assert gate.decide(0.05, 0.10, 1.0, 2.5, g)["checks"] == {"toxicity": True, "kl": True, "fluency": False}
+
+
+def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(models, prompts_file, store, tmp_path, monkeypatch):
+    """`models:/NAME@ALIAS` loads like a folder: tonight's alias, last night's download reused."""
+    import torch
+
+    from rlaif_tasks.models import describe_spec, load_model
+    from rlaif_tasks.models import registry_spec
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    config = make_config("specs", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="specs-1")
+    v1 = registry.register_policy(config, run_id, models["clean"], client=client)["version"]
+    registry.promote("rlaif-specs-policy", v1, client=client)
+
+    loaded = load_model("models:/rlaif-specs-policy@champion", kind="causal-lm")
+    reference = load_model(str(models["clean"]), kind="causal-lm")
+    assert loaded.kind == "causal-lm" and loaded.tokenizer.padding_side == "left"
+    for (name, a), (_, b) in zip(loaded.model.state_dict().items(), reference.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    info = describe_spec(f"models:/rlaif-specs-policy/{v1}")
+    assert info.source == "registry" and info.location.endswith(f"rlaif-specs-policy/v{v1}")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a cached version was downloaded again")
+
+    monkeypatch.setattr(registry_spec, "_download", no_download)
+    assert describe_spec("models:/rlaif-specs-policy@champion").location == info.location
+
+    run_2 = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="specs-2")
+    v2 = registry.register_policy(config, run_2, models["worse"], client=client)["version"]
+    registry.promote("rlaif-specs-policy", v2, client=client)
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    assert describe_spec("models:/rlaif-specs-policy@champion").location.endswith(f"v{v2}")  # the alias moved
+    with pytest.raises(RlaifError, match="does not exist in the model registry"):
+        describe_spec("models:/rlaif-specs-policy@no-such-alias")
+    with pytest.raises(RlaifError, match="models:/NAME@ALIAS"):
+        describe_spec("models:/rlaif-specs-policy")

@@ -57,6 +57,7 @@ def test_one_mlflow_run_per_dag_run(store):
     assert run.data.tags[tracking.TAG_DATASET] == "abc"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "rlaif-track"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
     assert experiment.artifact_location.startswith("file://") and experiment.artifact_location.endswith("/artifacts")
 
     changed = make_config(store, train__steps=99)

@@ -1,4 +1,5 @@
-"""One loader for every model spec: a bundled short name, a local folder or a Hugging Face hub id.
+"""One loader for every model spec: a bundled short name, a local folder, a Hugging Face hub id, or
+a registered MLflow model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, see registry_spec.py).
 
 Local folders and hub ids take the same code path (transformers' Auto classes), so what the tests
 prove on tiny local models holds for `meta-llama/Meta-Llama-3.1-8B` too. Hub failures (offline,
@@ -17,6 +18,7 @@ from typing import Any, Callable, Literal, TypeVar
 
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.base import LoadedModel, ModelKind
+from rlaif_tasks.models import registry_spec
 from rlaif_tasks.models.bundled import BUNDLED_MODELS, BundledModel
 
 HF_KINDS: tuple[ModelKind, ...] = ("causal-lm", "seq2seq-lm", "sequence-classifier")
@@ -31,9 +33,9 @@ class SpecInfo:
     """What a spec refers to, worked out without loading weights or touching the network."""
 
     spec: str
-    source: Literal["bundled", "local", "hub"]
+    source: Literal["bundled", "local", "hub", "registry"]
     location: str
-    """The bundled name, the absolute folder path, or the hub id."""
+    """The bundled name, the absolute folder path, the hub id, or the cached folder of a registry version."""
     kind: ModelKind | None = None
     """Known for bundled names and local folders (from config.json); None for hub ids."""
     bundled: BundledModel | None = None
@@ -66,7 +68,8 @@ def _unknown_spec(spec: str) -> RlaifError:
     return RlaifError(
         f"model spec {spec!r} is not a bundled name, an existing folder or a hub id of the form owner/name.{hint}",
         f"use a bundled name ({_bundled_names()}), the path of a folder written by save_pretrained, "
-        "or a hub id with its owner, e.g. google/flan-t5-base or openai-community/gpt2 (not gpt2)",
+        "a hub id with its owner, e.g. google/flan-t5-base or openai-community/gpt2 (not gpt2), "
+        "or a registered model, e.g. models:/rlaif-demo-policy@champion",
     )
 
 
@@ -105,6 +108,9 @@ def describe_spec(spec: str) -> SpecInfo:
     if spec in BUNDLED_MODELS:
         bundled = BUNDLED_MODELS[spec]
         return SpecInfo(spec, "bundled", spec, bundled.kind, bundled)
+    if registry_spec.is_registry_spec(spec):
+        folder = registry_spec.local_folder(spec)
+        return SpecInfo(spec, "registry", str(folder), kind_from_config(_check_folder(folder, spec)))
     path = Path(spec).expanduser()
     if path.is_dir():
         config = _check_folder(path, spec)

@@ -1,0 +1,89 @@
+"""`models:/NAME@ALIAS` and `models:/NAME/VERSION` as model specs, like a bundled name or a folder.
+
+The alias is resolved to a version on every call (tonight's `champion` may not be last night's);
+the version's artefacts are downloaded once into the model cache (`registry/NAME/vVERSION`) and laid
+out as one save_pretrained folder (weights, config and tokenizer side by side), so every loader in
+the project reads it like a local folder. The store is `$MLFLOW_TRACKING_URI`, else the embedded
+one under `$RLAIF_HOME` (rlaif_tasks/tracking.py), with MLflow's own credentials.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models.cache import cache_lock, model_cache_dir
+from rlaif_tasks.stores import default_tracking_uri
+
+PREFIX = "models:/"
+_SPEC = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def is_registry_spec(spec: str) -> bool:
+    return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def parse(spec: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version): exactly one of alias and version is set."""
+    match = _SPEC.match(spec)
+    if match is None:
+        raise RlaifError(
+            f"model spec {spec!r} is not a registry URI of the form models:/NAME@ALIAS or models:/NAME/VERSION",
+            "write e.g. models:/rlaif-demo-policy@champion or models:/rlaif-demo-policy/3",
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def resolve_version(spec: str) -> tuple[str, str]:
+    """(name, version) that the spec names now, asked of the registry."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse(spec)
+    uri = default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RlaifError(
+                f"{spec} does not exist in the model registry at {uri}: {exc.message}",
+                "check the name and alias/version (`rlaif registry show NAME`), or set MLFLOW_TRACKING_URI to the store that holds it",
+            ) from exc
+        raise  # transient (connection, 5xx): let the caller's retry policy handle it
+    return name, str(mv.version)
+
+
+def local_folder(spec: str) -> Path:
+    """The save_pretrained folder of the version the spec names, downloaded on first use."""
+    name, version = resolve_version(spec)
+    folder = model_cache_dir("registry") / name / f"v{version}"
+    if (folder / "config.json").is_file():
+        return folder
+    with cache_lock(folder):
+        if not (folder / "config.json").is_file():
+            _download(name, version, folder)
+    return folder
+
+
+def _download(name: str, version: str, folder: Path) -> None:
+    """Fetch the logged model and flatten MLflow's transformers layout (model/, components/tokenizer/)."""
+    import mlflow.artifacts
+
+    from rlaif_tasks.atomic import atomic_dir
+
+    with tempfile.TemporaryDirectory(prefix="rlaif-registry-") as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=default_tracking_uri(), registry_uri=default_tracking_uri()))
+        weights = next((p.parent for p in sorted(root.rglob("config.json")) if "components" not in p.parts), None)
+        if weights is None:
+            raise RlaifError(
+                f"models:/{name}/{version} holds no transformers checkpoint (no config.json among its artefacts)",
+                "register a policy logged with the transformers flavour (rlaif_tasks.registry.register_policy does)",
+            )
+        with atomic_dir(folder) as out:
+            for source in (weights, root / "components" / "tokenizer"):
+                if source.is_dir():
+                    shutil.copytree(source, out, dirs_exist_ok=True)
