@@ -103,10 +103,18 @@ def versions_of_run(client: "MlflowClient", name: str, run_id: str) -> list["Mod
     return sorted(found, key=lambda mv: int(mv.version))
 
 
-def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32") -> str:
+def inference_defaults(config: RunConfig) -> dict:
+    """What a served policy generates with unless the request's params say otherwise: the run's sampling."""
+    g = config.generation
+    return {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p}
+
+
+def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32", defaults: dict | None = None) -> str:
     """Log the policy folder as a transformers text-generation model of the run; returns the logged model id.
 
-    A model this run logged before (a retry that failed before registering) is reused.
+    A model this run logged before (a retry that failed before registering) is reused. `defaults`
+    become the served model's inference config and its signature's params, so `mlflow models serve`
+    answers with the run's response length and a caller can override any of them per request.
     """
     import mlflow
 
@@ -133,8 +141,15 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
             f"{model_dir} holds a {loaded.kind}; the registry stores text-generation (causal LM) policies",
             "register a causal LM policy (transformers 5 has no text2text pipeline for MLflow's transformers flavour)",
         )
+    from mlflow.models import infer_signature
+
     pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
-    mlflow.transformers.log_model(pipeline, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, pip_requirements=pip_requirements())
+    defaults = dict(defaults or {})
+    mlflow.transformers.log_model(
+        pipeline, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, pip_requirements=pip_requirements(),
+        model_config={**defaults, "return_full_text": False},  # answer with the continuation, as the evaluation scores it
+        signature=infer_signature(["a prompt"], ["its continuation"], params=defaults or None),
+    )
     if str(client.get_logged_model(model.model_id).status) != "READY":
         mlflow.finalize_logged_model(model.model_id, "READY")
     return model.model_id
@@ -161,7 +176,7 @@ def register_policy(
         return _summary(name, mv, reused=True)
     if not (model_dir / "config.json").is_file():
         raise RlaifError(f"{model_dir} is not a trained model folder (no config.json)", "run the train stage of this run first")
-    model_id = _log_policy(client, run_id, model_dir, config.model.dtype)
+    model_id = _log_policy(client, run_id, model_dir, config.model.dtype, inference_defaults(config))
     try:
         client.create_registered_model(name, description=f"Policies aligned by the rlaif run config {config.name!r}.")
     except MlflowException as exc:

@@ -301,3 +301,62 @@ def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(m
         describe_spec("models:/rlaif-specs-policy@no-such-alias")
     with pytest.raises(RlaifError, match="models:/NAME@ALIAS"):
         describe_spec("models:/rlaif-specs-policy")
+
+
+def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(models, prompts_file, store, tmp_path):
+    """`mlflow models serve` on models:/NAME@champion answers at once, and a caller's params apply."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    config = make_config("serve", models, prompts_file, store, tmp_path)
+    config.generation.max_new_tokens = 6
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="serve-1")
+    version = registry.register_policy(config, run_id, models["clean"], client=client)["version"]
+    registry.promote("rlaif-serve-policy", version, client=client)
+    import mlflow
+
+    info = mlflow.models.get_model_info("models:/rlaif-serve-policy@champion")
+    params = {p.name: p.default for p in info.signature.params.params}
+    assert params == {"max_new_tokens": 6, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/rlaif-serve-policy@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer within 180 s"
+            time.sleep(1)
+        prompt = "the good day is"
+        default = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [prompt]}, timeout=60)
+        assert default.status_code == 200, default.text
+        short = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [prompt], "params": {"max_new_tokens": 2, "do_sample": False}}, timeout=60)
+        assert short.status_code == 200, short.text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    [answer] = default.json()["predictions"]
+    [brief] = short.json()["predictions"]
+    tokenizer_words = lambda text: len(text.split())  # noqa: E731 (the tiny tokenizer has one token per word)
+    assert isinstance(answer, str) and isinstance(brief, str)
+    assert tokenizer_words(answer) <= 6 and tokenizer_words(brief) <= 2, (answer, brief)
+    assert "Ignoring provided params" not in log.read_text()
