@@ -108,6 +108,10 @@ def record_failure(context) -> None:
 
 
 orchestration = load_config(resolve_config_path(DAG_CONFIG)).orchestration
+# `make run` stores the DAG without a schedule (RLAIF_DAG_SCHEDULE=none) while it unpauses it for one
+# manual run, so that run does not also start the nightly schedule's latest missed run.
+schedule = os.environ.get("RLAIF_DAG_SCHEDULE", orchestration.schedule)
+schedule = None if schedule.strip().lower() == "none" else schedule
 eval_timeout = timedelta(minutes=orchestration.eval_timeout_minutes)
 on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
 
@@ -115,7 +119,7 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
 @dag(
     dag_id="rlaif_nightly",
     description="Align the policy with RL from AI feedback, evaluate it before and after, register it, promote it if the gate passes",
-    schedule=orchestration.schedule,
+    schedule=schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=orchestration.max_active_runs,
@@ -137,7 +141,10 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
     },
     params={
         "config": Param(DAG_CONFIG, type="string", minLength=1, description="Run config YAML, absolute or relative to the project folder."),
-        "algorithm": Param(None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config."),
+        "algorithm": Param(
+            None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config.",
+            values_display={None: "(from the config)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO"},
+        ),
         "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, PPO/GRPO/RLOO updates; empty: from the config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),
         "policy": Param(None, type=["null", "string"], description="model.policy: a bundled name, hub id, local folder or models:/NAME@ALIAS (e.g. the champion); empty: from the config."),

@@ -133,7 +133,7 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
     if airflow_url:
         client.set_tag(run_id, tracking.TAG_AIRFLOW_URL, airflow_url)
     tracking.log_params(client, run_id, config)
-    tracking.log_prompt_datasets(client, run_id, run_dir, manifest, config.data.source)
+    tracking.log_prompt_datasets(client, run_id, run_dir, manifest)
     counts = manifest.get("counts", {})
     tracking.log_metrics_once(client, run_id, {f"data/{k}_prompts": float(counts[k]) for k in ("train", "test") if k in counts})
     client.log_artifact(run_id, str(written), "run")

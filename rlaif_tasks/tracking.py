@@ -393,8 +393,12 @@ def log_figure(client: "MlflowClient", run_id: str, fig: "Figure", artifact_file
 # -- links and inputs ---------------------------------------------------------------------------
 
 
-def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, manifest: dict, source: str) -> int:
-    """The run's prepared prompt splits as MLflow dataset inputs (the UI's Datasets column); once per split."""
+def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, manifest: dict) -> int:
+    """The run's prepared prompt splits as MLflow dataset inputs (the UI's Datasets column); once per split.
+
+    The source is the split's parquet file in the run folder, the exact rows used (`data.source`,
+    e.g. `bundled:detox-prompts`, is no location MLflow can resolve, and is logged as a param anyway).
+    """
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
@@ -407,7 +411,7 @@ def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, mani
         if (name, digest) in have:
             continue
         frame = load_prompts_split(run_dir, split)
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(run_dir) / "data" / f"{split}.parquet"), name=name, digest=digest)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training" if split == "train" else "evaluation")]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)

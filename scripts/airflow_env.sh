@@ -35,6 +35,8 @@ if [[ -s "$AIRFLOW_HOME/jwt_secret" ]]; then
     export AIRFLOW__API_AUTH__JWT_SECRET="${AIRFLOW__API_AUTH__JWT_SECRET:-$(<"$AIRFLOW_HOME/jwt_secret")}"
 fi
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+# Progress bars in task logs arrive as stderr lines at level ERROR; the project logs its own progress.
+export HF_HUB_DISABLE_PROGRESS_BARS="${HF_HUB_DISABLE_PROGRESS_BARS:-1}"
 
 rlaif_airflow_init() {
     # Migrate the metadata DB once per Airflow version, create the training pool, write the login.

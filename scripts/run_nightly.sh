@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# `make run`: one real run of the DAG rlaif_nightly in the embedded Airflow, then its report.
+# `make run`: one run of the DAG rlaif_nightly through the embedded Airflow's scheduler, then its report.
 #
 #     scripts/run_nightly.sh [CONFIG] [key.sub=value ...]
 #
-# `airflow dags test` creates the DAG run in the metadata DB and runs its tasks in order in this
-# process (retries included); the full log goes to .airflow/logs/runs/, the terminal shows task
-# starts and ends and the project's own log lines. The report printed at the end is read back from
-# the metadata DB (the `report` task's XCom).
+# Starts the api-server, a scheduler (LocalExecutor, SQLite) and a DAG processor with the production
+# start commands (scripts/service.sh), triggers the run through the REST API and follows it
+# (scripts/follow_run.py): the terminal shows task starts and ends and the project's log lines, and
+# every task's log stays where the Airflow UI of `make up` reads it. The DAG is stored without a
+# schedule meanwhile and left paused as it was, so a manual run never switches on the nightly
+# schedule. The run's note is its report; the report printed at the end is read back from the
+# metadata DB (the `report` task's XCom). Service logs: .airflow/logs/run/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,29 +17,46 @@ config="${1:-configs/demo.yaml}"
 shift || true
 source scripts/airflow_env.sh "$config"
 rlaif_airflow_init
+export RLAIF_DAG_SCHEDULE=none RLAIF_SKIP_SERVE_LOGS=1
 
-conf="$(python - "$config" "$@" <<'EOF'
+if python -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$AIRFLOW_PORT"; then
+    echo "error: 127.0.0.1:$AIRFLOW_PORT is already in use (is \`make up\` running?)" >&2
+    echo "  fix: stop it first (the two would share one SQLite DB), or choose another port: make run AIRFLOW_PORT=8081" >&2
+    exit 2
+fi
+
+conf="$(python - "$config" "$@" <<'PY'
 import json, sys
 print(json.dumps({"config": sys.argv[1], "set": sys.argv[2:]}))
-EOF
+PY
 )"
-mkdir -p "$AIRFLOW_HOME/logs/runs"
-log="$AIRFLOW_HOME/logs/runs/rlaif_nightly-$(date -u +%Y%m%dT%H%M%SZ).log"
-echo "airflow dags test rlaif_nightly -c '$conf'   (full log: $log)"
+logs="$AIRFLOW_HOME/logs/run"
+mkdir -p "$logs"
+pids=()
+stop() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop EXIT
+for component in api-server scheduler dag-processor; do
+    bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
+    pids+=($!)
+done
 
+echo "rlaif_nightly with $conf (Airflow on $AIRFLOW__API__BASE_URL, service logs in $logs)"
 set +e
-airflow dags test rlaif_nightly -c "$conf" 2>&1 | tee "$log" \
-    | grep --line-buffered -E '\[DAG TEST\] (starting|end task)|\[rlaif|rlaif_tasks|Traceback|Error|DagRun Finished' \
-    | sed -u -E 's/ \[airflow\.sdk\.definitions\.dag\].*//; s/ loc=[^ ]+//'
+python scripts/follow_run.py "$conf" | tee "$logs/follow.log"
 status="${PIPESTATUS[0]}"
 set -e
+stop
+trap - EXIT
 
-run_id="$(grep -o 'DagRun Finished: dag_id=rlaif_nightly, logical_date=[^,]*, run_id=[^,]*' "$log" | tail -1 | sed 's/.*run_id=//')"
+run_id="$(sed -n 's/^DAG_RUN_ID //p' "$logs/follow.log" | tail -1)"
 echo
 if [[ -n "$run_id" ]]; then
     python scripts/nightly_report.py "$run_id" || status=1
 else
-    echo "the DAG run did not finish; last lines of $log:" >&2
-    tail -40 "$log" >&2
+    echo "the DAG run did not finish; last lines of the scheduler's log:" >&2
+    tail -40 "$logs/scheduler.log" >&2
 fi
 exit "$status"

@@ -92,6 +92,7 @@ def test_trigger_form_params(dag):
     for name in params:
         assert params.get_param(name).description
     assert params["steps"] is None and params["algorithm"] is None
+    assert params.get_param("algorithm").schema["values_display"][None] == "(from the config)"  # not a bare "null"
     accepted = {"steps": 5, "algorithm": "grpo", "learning_rate": 1e-5, "policy": "/models/llama", "set": ["train.batch_size=8"]}
     for name, value in accepted.items():
         assert copy.deepcopy(params.get_param(name)).resolve(value=value) == value

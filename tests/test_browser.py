@@ -1,0 +1,131 @@
+"""What a user sees after `make run` and `make up`, checked in a real browser.
+
+Debian's Chromium (/usr/bin/chromium) driven by Playwright's Python package; Playwright's own
+browser download is never used (.ci/run installs the Debian package). A tiny-config `make run`
+(scripts/run_nightly.sh), then `make up` (scripts/up.sh) on free loopback ports, then the pages a
+user opens: the Airflow login, the `train` task's log with its training steps, the run's note with
+the report; MLflow's run page with the per-step metrics and the registered model with its alias.
+Screenshots go to $RLAIF_TEST_ARTIFACTS (default .cache/test-artifacts/browser), not into git.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from production_stack import free_port, write_tiny_project
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(os.environ.get("RLAIF_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts")) / "browser"
+
+
+def expect_text(page, text: str, shot: str, timeout: float = 60_000) -> None:
+    """Wait for `text` on the page; on a timeout keep a screenshot and the page's text for the report."""
+    from playwright.sync_api import TimeoutError
+
+    try:
+        page.get_by_text(text).first.wait_for(timeout=timeout)
+    except TimeoutError:
+        page.screenshot(path=str(SHOTS / f"{shot}-failed.png"))
+        raise AssertionError(f"{text!r} did not appear on {page.url}:\n{page.inner_text('body')[:2000]}") from None
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs the browser test, but {CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip("install Debian's chromium for the browser test: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """A tiny `make run`, then `make up` over its stores until the module ends."""
+    home = tmp_path_factory.mktemp("browser_home")
+    config = write_tiny_project(home)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_")) and k not in ("RLAIF_HOME", "RLAIF_DAG_CONFIG")}
+    env.update(RLAIF_HOME=str(home), VENV=str(Path(sys.executable).parent.parent), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    made = subprocess.run(["bash", "scripts/run_nightly.sh", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
+    assert "train | info    step 2/2" in made.stdout  # the terminal streamed the training steps
+    run_id = next(line.split(" ", 1)[1] for line in made.stdout.splitlines() if line.startswith("DAG_RUN_ID "))
+    log = (home / "up.log").open("w")
+    up = subprocess.Popen(["bash", "scripts/up.sh", str(config)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    airflow, mlflow = f"http://127.0.0.1:{env['AIRFLOW_PORT']}", f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    try:
+        deadline = time.monotonic() + 240
+        for url in (f"{airflow}/api/v2/monitor/health", f"{mlflow}/health"):
+            while True:
+                assert up.poll() is None, (home / "up.log").read_text()[-3000:]
+                try:
+                    if httpx.get(url, timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"make up: {url} did not answer"
+                time.sleep(2)
+        summary = json.loads(next((home / "runs" / "tiny").glob("*/nightly.json")).read_text())
+        yield {"airflow": airflow, "mlflow": mlflow, "run_id": run_id, "summary": summary, "home": home}
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(timeout=60)
+
+
+def test_airflow_ui_shows_the_train_log_and_the_report(ui, chromium):
+    page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{ui['airflow']}/")
+    page.wait_for_url("**/auth/login**")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "admin")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{ui['airflow']}/")
+
+    page.goto(f"{ui['airflow']}/dags/rlaif_nightly/runs/{ui['run_id']}/tasks/train")
+    page.get_by_text("step 2/2 reward").first.wait_for(timeout=60_000)  # a PPO step line in the task's log
+    page.screenshot(path=str(SHOTS / "airflow-train-log.png"))
+
+    page.goto(f"{ui['airflow']}/dags/rlaif_nightly/runs/{ui['run_id']}")
+    outcome = page.get_by_text(f"model rlaif-tiny-policy version {ui['summary']['model_version']}: promoted").first
+    outcome.wait_for(timeout=60_000)  # the run's note (the report), whose first line is the outcome
+    page.screenshot(path=str(SHOTS / "airflow-run-note.png"))
+    page.close()
+
+
+def test_mlflow_ui_shows_the_curves_and_the_champion(ui, chromium):
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{ui['home'] / '.mlflow' / 'mlflow.db'}"
+    run = MlflowClient(store).get_run(ui["summary"]["mlflow_run_id"])
+    page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{ui['mlflow']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics")
+    # MLflow groups charts by prefix: section `train/reward` holds the per-step curve `mean` (`train/reward/mean`)
+    expect_text(page, "train/reward", "mlflow-run-metrics")
+    page.get_by_text("train/reward").first.scroll_into_view_if_needed()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # a drawn chart, not a spinner
+    page.screenshot(path=str(SHOTS / "mlflow-run-metrics.png"))
+
+    page.goto(f"{ui['mlflow']}/#/models/rlaif-tiny-policy")
+    expect_text(page, "champion", "mlflow-model-champion")
+    expect_text(page, f"Version {ui['summary']['model_version']}", "mlflow-model-champion", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "mlflow-model-champion.png"))
+    page.close()
