@@ -37,6 +37,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, timeout: float = 180) -> None:
+    """Poll `url` until it answers 200, failing with the log's tail if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not answer within {timeout:.0f} s"
+        time.sleep(1)
+
+
 def servers_missing() -> str | None:
     """Why the Postgres/Redis servers cannot be used, or None when both answer."""
     import psycopg2

@@ -15,13 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from production_stack import free_port, write_tiny_project
+from production_stack import free_port, wait_for_http, write_tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -73,17 +71,8 @@ def ui(tmp_path_factory):
     up = subprocess.Popen(["bash", "scripts/up.sh", str(config)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     airflow, mlflow = f"http://127.0.0.1:{env['AIRFLOW_PORT']}", f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     try:
-        deadline = time.monotonic() + 240
         for url in (f"{airflow}/api/v2/monitor/health", f"{mlflow}/health"):
-            while True:
-                assert up.poll() is None, (home / "up.log").read_text()[-3000:]
-                try:
-                    if httpx.get(url, timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"make up: {url} did not answer"
-                time.sleep(2)
+            wait_for_http(url, up, home / "up.log", f"make up: {url}", timeout=240)
         summary = json.loads(next((home / "runs" / "tiny").glob("*/nightly.json")).read_text())
         yield {"airflow": airflow, "mlflow": mlflow, "run_id": run_id, "summary": summary, "home": home}
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from production_stack import free_port, write_tiny_project
+from production_stack import free_port, wait_for_http, write_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "rlaif_nightly"
@@ -82,16 +82,7 @@ def api(project, nightly):
     """The api-server on a free loopback port, and a client holding a JWT from POST /auth/token."""
     server = airflow_process(project, f"api-server --host 127.0.0.1 --port {project['env']['AIRFLOW_PORT']} --workers 1", project["home"] / "api-server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (project["home"] / "api-server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{project['url']}/api/v2/monitor/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the api-server did not answer within 180 s"
-            time.sleep(2)
+        wait_for_http(f"{project['url']}/api/v2/monitor/health", server, project["home"] / "api-server.log", "the api-server")
         passwords = json.loads((project["home"] / ".airflow" / "passwords.json").read_text())
         assert passwords == {"admin": "admin"}  # the documented default login
         assert httpx.post(f"{project['url']}/auth/token", json={"username": "admin", "password": "wrong"}).status_code == 401

@@ -310,9 +310,10 @@ def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(model
     import socket
     import subprocess
     import sys
-    import time
 
     import httpx
+
+    from production_stack import wait_for_http
 
     config = make_config("serve", models, prompts_file, store, tmp_path)
     config.generation.max_new_tokens = 6
@@ -336,16 +337,7 @@ def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(model
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer within 180 s"
-            time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, "mlflow models serve")
         prompt = "the good day is"
         default = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [prompt]}, timeout=60)
         assert default.status_code == 200, default.text
