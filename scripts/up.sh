@@ -4,13 +4,19 @@
 #     scripts/up.sh [CONFIG]
 #
 # Starts the Airflow api-server (UI and REST API) on 127.0.0.1:$AIRFLOW_PORT (8080), a scheduler, a
-# DAG processor and a triggerer (so that the trigger form and the nightly schedule work; the DAG is paused
-# until you unpause it), and `mlflow server` on 127.0.0.1:$MLFLOW_PORT (5000) over the embedded
-# store. Logs: .airflow/logs/up/. Ctrl-C stops them all.
+# DAG processor and a triggerer, and `mlflow server` on 127.0.0.1:$MLFLOW_PORT (5000) over the
+# embedded store. Logs: .airflow/logs/up/. Ctrl-C stops them all.
+#
+# The DAG is stored without a schedule here unless RLAIF_DAG_SCHEDULE says otherwise (e.g.
+# RLAIF_DAG_SCHEDULE="0 2 * * *", or "config" for the config's orchestration.schedule): Airflow's
+# trigger form ticks "Unpause on trigger" by default, and on a laptop one manual trigger should not
+# also start nightly runs. The production components (scripts/service.sh) use the config's schedule.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 source scripts/airflow_env.sh "${1:-}"
+export RLAIF_DAG_SCHEDULE="${RLAIF_DAG_SCHEDULE:-none}"
+[[ "$RLAIF_DAG_SCHEDULE" == config ]] && unset RLAIF_DAG_SCHEDULE
 rlaif_airflow_init
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 logs="$AIRFLOW_HOME/logs/up"
@@ -40,7 +46,8 @@ for component in api-server scheduler dag-processor triggerer; do
     pids+=($!)
 done
 
-mlflow_ui="http://127.0.0.1:$MLFLOW_PORT"
+# MLflow 3.17's UI opens in its GenAI workflow unless the link asks for model training.
+mlflow_ui="http://127.0.0.1:$MLFLOW_PORT/#/experiments?workflowType=machine_learning"
 if [[ -n "${MLFLOW_TRACKING_URI:-}" && "$MLFLOW_TRACKING_URI" != sqlite:* ]]; then
     mlflow_ui="$MLFLOW_TRACKING_URI (MLFLOW_TRACKING_URI; no local MLflow UI started)"
 else
@@ -57,6 +64,7 @@ cat <<EOF
 Airflow UI   http://127.0.0.1:$AIRFLOW_PORT   (user: $user, password in $AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE)
 MLflow UI    $mlflow_ui
 Logs         $logs/
+Schedule     ${RLAIF_DAG_SCHEDULE:-from the config} (make up RLAIF_DAG_SCHEDULE="0 2 * * *" to run nightly here)
 Ctrl-C stops everything.
 EOF
 wait -n

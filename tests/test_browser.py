@@ -97,6 +97,13 @@ def test_airflow_ui_shows_the_train_log_and_the_report(ui, chromium):
     outcome = page.get_by_text(f"model rlaif-tiny-policy version {ui['summary']['model_version']}: promoted").first
     outcome.wait_for(timeout=60_000)  # the run's note (the report), whose first line is the outcome
     page.screenshot(path=str(SHOTS / "airflow-run-note.png"))
+
+    page.goto(f"{ui['airflow']}/dags/rlaif_nightly")
+    page.get_by_role("button", name="Trigger").first.click()
+    expect_text(page, "Unpause", "airflow-trigger-form")  # ticked by Airflow; `make up` stores no schedule to unpause
+    page.get_by_text("Run Parameters").first.click()
+    expect_text(page, "(from the config)", "airflow-trigger-form")  # the algorithm select's empty value
+    page.screenshot(path=str(SHOTS / "airflow-trigger-form.png"), full_page=True)
     page.close()
 
 
@@ -106,7 +113,14 @@ def test_mlflow_ui_shows_the_curves_and_the_champion(ui, chromium):
     store = f"sqlite:///{ui['home'] / '.mlflow' / 'mlflow.db'}"
     run = MlflowClient(store).get_run(ui["summary"]["mlflow_run_id"])
     page = chromium.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{ui['mlflow']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics")
+    # MLflow 3.17 starts in its GenAI workflow whatever the experiment's kind; the links we print say model training
+    page.goto(f"{ui['mlflow']}/#/experiments/{run.info.experiment_id}?workflowType=machine_learning")
+    page.wait_for_url(f"**/experiments/{run.info.experiment_id}/runs**", timeout=60_000)  # the kind tag picks the runs tab
+    expect_text(page, run.info.run_name, "mlflow-experiment-runs")
+    page.screenshot(path=str(SHOTS / "mlflow-experiment-runs.png"))
+    page.screenshot(path=str(SHOTS / "mlflow-experiment-runs.png"))
+
+    page.goto(f"{ui['mlflow']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics?workflowType=machine_learning")
     # MLflow groups charts by prefix: section `train/reward` holds the per-step curve `mean` (`train/reward/mean`)
     expect_text(page, "train/reward", "mlflow-run-metrics")
     page.get_by_text("train/reward").first.scroll_into_view_if_needed()
