@@ -11,6 +11,10 @@
 A checkpoint is written into a hidden temp folder and renamed into place, so a killed run leaves
 either a complete `step-N` or a `.step-N.*.tmp` folder that the next start deletes. Only the newest
 `keep` checkpoints are kept. With several processes only rank 0 writes, and every rank reads.
+
+A checkpoint can still rot after its rename (disk full, a truncated copy, flipped bits): `resume_newest`
+checks every file before loading and falls back to the checkpoint before a damaged one, which it renames
+to `broken-step-N` (see `quarantine`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import logging
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+BROKEN_PREFIX = "broken-"
+T = TypeVar("T")
 
 NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter", "num_processes"}
 """TrainConfig fields that may change between a run and its resumption (e.g. train longer, on fewer GPUs)."""
@@ -180,6 +187,91 @@ def load_checkpoint(path: Path, *, policy, value_head, optimizer, rank: int = 0)
     else:
         log.warning("%s has no RNG state for rank %d: its sampling continues from its seed, not bit for bit", path, rank)
     return read_state(path)
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that is truncated, unreadable or fails its checksum."""
+
+
+def verify_files(path: Path) -> None:
+    """Check every file of the checkpoint `path` before any of it is loaded into a model.
+
+    A load that fails halfway would leave the model part old, part new; checking first keeps a damaged
+    checkpoint from touching it. `.safetensors`: the header must cover the file exactly (truncation);
+    `.pt`/`.pth`/`.bin` (torch.save zip archives): every member's CRC-32 (truncation and flipped bits);
+    `.json`: it parses.
+    """
+    from safetensors import safe_open
+
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt"):
+                    pass
+            elif file.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise DamagedCheckpoint(f"CRC mismatch in {bad}")
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+        except Exception as exc:
+            raise DamagedCheckpoint(f"{file.relative_to(path)}: {exc}") from exc
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a damaged checkpoint to `broken-<name>` (`broken-<name>.2`, ... if taken).
+
+    Not deleted: the damage may point at a disk or copy problem worth inspecting, and its intact files
+    (say, the weights when only the optimizer state is cut) may still be worth saving by hand. The new
+    name is never listed, resumed or rotated away by `keep`, so it stays until someone removes it.
+    """
+    target = path.with_name(BROKEN_PREFIX + path.name)
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{BROKEN_PREFIX}{path.name}.{n}")
+    path.rename(target)
+    return target
+
+
+def resume_newest(
+    found: Sequence[tuple[int, Path]], load: Callable[[int, Path], T], *, main: bool = True, load_changes_model: bool = True
+) -> tuple[int, Path, T] | None:
+    """`load(step, path)` the newest of `found` (oldest first) that loads; None when none does.
+
+    Each damaged checkpoint is logged, renamed by the main process (`quarantine`) and passed over for
+    the one before; with none left training starts from scratch. An RlaifError from `load` (e.g. changed
+    training settings) is a refusal, not damage, and propagates, as does running out of memory. Every
+    rank checks the same files, so all reach the same verdict. If a `load` that changes the model failed
+    after the files passed and no older checkpoint overwrote it, the model is a mix: that raises instead
+    of training on.
+    """
+    loaded_into_model = False
+    for step, path in reversed(found):
+        try:
+            verify_files(path)
+            loaded_into_model = loaded_into_model or load_changes_model
+            return step, path, load(step, path)
+        except (RlaifError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:
+            renamed = ""
+            if main and path.exists():
+                try:
+                    renamed = f"; renamed it to {quarantine(path).name}"
+                except OSError as rename_exc:
+                    renamed = f"; could not rename it ({rename_exc})"
+            log.warning("checkpoint %s cannot be loaded (%s: %s)%s; trying the one before it", path, type(exc).__name__, exc, renamed)
+    if found:
+        root = found[-1][1].parent
+        if loaded_into_model:
+            raise RlaifError(
+                f"no checkpoint under {root} could be loaded, and a load that failed halfway may have changed the model",
+                f"run again: the damaged checkpoints are renamed {BROKEN_PREFIX}*, so the next run starts from scratch",
+            )
+        log.warning("no checkpoint under %s could be loaded: training starts from scratch", root)
+    return None
 
 
 def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) -> None:

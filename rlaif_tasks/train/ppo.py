@@ -444,7 +444,7 @@ def train_ppo(
 
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
     `reward_fn(responses, prompts)` replaces the scorer built from `config.reward`.
-    Resumes from the newest complete checkpoint under `run_dir/train/checkpoints`.
+    Resumes from the newest complete checkpoint under `run_dir/train/checkpoints` that loads.
     Under `accelerate launch` each of N processes trains on 1/N of every batch (see distributed.py);
     `on_step` is called in the main process only.
     """
@@ -507,13 +507,21 @@ def train_ppo(
     if main:
         ckpt.clean_partial(ckpt_root)
     procs.wait_for_everyone()
-    found = ckpt.list_checkpoints(ckpt_root)
-    if found:
-        step_done, path = found[-1]
+
+    def restore(step_done: int, path: Path) -> list[dict]:
         ckpt.check_compatible(path, ckpt.read_state(path), fields)
         state = ckpt.load_checkpoint(path, policy=model.policy, value_head=model.value_head, optimizer=optimizer, rank=rank)
         kl_ctl.load_state_dict(state["kl_controller"])
-        metrics = [m for m in state["metrics"] if m["step"] <= step_done]
+        return [m for m in state["metrics"] if m["step"] <= step_done]
+
+    resumed = ckpt.resume_newest(ckpt.list_checkpoints(ckpt_root), restore, main=main)
+    if world > 1 and len(steps := set(dist.gather_objects(resumed[0] if resumed else None))) > 1:
+        raise RlaifError(
+            f"the processes could load different checkpoints under {ckpt_root} (steps {sorted(steps, key=str)}): some rank's files are damaged",
+            "look for the failed load in the warnings above, delete that checkpoint and run again",
+        )
+    if resumed:
+        step_done, path, metrics = resumed
         start_step = step_done
         if step_done < t.steps:
             log.info("resuming from checkpoint %s: step %d of %d done, running steps %d-%d", path, step_done, t.steps, step_done + 1, t.steps)

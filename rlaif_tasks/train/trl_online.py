@@ -286,7 +286,7 @@ def train_with_trl(
 
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
     `reward_fn(responses, prompts)` replaces the scorer built from `config.reward`.
-    Resumes from the newest complete checkpoint under `run_dir/train/checkpoints`.
+    Resumes from the newest complete checkpoint under `run_dir/train/checkpoints` whose files are intact.
     Under `accelerate launch` every process calls it; `on_step` is called in the main process only.
     """
     import datasets
@@ -343,12 +343,17 @@ def train_with_trl(
     procs.wait_for_everyone()
     rows: list[dict] = []
     resume_from, start_step = None, 0
-    found = complete_checkpoints(ckpt_root)
-    if found:
-        _, resume_from = found[-1]
-        state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
-        ckpt.check_compatible(resume_from, state, fields)
-        start_step = int(state["step"])
+
+    def read(_: int, path: Path) -> dict:
+        """Only our state: the HF Trainer loads the rest in train(), once `resume_newest` checked its files."""
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        ckpt.check_compatible(path, state, fields)
+        return {"step": int(state["step"]), "metrics": state["metrics"]}
+
+    resumed = ckpt.resume_newest(complete_checkpoints(ckpt_root), read, main=procs.is_main_process, load_changes_model=False)
+    if resumed:
+        _, resume_from, state = resumed
+        start_step = state["step"]
         rows = [r for r in state["metrics"] if r["step"] <= start_step]
         if start_step < t.steps:
             log.info("resuming from checkpoint %s: step %d of %d done, running steps %d-%d", resume_from, start_step, t.steps, start_step + 1, t.steps)

@@ -1,0 +1,164 @@
+"""Damaged checkpoints (issue 11): resumption falls back to the one before, keeps the damaged one aside."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig
+from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.train import checkpoint as ckpt
+from rlaif_tasks.train.metrics import read_metrics
+
+from killed_training import count_good
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
+
+QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
+
+
+@pytest.fixture(scope="module")
+def causal_path(tmp_path_factory):
+    from tiny_models import tiny_causal_lm
+
+    return tiny_causal_lm(tmp_path_factory.mktemp("models") / "causal")
+
+
+def tiny_config(model_path, **train) -> RunConfig:
+    config = RunConfig(name="tiny", seed=0, device="cpu")
+    config.model.policy = str(model_path)
+    config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=16)
+    config.train = TrainConfig(**{"batch_size": 16, "mini_batch_size": 4, "save_every": 1, "learning_rate": 1e-2, **train})
+    return config
+
+
+def truncate(path: Path) -> int:
+    size = path.stat().st_size // 2
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+    return size
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == ckpt.log.name]
+
+
+def test_ppo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tmp_path, caplog):
+    from rlaif_tasks.train.ppo import train_ppo
+
+    config = tiny_config(causal_path, steps=3, use_lora=False)
+    first = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good)
+    checkpoints = tmp_path / "train" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-2", "step-3"]
+    cut = truncate(checkpoints / "step-3" / "model.safetensors")
+
+    config.train.steps = 4
+    ran = []
+    with caplog.at_level(logging.INFO):
+        result = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good, on_step=lambda m: ran.append(m["step"]))
+
+    [warning] = warnings_of(caplog)
+    assert "step-3" in warning and "model.safetensors" in warning and "renamed it to broken-step-3" in warning
+    assert "running steps 3-4" in caplog.text
+    assert result.resumed_from == 2 and ran == [3, 4]
+    rows = read_metrics(tmp_path / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[:2] == first.metrics[:2]
+    assert rows[2]["reward/mean"] == first.metrics[2]["reward/mean"]  # step 2's RNG state: step 3 samples as before
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["broken-step-3", "step-3", "step-4"]
+    assert (checkpoints / "broken-step-3" / "model.safetensors").stat().st_size == cut
+    assert (tmp_path / "train" / "final" / "config.json").is_file()
+
+
+def test_ppo_starts_from_scratch_when_no_checkpoint_loads(causal_path, tmp_path, caplog):
+    from rlaif_tasks.train.ppo import train_ppo
+
+    config = tiny_config(causal_path, steps=2, use_lora=True, lora_r=4, lora_alpha=8)
+    first = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good)
+    checkpoints = tmp_path / "train" / "checkpoints"
+    truncate(checkpoints / "step-2" / "optimizer.pt")
+    (checkpoints / "step-1" / ckpt.STATE_FILE).write_text('{"format": 1, "step": ', encoding="utf-8")
+
+    ran = []
+    with caplog.at_level(logging.WARNING):
+        result = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good, on_step=lambda m: ran.append(m["step"]))
+
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 3
+    assert "step-2" in warnings[0] and "optimizer.pt" in warnings[0]
+    assert "step-1" in warnings[1] and ckpt.STATE_FILE in warnings[1]
+    assert "training starts from scratch" in warnings[2]
+    assert result.resumed_from == 0 and ran == [1, 2]
+    assert [r["step"] for r in read_metrics(tmp_path / "train" / "metrics.jsonl")] == [1, 2]
+    assert result.metrics[0]["reward/mean"] == first.metrics[0]["reward/mean"]  # a clean start, not a half-loaded model
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["broken-step-1", "broken-step-2", "step-1", "step-2"]
+
+
+def test_grpo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tmp_path, caplog):
+    from rlaif_tasks.train.trl_online import train_with_trl
+
+    config = tiny_config(causal_path, algorithm="grpo", steps=3, mini_batch_size=16, num_generations=4, init_kl_coef=0.05,
+                         use_lora=True, lora_r=4, lora_alpha=8)
+    first = train_with_trl(config, tmp_path, QUERIES, reward_fn=count_good)
+    checkpoints = tmp_path / "train" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    truncate(checkpoints / "checkpoint-3" / "adapter_model.safetensors")
+
+    config.train.steps = 4
+    ran = []
+    with caplog.at_level(logging.INFO):
+        result = train_with_trl(config, tmp_path, QUERIES, reward_fn=count_good, on_step=lambda m: ran.append(m["step"]))
+
+    [warning] = warnings_of(caplog)
+    assert "checkpoint-3" in warning and "adapter_model.safetensors" in warning
+    assert result.resumed_from == 2 and ran == [3, 4]
+    rows = read_metrics(tmp_path / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[:2] == first.metrics[:2]
+    assert (checkpoints / "broken-checkpoint-3").is_dir()
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+def fake_checkpoint(root: Path, step: int) -> Path:
+    path = root / f"step-{step}"
+    path.mkdir(parents=True)
+    torch.save({"state": {0: {"exp_avg": torch.full((256,), 7, dtype=torch.uint8)}}, "param_groups": []}, path / "optimizer.pt")
+    (path / ckpt.STATE_FILE).write_text('{"step": %d}' % step, encoding="utf-8")
+    return path
+
+
+def test_a_flipped_bit_in_a_torch_file_is_caught(tmp_path):
+    path = fake_checkpoint(tmp_path, 1)
+    ckpt.verify_files(path)
+    data = bytearray((path / "optimizer.pt").read_bytes())
+    data[data.index(bytes([7]) * 256) + 100] ^= 0xFF
+    (path / "optimizer.pt").write_bytes(bytes(data))
+    assert torch.load(path / "optimizer.pt", weights_only=True)["state"][0]["exp_avg"][100] == 7 ^ 0xFF  # loads, silently wrong
+    with pytest.raises(ckpt.DamagedCheckpoint, match="optimizer.pt"):
+        ckpt.verify_files(path)
+
+
+def test_a_refusal_is_not_damage_and_a_half_load_is_not_trained_on(tmp_path, caplog):
+    found = [(1, fake_checkpoint(tmp_path, 1)), (2, fake_checkpoint(tmp_path, 2))]
+
+    def refuse(step, path):
+        raise RlaifError("other training settings", "keep them")
+
+    with pytest.raises(RlaifError, match="other training settings"):
+        ckpt.resume_newest(found, refuse)
+    assert all(path.is_dir() for _, path in found)
+
+    def fail_midway(step, path):
+        raise RuntimeError("size mismatch for lm_head.weight")
+
+    with pytest.raises(RlaifError, match="may have changed the model"):
+        ckpt.resume_newest(found, fail_midway)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken-step-1", "broken-step-2"]
+
+    found = [(2, fake_checkpoint(tmp_path, 2))]
+    assert ckpt.resume_newest(found, fail_midway, main=False, load_changes_model=False) is None
+    assert (tmp_path / "step-2").is_dir(), "only the main process renames"
+    assert ckpt.quarantine(tmp_path / "step-2").name == "broken-step-2.2"
