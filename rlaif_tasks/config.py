@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
@@ -358,3 +360,40 @@ def validate(config: RunConfig) -> None:
         raise RlaifError("orchestration.dagrun_timeout_minutes must be > 0 and orchestration.max_active_runs >= 1", "raise the value")
     if d.min_prompt_tokens > d.max_prompt_tokens:
         raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")
+
+
+def config_roots(project: str | Path, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Folders a triggered run's config file may lie in: the project, $RLAIF_HOME, each $RLAIF_CONFIG_DIRS entry.
+
+    $RLAIF_CONFIG_DIRS is os.pathsep-separated; relative entries are relative to the project, as relative
+    config paths are. Each folder is given as written and resolved (symlinks), since a path may use either.
+    """
+    project = Path(project)
+    given = [project, environ.get("RLAIF_HOME") or None, *(environ.get("RLAIF_CONFIG_DIRS") or "").split(os.pathsep)]
+    roots: list[str] = []
+    for root in given:
+        if not root:
+            continue
+        root = project / Path(root).expanduser()  # an absolute root replaces the project
+        for form in (os.path.abspath(root), str(root.resolve())):
+            if form not in roots:
+                roots.append(form)
+    return roots
+
+
+def _pattern_escape(text: str) -> str:
+    """re.escape for a JSON-schema pattern, an ECMA-262 regex: re.escape's `\\-`, `\\~`, `\\ ` are invalid in its unicode mode."""
+    return re.sub(r"([\\^$.*+?()[\]{}|])", r"\\\1", text)
+
+
+def config_path_pattern(roots: Iterable[str], exact: Iterable[str] = ()) -> str:
+    """A JSON-schema `pattern` that admits only run config paths a trigger may name.
+
+    Admitted: .yaml/.yml paths that are relative (to the project) or absolute under one of `roots`, with
+    no `..` segment and no control character; and the `exact` strings as they are (the DAG's default,
+    which the operator set). A trigger form can then not point a run at any file the workers can read.
+    Anchored with ^...$, since JSON schema patterns match anywhere.
+    """
+    under = [f"{_pattern_escape(root.rstrip('/'))}/.+" for root in roots]
+    checked = r"(?!(?:.*/)?\.\.(?:/|$))(?:[^\/].*|" + "|".join(under) + r")\.ya?ml"
+    return r"^(?![\s\S]*[\x00-\x1f])(?:" + "|".join([*(_pattern_escape(e) for e in exact), checked]) + ")$"

@@ -1,3 +1,5 @@
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,32 @@ def test_seed_configs_carry_the_seed_recipe():
         t, g = cfg.train, cfg.generation
         assert (t.learning_rate, t.ppo_epochs, t.mini_batch_size, t.batch_size) == (1.41e-5, 1, 4, 16)
         assert (g.top_k, g.top_p, g.min_new_tokens, g.do_sample) == (0, 1.0, 5, True)
+
+
+def test_config_roots_come_from_the_project_and_the_environment(tmp_path):
+    from rlaif_tasks.config import config_roots
+
+    project, link = tmp_path / "project", tmp_path / "link"
+    (project / "shared").mkdir(parents=True)
+    link.symlink_to(project / "shared")
+    env = {"RLAIF_HOME": f"{tmp_path}/home/", "RLAIF_CONFIG_DIRS": os.pathsep.join(["/srv/team configs", "", str(link), "extra"])}
+    roots = config_roots(project, env)
+    assert roots == [str(project), str(tmp_path / "home"), "/srv/team configs", str(link), str(project / "shared"), str(project / "extra")]
+    assert config_roots(project, {"RLAIF_HOME": ""}) == [str(project)]
+
+
+def test_config_path_pattern_admits_only_yaml_under_the_roots():
+    from rlaif_tasks.config import config_path_pattern
+
+    pattern = re.compile(config_path_pattern(["/opt/rlaif-project", "/srv/team configs+1/"], exact=["/etc/rlaif/nightly.yaml"]))
+    admitted = [
+        "configs/demo.yaml", "configs/a..b.yml", "/opt/rlaif-project/configs/demo.yaml", "/srv/team configs+1/x.yml",
+        "/etc/rlaif/nightly.yaml",
+    ]
+    refused = [
+        "/etc/passwd", "../outside.yaml", "configs/../../outside.yaml", "/opt/rlaif-project/../etc/x.yaml", "..",
+        "/opt/rlaif-projectX/x.yaml", "/srv/team configs/x.yaml", "/etc/rlaif/other.yaml", "/etc/rlaif/nightly.yaml\n",
+        "configs/demo.json", "configs/demo.yaml\n", "configs/demo\x00.yaml", "/opt/rlaif-project/",
+    ]
+    assert [p for p in admitted if not pattern.search(p)] == []
+    assert [p for p in refused if pattern.search(p)] == []
