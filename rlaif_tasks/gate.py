@@ -11,8 +11,10 @@ Three checks on this run's held-out (test) prompts, all of which must pass:
                base policy's own responses, <= gate.max_perplexity_ratio
 
 The champion's toxicity is read from its own MLflow run when that run evaluated it on the same
-prompts (dataset hash) with the same generation and judge settings; otherwise the champion is
-loaded from the registry and evaluated here on this run's test prompts.
+prompts (dataset hash), with the same generation and judge settings, the same code version and the
+same resolved judges (revision or file hash of each); otherwise the champion is loaded from the
+registry and evaluated here on this run's test prompts. The decision records which champion it
+was measured against, so that promotion can be a compare-and-set (nightly.promote_if_better).
 """
 
 from __future__ import annotations
@@ -232,25 +234,58 @@ def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: st
     return read_evaluation(write_evaluation(evaluation, run_dir / "eval", label))
 
 
+COMPARABLE_TAGS = (tracking.TAG_DATASET, tracking.TAG_EVAL_SETTINGS, tracking.TAG_CODE_VERSION, tracking.TAG_JUDGES)
+"""Run tags that must all be set and equal before the champion's stored numbers stand for tonight's:
+the same prompts, sampling and judge settings, code, and judge revisions."""
+
+
 def reference_toxicity(client: "MlflowClient", config: RunConfig, run_dir: Path, run_id: str, name: str, judge: str) -> dict:
-    """What the challenger must beat: the champion's mean toxicity under `judge`, else the base policy's."""
+    """What the challenger must beat: the champion's mean toxicity under `judge`, else the base policy's.
+
+    The champion's numbers come from its own MLflow run only when that run is comparable (every tag
+    of COMPARABLE_TAGS equal); otherwise the champion is evaluated here on this run's test prompts.
+    """
     champion = registry.get_alias(client, name, registry.CHAMPION)
     if champion is None:
         baseline = read_evaluation(run_dir / "eval" / "baseline.json")
         return {"kind": "base", "version": None, "toxicity": _judge_mean(baseline, judge, "baseline"), "source": "baseline evaluation of this run"}
     version = str(champion.version)
-    mine = client.get_run(run_id).data.tags
-    theirs = _run_tags(client, champion.run_id)
-    same_setup = all(
-        mine.get(tag) and mine.get(tag) == theirs.get(tag) for tag in (tracking.TAG_DATASET, tracking.TAG_EVAL_SETTINGS)
-    )
-    stored = tracking.stored_evaluation(client, champion.run_id, "final") if same_setup and champion.run_id else None
+    differences = _differences(client.get_run(run_id).data.tags, _run_tags(client, champion.run_id))
+    stored = tracking.stored_evaluation(client, champion.run_id, "final") if not differences else None
     key = tracking.metric_name(judge)
     if stored is not None and key in stored["judges"]:
-        return {"kind": "champion", "version": version, "toxicity": stored["judges"][key]["mean"], "source": f"MLflow run {champion.run_id} (same prompts and settings)"}
+        return {"kind": "champion", "version": version, "toxicity": stored["judges"][key]["mean"], "source": f"MLflow run {champion.run_id} (same prompts, settings, code and judges)"}
+    if differences:
+        log.info("the run of champion %s version %s (%s) is not comparable with this one, so it is evaluated again: %s",
+                 name, version, champion.run_id, "; ".join(differences))
+    else:
+        log.info("the run of champion %s version %s (%s) holds no final evaluation under %s, so it is evaluated again", name, version, champion.run_id, judge)
     summary = evaluate_registered(config, run_dir, name, version)
     tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("champion", summary))
     return {"kind": "champion", "version": version, "toxicity": _judge_mean(summary, judge, "champion"), "source": "evaluated on this run's test prompts"}
+
+
+def _differences(mine: dict, theirs: dict) -> list[str]:
+    """Each comparability tag that is unset or differs, as `tag: champion's value -> this run's`, judges named."""
+    out = []
+    for tag in COMPARABLE_TAGS:
+        if mine.get(tag) and mine.get(tag) == theirs.get(tag):
+            continue
+        line = f"{tag}: {theirs.get(tag)} -> {mine.get(tag)}"
+        if tag == tracking.TAG_JUDGES:
+            before, after = (_json_tag(t, tracking.TAG_JUDGE_REVISIONS) for t in (theirs, mine))
+            changed = [f"{j} {before.get(j)} -> {after.get(j)}" for j in sorted(before.keys() | after.keys()) if before.get(j) != after.get(j)]
+            line += f" ({', '.join(changed)})" if changed else ""
+        out.append(line)
+    return out
+
+
+def _json_tag(tags: dict, tag: str) -> dict:
+    try:
+        value = json.loads(tags.get(tag) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _run_tags(client: "MlflowClient", run_id: str | None) -> dict:

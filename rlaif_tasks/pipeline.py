@@ -50,12 +50,14 @@ def load_judges(config: RunConfig):
 
 
 def prepare_dataset(config: RunConfig) -> Path:
-    """Load, filter and split the prompts; returns the manifest path."""
+    """Load, filter and split the prompts with the policy's tokenizer (not its weights); returns the manifest path."""
     from rlaif_tasks.data import prepare_prompts
+    from rlaif_tasks.models import load_tokenizer
 
     run_dir = run_dir_of(config)
-    policy = load_policy(config)
-    splits = prepare_prompts(config.data, policy.tokenizer, run_dir, seed=config.seed)
+    m = config.model
+    tokenizer = load_tokenizer(m.policy, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    splits = prepare_prompts(config.data, tokenizer, run_dir, seed=config.seed)
     return splits.manifest_path
 
 

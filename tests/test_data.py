@@ -95,6 +95,32 @@ def test_chat_template_wraps_the_query_and_keeps_the_raw_prompt(tmp_path, tokeni
         assert query != prompt and prompt in query
 
 
+def test_prepare_dataset_reads_the_policy_tokenizer_not_its_weights(tmp_path, monkeypatch):
+    """The CPU task that prepares prompts must not hold a policy in memory: any weight load fails here."""
+    import transformers
+    from tiny_models import tiny_causal_lm
+
+    from rlaif_tasks.config import RunConfig
+    from rlaif_tasks.pipeline import prepare_dataset
+
+    policy = tiny_causal_lm(tmp_path / "policy")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("prepare_dataset loaded model weights")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(no_weights))
+    monkeypatch.setattr("rlaif_tasks.models.hub.load_hf", no_weights)
+    path, _ = prompts_file(tmp_path, column="prompt")
+    config = RunConfig(name="tokenizer-only", run_dir=str(tmp_path / "run"))
+    config.model.policy = str(policy)
+    config.data = DataConfig(source=str(path), use_chat_template=True, test_size=5)
+    manifest = json.loads(prepare_dataset(config).read_text())
+    test = load_prompts_split(tmp_path / "run", "test")
+    assert manifest["tokenizer"] == str(policy.resolve()) and manifest["counts"]["test"] == len(test) == 5
+    assert (test["query"] == test["prompt"] + " : ").all()  # the tiny chat template, from the policy's tokenizer
+    assert (test["n_tokens"] == test["prompt"].str.split().str.len() + 1).all()
+
+
 def test_max_train_prompts_caps_the_train_split_only(tmp_path, tokenizer):
     path, _ = prompts_file(tmp_path, column="prompt")
     cfg = DataConfig(source=str(path), use_chat_template=False, test_size=10, max_train_prompts=7)

@@ -3,6 +3,7 @@
     load_model("smollm2-135m-instruct")                      # bundled, offline
     load_model("runs/demo/policy")                            # a folder written by save_pretrained
     load_model("facebook/roberta-hate-speech-dynabench-r4-target", kind="sequence-classifier")
+    load_tokenizer("smollm2-135m-instruct")                   # the tokenizer alone, no weights read
 
 Heavy libraries (torch, transformers) are imported only when a model is loaded.
 """
@@ -17,6 +18,7 @@ from rlaif_tasks.models.hub import (
     describe_spec,
     kind_from_config,
     load_model,
+    load_tokenizer,
     resolve_device,
     validate_spec,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "describe_spec",
     "kind_from_config",
     "load_model",
+    "load_tokenizer",
     "model_cache_dir",
     "resolve_device",
     "validate_spec",

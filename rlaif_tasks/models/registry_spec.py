@@ -13,10 +13,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.cache import cache_lock, model_cache_dir
 from rlaif_tasks.stores import default_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 PREFIX = "models:/"
 _SPEC = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
@@ -39,6 +43,12 @@ def parse(spec: str) -> tuple[str, str | None, str | None]:
 
 def resolve_version(spec: str) -> tuple[str, str]:
     """(name, version) that the spec names now, asked of the registry."""
+    mv = resolve(spec)
+    return mv.name, str(mv.version)
+
+
+def resolve(spec: str) -> "ModelVersion":
+    """The model version the spec names now (its alias resolved), asked of the registry."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -54,7 +64,7 @@ def resolve_version(spec: str) -> tuple[str, str]:
                 "check the name and alias/version (`rlaif registry show NAME`), or set MLFLOW_TRACKING_URI to the store that holds it",
             ) from exc
         raise  # transient (connection, 5xx): let the caller's retry policy handle it
-    return name, str(mv.version)
+    return mv
 
 
 def local_folder(spec: str) -> Path:

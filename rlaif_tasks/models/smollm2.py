@@ -120,6 +120,21 @@ def ensure_converted() -> Path:
     return folder
 
 
+def load_tokenizer():
+    """The tokenizer alone: from the converted folder when there is one, else from the GGUF file's metadata.
+
+    Reading only the GGUF metadata keeps a CPU task that needs just the tokenizer from running the
+    conversion, which loads and dequantises every weight.
+    """
+    from transformers import AutoTokenizer
+
+    gguf = gguf_path()
+    folder = cache_folder()
+    if is_converted(folder, fingerprint(gguf)):
+        return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def load(dtype: Any = "float32", device: str = "cpu") -> LoadedModel:
     """SmolLM2-135M-Instruct as a causal LM with a left-padding tokenizer."""
     from rlaif_tasks.models.hub import SpecInfo, load_hf
