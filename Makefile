@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 # Re-install whenever the pinned requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run up test bench results clean-venv
+.PHONY: install run up test faults bench results clean-venv
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Only the fault-injection scenarios (also part of `make test`); writes docs/reliability.md.
+faults: $(STAMP)
+	RLAIF_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m faults
 
 # Benchmarks and demo results, written to docs/benchmarks.md and docs/results.md (about an hour here).
 bench: $(STAMP)

@@ -10,7 +10,10 @@ Trigger with a config file and optional overrides; an empty override means "as i
     airflow dags test rlaif_nightly -c '{"config": "configs/demo.yaml", "steps": 10}'
 
 The schedule, queue, pool, retries and timeouts come from the `orchestration` section of the
-config named by $RLAIF_DAG_CONFIG (default configs/demo.yaml), read when the file is parsed.
+config named by $RLAIF_DAG_CONFIG (default configs/demo.yaml), read when the file is parsed;
+$RLAIF_DAG_SCHEDULE overrides the schedule (`none`: manual runs only, as `make run` and `make up`
+store it). The trigger form's "Unpause on trigger" is ticked by Airflow: on a DAG with a schedule,
+untick it unless this trigger should also start the nightly runs.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from pathlib import Path
 from airflow.sdk import Param, dag, get_current_context, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from rlaif_tasks.config import load_config, parse_override
+from rlaif_tasks.config import config_path_pattern, config_roots, load_config, parse_override
 
 PROJECT = Path(__file__).resolve().parent.parent
 DAG_CONFIG = os.environ.get("RLAIF_DAG_CONFIG", "configs/demo.yaml")
+# A triggered run reads only config files the operator placed: relative paths, or ones under the project,
+# $RLAIF_HOME or $RLAIF_CONFIG_DIRS (see rlaif_tasks.config.config_path_pattern), and the default as set.
+CONFIG_PATTERN = config_path_pattern(config_roots(PROJECT), exact=[DAG_CONFIG])
 
 # Trigger-form param -> config key it overrides.
 OVERRIDE_PARAMS = {
@@ -71,9 +77,12 @@ def use_mlflow_connection() -> None:
 def stage(name: str, *args):
     """Run one stage of rlaif_tasks.nightly, imported here so that parsing the DAG stays cheap."""
     from rlaif_tasks import nightly
+    from rlaif_tasks.faults import fault_point
 
     use_mlflow_connection()
-    return getattr(nightly, name)(*args)
+    refs = getattr(nightly, name)(*args)
+    fault_point(f"{name}.end")  # the reliability suite's kill after the work, before Airflow records it
+    return refs
 
 
 def record_failure(context) -> None:
@@ -140,7 +149,10 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
         "execution_timeout": eval_timeout,
     },
     params={
-        "config": Param(DAG_CONFIG, type="string", minLength=1, description="Run config YAML, absolute or relative to the project folder."),
+        "config": Param(
+            DAG_CONFIG, type="string", minLength=1, pattern=CONFIG_PATTERN,
+            description="Run config .yaml/.yml: relative to the project folder (no ..), or absolute under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS.",
+        ),
         "algorithm": Param(
             None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config.",
             values_display={None: "(from the config)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO"},
@@ -175,7 +187,7 @@ def rlaif_nightly():
     def register(refs: dict) -> dict:
         return stage("register", refs)
 
-    @task
+    @task(execution_timeout=eval_timeout, **on_gpu)  # the gate loads the trained and the base policy
     def promote_if_better(refs: dict) -> dict:
         return stage("promote_if_better", refs)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             tracking.TAG_DATASET: manifest["content_sha256"],
             tracking.TAG_CODE_VERSION: tracking.code_version(),
             tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
+            **tracking.judge_tags(config),
             tracking.TAG_RUN_DIR: str(run_dir),
         },
     )
@@ -163,6 +165,7 @@ def train(refs: dict) -> dict:
     logger = tracking.TrainingMetricsLogger(client, refs["mlflow_run_id"])
 
     def live(row: dict) -> None:
+        fault_point(f"train.step-{row.get('step')}")
         try:
             logger(row)
         except Exception as exc:  # the tracking server being away must not kill hours of training
@@ -208,7 +211,12 @@ def register(refs: dict) -> dict:
 
 
 def promote_if_better(refs: dict) -> dict:
-    """Run the gate; promote the challenger to `champion` when it passes, tag it `rejected` otherwise."""
+    """Run the gate; promote the challenger to `champion` when it passes, tag it `rejected` otherwise.
+
+    The decision is a compare-and-set: it is applied only while the champion is still the version
+    it was measured against, and made again otherwise (a cleared old DAG run never undoes a later
+    promotion). A version whose status is no longer `challenger` was decided before and is left alone.
+    """
     import json
 
     from rlaif_tasks import gate, registry
@@ -216,18 +224,42 @@ def promote_if_better(refs: dict) -> dict:
     config, run_dir = _load(refs)
     client = _client(config)
     name, version = refs["model_name"], str(refs["model_version"])
+    fault_point("promote_if_better.start")
+    registry.verify_registered_weights(client, name, version, refs["model_dir"])
     stored = run_dir / "gate" / "decision.json"
     decision = json.loads(stored.read_text(encoding="utf-8")) if stored.is_file() else None
-    if decision is None or decision.get("challenger_version") != version or decision.get("model_name") != name:
-        decision = gate.run_gate(config, run_dir, refs["mlflow_run_id"], name, version, refs["model_dir"], client=client)
-    status = client.get_model_version(name, version).tags.get(registry.TAG_STATUS, registry.CHALLENGER)
-    if status != registry.CHALLENGER:  # a retry after the decision was applied: never undo later promotions
-        log.info("%s version %s is already %s; leaving the aliases alone", name, version, status)
-    elif decision["passed"]:
-        registry.promote(name, version, client=client)
-    else:
-        registry.mark_rejected(client, name, version, "; ".join(decision["reasons"]))
-    return {**refs, "promoted": bool(decision["passed"]), "decision": decision}
+    for _ in range(3):
+        status = client.get_model_version(name, version).tags.get(registry.TAG_STATUS, registry.CHALLENGER)
+        champion = registry.get_alias(client, name, registry.CHAMPION)
+        champion_version = str(champion.version) if champion is not None else None
+        if champion_version == version:  # promoted by an earlier attempt: make sure every mark is in place
+            registry.promote(name, version, client=client)
+            return {**refs, "promoted": True, "decision": decision}
+        if status != registry.CHALLENGER:
+            log.info("%s version %s is already %s; leaving the aliases alone", name, version, status)
+            return {**refs, "promoted": False, "decision": decision}
+        if not _decided_against(decision, name, version, champion_version):
+            if decision is not None:
+                log.info("the stored gate decision was made against champion %s, now it is %s: deciding again",
+                         decision.get("reference", {}).get("version"), champion_version)
+            decision = gate.run_gate(config, run_dir, refs["mlflow_run_id"], name, version, refs["model_dir"], client=client)
+        if not decision["passed"]:
+            registry.mark_rejected(client, name, version, "; ".join(decision["reasons"]))
+            return {**refs, "promoted": False, "decision": decision}
+        try:
+            registry.promote(name, version, expected_champion=decision["reference"]["version"], client=client)
+            return {**refs, "promoted": True, "decision": decision}
+        except registry.ChampionMoved as moved:
+            log.warning("%s; deciding again", moved)
+    raise RlaifError(f"the champion of {name} kept moving while version {version} was being gated", "clear promote_if_better once the other promotions are done")
+
+
+def _decided_against(decision: dict | None, name: str, version: str, champion: str | None) -> bool:
+    """Whether a stored decision is about this version and was measured against this champion."""
+    if decision is None or decision.get("model_name") != name or decision.get("challenger_version") != version:
+        return False
+    reference = decision.get("reference", {})
+    return reference.get("version") == champion and reference.get("kind") == ("champion" if champion else "base")
 
 
 def report(refs: dict) -> dict:

@@ -10,19 +10,30 @@ Aliases of a registered model (`tracking.registered_model`, default `rlaif-<name
 Each version also carries a `rlaif.status` tag (challenger, champion, previous, rejected,
 rolled_back) and `rlaif.replaced_version`, the champion it replaced, so repeated rollbacks walk
 back through the promotion history.
+
+The registry has no transactions, so every move is written in an order a retry can finish: a
+promotion first records on the new version what it replaces, then moves `champion` (the commit
+point), then `previous` and the status tags. Promotions and rollbacks of one model are serialised
+by a lease tag on the registered model (`promotion_lock`), and `promote` can be a compare-and-set
+on the champion a gate decision was made against.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import logging
+import random
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif_tasks import tracking
 from rlaif_tasks.config import RunConfig
-from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.errors import RlaifError, TransientError, mlflow_not_found
+from rlaif_tasks.faults import fault_point
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -33,6 +44,18 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER, PREVIOUS, ROLLED_BACK = "champion", "challenger", "previous", "rolled_back"
 TAG_STATUS = "rlaif.status"
 TAG_REPLACED = "rlaif.replaced_version"
+TAG_LOCK = "rlaif.promotion_lock"
+TAG_WEIGHTS = "rlaif.weights_sha256"
+ANY = object()
+"""`promote(expected_champion=ANY)`: promote whatever the champion is now (the CLI's explicit move)."""
+
+
+class ChampionMoved(Exception):
+    """The champion is no longer the version a decision was made against: decide again."""
+
+    def __init__(self, name: str, expected: str | None, actual: str | None):
+        self.expected, self.actual = expected, actual
+        super().__init__(f"{name}: the champion is version {actual or 'none'}, not {expected or 'none'} as the decision assumed")
 ARTIFACT_NAME = "policy"
 _RUNTIME_PACKAGES = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
 
@@ -63,7 +86,9 @@ def _require_model(client: "MlflowClient", name: str):
 
     try:
         return client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not mlflow_not_found(exc):
+            raise
         raise RlaifError(
             f"no registered model {name!r} at {client._registry_uri}",
             "check the name (`rlaif registry show NAME`) and the tracking URI (tracking.tracking_uri or $MLFLOW_TRACKING_URI)",
@@ -75,7 +100,9 @@ def _version(client: "MlflowClient", name: str, version: str | int) -> "ModelVer
 
     try:
         return client.get_model_version(name, str(version))
-    except MlflowException:
+    except MlflowException as exc:
+        if not mlflow_not_found(exc):
+            raise
         raise RlaifError(f"model {name!r} has no version {version}", f"list its versions with `rlaif registry show {name}`") from None
 
 
@@ -85,17 +112,26 @@ def _exists(client: "MlflowClient", name: str, version: str) -> bool:
     try:
         client.get_model_version(name, version)
         return True
-    except MlflowException:
-        return False
+    except MlflowException as exc:
+        if mlflow_not_found(exc):
+            return False
+        raise
 
 
 def get_alias(client: "MlflowClient", name: str, alias: str) -> "ModelVersion | None":
+    """The version holding `alias`, or None when the model or the alias does not exist.
+
+    Any other failure (connection, 5xx after MLflow's own retries) propagates: reading a blip as
+    "no champion" would let the gate compare with the base policy and promote over the real one.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if mlflow_not_found(exc):
+            return None
+        raise
 
 
 def versions_of_run(client: "MlflowClient", name: str, run_id: str) -> list["ModelVersion"]:
@@ -118,18 +154,22 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     """
     import mlflow
 
+    from mlflow.entities import LoggedModelStatus
+
     run = client.get_run(run_id)
     logged = client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{ARTIFACT_NAME}'"
     )
-    ready = [m for m in logged if client.list_logged_model_artifacts(m.model_id)]
+    ready = [m for m in logged if str(m.status) == str(LoggedModelStatus.READY)]
     if ready:
         return ready[0].model_id
+    for unfinished in logged:  # an attempt killed mid-upload: its files may be partial, so it is never registered
+        if str(unfinished.status) != str(LoggedModelStatus.FAILED):
+            log.warning("logged model %s of run %s was never finalised (%s); marking it FAILED and logging afresh", unfinished.model_id, run_id, unfinished.status)
+            mlflow.finalize_logged_model(unfinished.model_id, LoggedModelStatus.FAILED)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")}
     # created here, in the run's experiment: left to itself MLflow files it under the active (default) experiment
-    model = logged[0] if logged else mlflow.initialize_logged_model(
-        name=ARTIFACT_NAME, source_run_id=run_id, tags=tags, experiment_id=run.info.experiment_id
-    )
+    model = mlflow.initialize_logged_model(name=ARTIFACT_NAME, source_run_id=run_id, tags=tags, experiment_id=run.info.experiment_id)
 
     import transformers
 
@@ -150,8 +190,8 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
         model_config={**defaults, "return_full_text": False},  # answer with the continuation, as the evaluation scores it
         signature=infer_signature(["a prompt"], ["its continuation"], params=defaults or None),
     )
-    if str(client.get_logged_model(model.model_id).status) != "READY":
-        mlflow.finalize_logged_model(model.model_id, "READY")
+    if str(client.get_logged_model(model.model_id).status) != str(LoggedModelStatus.READY):
+        mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
 
 
@@ -177,6 +217,7 @@ def register_policy(
     if not (model_dir / "config.json").is_file():
         raise RlaifError(f"{model_dir} is not a trained model folder (no config.json)", "run the train stage of this run first")
     model_id = _log_policy(client, run_id, model_dir, config.model.dtype, inference_defaults(config))
+    fault_point("register.logged")
     try:
         client.create_registered_model(name, description=f"Policies aligned by the rlaif run config {config.name!r}.")
     except MlflowException as exc:
@@ -199,26 +240,85 @@ def _summary(name: str, mv: "ModelVersion", **extra) -> dict:
     return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "model_uri": model_uri(name, mv.version), **extra}
 
 
-def promote(name: str, version: str | int, *, client: "MlflowClient | None" = None, config: RunConfig | None = None) -> dict:
-    """Make `version` the champion; the champion it replaces becomes `previous`. Promoting the champion again changes nothing."""
+@contextlib.contextmanager
+def promotion_lock(client: "MlflowClient", name: str, *, lease_s: float = 120.0, settle_s: float = 1.0, wait_s: float = 600.0):
+    """Hold the model's promotion lease (tag `rlaif.promotion_lock`) while aliases move.
+
+    MLflow tags are last-writer-wins, so a taker writes its token, waits `settle_s` and reads it
+    back: of two takers writing at once both see the same winner. A holder killed mid-move leaves
+    a lease that expires after `lease_s`. Safe as long as one tag write lands within `settle_s`.
+    """
+    token = f"{uuid.uuid4().hex} {socket_name()}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = client.get_registered_model(name).tags.get(TAG_LOCK, "")
+        if not held or _lease_expired(held):
+            client.set_registered_model_tag(name, TAG_LOCK, f"{token} {time.time() + lease_s:.0f}")
+            time.sleep(settle_s)
+            if client.get_registered_model(name).tags.get(TAG_LOCK, "").startswith(token):
+                break
+        if time.monotonic() > deadline:
+            raise TransientError(f"{name}: another promotion holds the registry lease ({held}) for longer than {wait_s:.0f} s")
+        time.sleep(settle_s * (0.5 + random.random()))
+    try:
+        yield
+    finally:
+        if client.get_registered_model(name).tags.get(TAG_LOCK, "").startswith(token):
+            client.delete_registered_model_tag(name, TAG_LOCK)
+
+
+def socket_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _lease_expired(held: str) -> bool:
+    try:
+        return float(held.rsplit(" ", 1)[-1]) < time.time()
+    except ValueError:
+        return True
+
+
+def promote(
+    name: str, version: str | int, *, expected_champion: "str | None | object" = ANY,
+    client: "MlflowClient | None" = None, config: RunConfig | None = None,
+) -> dict:
+    """Make `version` the champion; the champion it replaces becomes `previous`. Promoting the champion again changes nothing.
+
+    With `expected_champion` (a version, or None for "no champion") this is a compare-and-set: when
+    the champion is another version by now, `ChampionMoved` is raised and nothing moves.
+    """
     client = _client(client, config)
     _require_model(client, name)
     target = _version(client, name, version)
     version = str(target.version)
-    current = get_alias(client, name, CHAMPION)
-    if current is not None and str(current.version) == version:
-        return {"name": name, "champion": version, "previous": _alias_version(client, name, PREVIOUS), "changed": False}
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-        client.set_model_version_tag(name, current.version, TAG_STATUS, PREVIOUS)
-    client.set_model_version_tag(name, version, TAG_REPLACED, str(current.version) if current is not None else "")
-    client.set_model_version_tag(name, version, "rlaif.promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    client.set_registered_model_alias(name, CHAMPION, version)
+    with promotion_lock(client, name):
+        current = _alias_version(client, name, CHAMPION)
+        if current == version:  # done before, perhaps by an attempt killed before the tags: finish it
+            replaced = client.get_model_version(name, version).tags.get(TAG_REPLACED) or None
+            _finish_promotion(client, name, version, replaced)
+            return {"name": name, "champion": version, "previous": _alias_version(client, name, PREVIOUS), "changed": False}
+        if expected_champion is not ANY and current != (None if expected_champion is None else str(expected_champion)):
+            raise ChampionMoved(name, None if expected_champion is None else str(expected_champion), current)
+        fault_point("promote.locked")
+        client.set_model_version_tag(name, version, TAG_REPLACED, current or "")
+        client.set_model_version_tag(name, version, "rlaif.promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_registered_model_alias(name, CHAMPION, version)
+        _finish_promotion(client, name, version, current)
+    log.info("%s: version %s is the champion (previous: %s)", name, version, current or "none")
+    return {"name": name, "champion": version, "previous": current, "changed": True}
+
+
+def _finish_promotion(client: "MlflowClient", name: str, version: str, replaced: str | None) -> None:
+    """Everything a promotion sets after the champion alias; repeating it changes nothing."""
+    if replaced and replaced != version and _exists(client, name, replaced):
+        client.set_registered_model_alias(name, PREVIOUS, replaced)
+        client.set_model_version_tag(name, replaced, TAG_STATUS, PREVIOUS)
     client.set_model_version_tag(name, version, TAG_STATUS, CHAMPION)
-    if CHALLENGER in target.aliases:
+    if _alias_version(client, name, CHALLENGER) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    log.info("%s: version %s is the champion (previous: %s)", name, version, current.version if current else "none")
-    return {"name": name, "champion": version, "previous": str(current.version) if current else None, "changed": True}
 
 
 def rollback(name: str, *, client: "MlflowClient | None" = None, config: RunConfig | None = None) -> dict:
@@ -229,30 +329,96 @@ def rollback(name: str, *, client: "MlflowClient | None" = None, config: RunConf
     """
     client = _client(client, config)
     _require_model(client, name)
-    champion = get_alias(client, name, CHAMPION)
-    if champion is None:
-        raise RlaifError(f"model {name!r} has no champion, so there is nothing to roll back", f"promote a version first: `rlaif registry promote {name} VERSION`")
-    previous = get_alias(client, name, PREVIOUS)
-    if previous is None:
-        raise RlaifError(
-            f"model {name!r} has no previous champion to roll back to (champion: version {champion.version})",
-            f"promote another version explicitly: `rlaif registry promote {name} VERSION` (see `rlaif registry show {name}`)",
-        )
-    demoted, restored = str(champion.version), str(previous.version)
-    client.set_registered_model_alias(name, CHAMPION, restored)
-    client.set_model_version_tag(name, restored, TAG_STATUS, CHAMPION)
-    client.set_registered_model_alias(name, ROLLED_BACK, demoted)
-    client.set_model_version_tag(name, demoted, TAG_STATUS, ROLLED_BACK)
-    client.set_model_version_tag(name, demoted, "rlaif.rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    older = previous.tags.get(TAG_REPLACED, "")
-    if older and older not in (demoted, restored) and _exists(client, name, older):
-        client.set_registered_model_alias(name, PREVIOUS, older)
-        client.set_model_version_tag(name, older, TAG_STATUS, PREVIOUS)
-    else:
-        client.delete_registered_model_alias(name, PREVIOUS)
-        older = ""
+    with promotion_lock(client, name):
+        champion = get_alias(client, name, CHAMPION)
+        if champion is None:
+            raise RlaifError(f"model {name!r} has no champion, so there is nothing to roll back", f"promote a version first: `rlaif registry promote {name} VERSION`")
+        previous = get_alias(client, name, PREVIOUS)
+        if previous is None:
+            raise RlaifError(
+                f"model {name!r} has no previous champion to roll back to (champion: version {champion.version})",
+                f"promote another version explicitly: `rlaif registry promote {name} VERSION` (see `rlaif registry show {name}`)",
+            )
+        demoted, restored = str(champion.version), str(previous.version)
+        client.set_registered_model_alias(name, ROLLED_BACK, demoted)
+        client.set_model_version_tag(name, demoted, "rlaif.rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_registered_model_alias(name, CHAMPION, restored)
+        client.set_model_version_tag(name, restored, TAG_STATUS, CHAMPION)
+        client.set_model_version_tag(name, demoted, TAG_STATUS, ROLLED_BACK)
+        older = previous.tags.get(TAG_REPLACED, "")
+        if older and older not in (demoted, restored) and _exists(client, name, older):
+            client.set_registered_model_alias(name, PREVIOUS, older)
+            client.set_model_version_tag(name, older, TAG_STATUS, PREVIOUS)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+            older = ""
     log.info("%s: rolled back from version %s to %s", name, demoted, restored)
     return {"name": name, "champion": restored, "rolled_back": demoted, "previous": older or None}
+
+
+# -- weights: the registered artefact is the trained folder ---------------------------------------
+
+
+def weights_sha256(folder: str | Path, dtype: "str | None" = None) -> str:
+    """A hash of every tensor in the folder's safetensors files (names, shapes, values), recursively.
+
+    With `dtype` (e.g. "bfloat16") floating tensors are cast first, so a float32 training folder
+    can be compared with the copy the registry stored in the run's dtype.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    if not files:
+        raise RlaifError(f"{folder} holds no safetensors weights", "save the model with save_pretrained (safetensors is its default)")
+    tensors = {}
+    for file in files:
+        tensors.update(load_file(str(file)))
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        if dtype and tensor.is_floating_point():
+            tensor = tensor.to(getattr(torch, dtype))
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _float_dtype(folder: Path) -> str | None:
+    from safetensors import safe_open
+
+    for file in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                tensor = handle.get_slice(key)
+                dtype = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(tensor.get_dtype())
+                if dtype:
+                    return dtype
+    return None
+
+
+def verify_registered_weights(client: "MlflowClient", name: str, version: str | int, model_dir: str | Path) -> str:
+    """Download the registered version and check that its weights are the trained folder's; returns their hash.
+
+    Catches an upload that was cut short or a version pointing at the wrong model before it is
+    promoted; the hash is also tagged on the version (`rlaif.weights_sha256`).
+    """
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="rlaif-verify-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri(name, version), dst_path=tmp, tracking_uri=client._tracking_client.tracking_uri))
+        registered = weights_sha256(local)
+        dtype = _float_dtype(local)
+    trained = weights_sha256(model_dir, dtype)
+    if registered != trained:
+        raise RlaifError(
+            f"{name} version {version} does not hold the weights trained in {model_dir} (hash {registered[:12]} vs {trained[:12]})",
+            f"delete version {version} (`mlflow` UI or client) and clear this DAG run's register task to register it again",
+        )
+    client.set_model_version_tag(name, str(version), TAG_WEIGHTS, registered)
+    return registered
 
 
 def mark_rejected(client: "MlflowClient", name: str, version: str | int, reason: str) -> None:

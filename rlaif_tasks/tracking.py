@@ -43,11 +43,15 @@ TAG_CONFIG_HASH = "rlaif.config_hash"
 TAG_DATASET = "rlaif.dataset_sha256"
 TAG_CODE_VERSION = "rlaif.code_version"
 TAG_EVAL_SETTINGS = "rlaif.eval_settings"
+TAG_JUDGES = "rlaif.judges_sha256"
+TAG_JUDGE_REVISIONS = "rlaif.judges"
 TAG_RUN_DIR = "rlaif.run_dir"
 TAG_AIRFLOW_URL = "rlaif.airflow_url"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_VIEW = "custom_model_development"
-"""The MLflow UI opens an experiment with this kind on its model-training view, not the GenAI one."""
+"""The MLflow UI opens an experiment with this kind on its runs table, not on traces."""
+UI_TRAINING_QUERY = "?workflowType=machine_learning"
+"""MLflow 3.17's UI starts in its GenAI workflow whatever the experiment's kind; links carry this to open in model training."""
 
 _MAX_PARAM_LENGTH = 6000
 _SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
@@ -141,6 +145,26 @@ def eval_settings_hash(config: RunConfig) -> str:
     """What makes two toxicity evaluations comparable, besides the prompts: sampling, judges, seed."""
     d = config.to_dict()
     return _hash({"generation": d["generation"], "evaluation": d["evaluation"], "seed": config.seed})
+
+
+def judge_fingerprints(config: RunConfig) -> dict[str, str | None]:
+    """Each evaluation judge's resolved revision (models/fingerprint.py): equal names can be different models."""
+    from rlaif_tasks.models.fingerprint import fingerprint
+
+    return {j.display_name: fingerprint(j.model) for j in config.evaluation.judges}
+
+
+def judge_tags(config: RunConfig) -> dict[str, str]:
+    """`rlaif.judges` (the fingerprints as JSON, for people) and `rlaif.judges_sha256` (for comparing).
+
+    The hash is left out when a judge's revision is unknown, since an unknown revision cannot vouch
+    that two evaluations used the same judge.
+    """
+    prints = judge_fingerprints(config)
+    tags = {TAG_JUDGE_REVISIONS: json.dumps(prints, sort_keys=True)}
+    if all(prints.values()):
+        tags[TAG_JUDGES] = _hash(prints)
+    return tags
 
 
 def run_key(dag_id: str, dag_run_id: str) -> str:
@@ -334,10 +358,17 @@ def artifact_exists(client: "MlflowClient", run_id: str, artifact_file: str) -> 
 
 
 def log_samples_table(client: "MlflowClient", run_id: str, samples: "pd.DataFrame", artifact_file: str) -> bool:
-    """The samples as an MLflow table, once: MLflow appends to an existing table file, so a retry must not log again."""
+    """The samples as an MLflow table, once: MLflow appends to an existing table file, so a retry must not log again.
+
+    The `query` column (the prompt as the policy saw it) is left out when it is the prompt itself,
+    i.e. when no chat template wrapped it.
+    """
     if artifact_exists(client, run_id, artifact_file):
         return False
-    client.log_table(run_id, data=samples.reset_index(drop=True), artifact_file=artifact_file)
+    table = samples.reset_index(drop=True)
+    if {"prompt", "query"} <= set(table.columns) and table["prompt"].equals(table["query"]):
+        table = table.drop(columns="query")
+    client.log_table(run_id, data=table, artifact_file=artifact_file)
     return True
 
 
@@ -423,7 +454,7 @@ def run_url(client: "MlflowClient", run_id: str) -> str | None:
     uri = client._tracking_client.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return f"{uri.rstrip('/')}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}{UI_TRAINING_QUERY}"
 
 
 def airflow_run_url(dag_id: str, dag_run_id: str) -> str | None:

@@ -20,3 +20,51 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- docs/reliability.md: the fault scenarios' results, written by `make faults` ----------------------
+
+_FAULT_RESULTS: list[dict] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("faults") is None or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
+        return
+    doc = " ".join((item.function.__doc__ or "").split())
+    param = f" [{item.callspec.id}]" if hasattr(item, "callspec") else ""
+    _FAULT_RESULTS.append({
+        "scenario": item.function.__name__.removeprefix("test_").replace("_", " ") + param,
+        "module": item.module.__name__, "asserts": doc, "result": report.outcome, "seconds": report.duration,
+    })
+
+
+def pytest_sessionfinish(session, exitstatus):
+    target = os.environ.get("RLAIF_RELIABILITY_REPORT")
+    if not target or not _FAULT_RESULTS:
+        return
+    import platform
+    import time
+
+    passed = sum(r["result"] == "passed" for r in _FAULT_RESULTS)
+    lines = [
+        "<!-- results: written by `make faults`; edit the text outside these markers -->",
+        f"Run by `make faults` (`RLAIF_RELIABILITY_REPORT={target} pytest -m faults`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()} ({os.cpu_count()} CPUs): "
+        f"**{passed} of {len(_FAULT_RESULTS)} scenarios passed.** The middle column is each test's docstring.",
+        "",
+        "| scenario | test module | what is injected and asserted | result | seconds |",
+        "|---|---|---|---|---:|",
+    ]
+    for r in _FAULT_RESULTS:
+        lines.append(f"| {r['scenario']} | `{r['module']}` | {r['asserts'].replace('|', '/')} | {r['result']} | {r['seconds']:.0f} |")
+    lines.append("<!-- /results -->")
+    path = Path(target)
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Reliability\n\n<!-- results --><!-- /results -->\n"
+    start, end = text.find("<!-- results"), text.find("<!-- /results -->")
+    if start < 0 or end < 0:
+        text, start, end = text.rstrip() + "\n\n<!-- results --><!-- /results -->\n", None, None
+        start, end = text.find("<!-- results"), text.find("<!-- /results -->")
+    path.write_text(text[:start] + "\n".join(lines) + text[end + len("<!-- /results -->"):], encoding="utf-8")

@@ -85,7 +85,7 @@ def _db_url(database: str, driver: str = "postgresql+psycopg2") -> str:
 class ProductionStack:
     """Start, use and stop the whole topology; `stop()` drops the databases and flushes the Redis DB."""
 
-    def __init__(self, home: Path, dag_config: Path, *, redis_db: int = 11, executor: str = "CeleryExecutor"):
+    def __init__(self, home: Path, dag_config: Path, *, redis_db: int = 11, executor: str = "CeleryExecutor", mlflow_server: bool = False):
         self.home = home
         self.dag_config = dag_config
         self.logs = home / "service-logs"
@@ -125,9 +125,11 @@ class ProductionStack:
             "RLAIF_SKIP_SERVE_LOGS": "1",
         }
         self.embedded = executor != "CeleryExecutor"
+        self.sqlite_mlflow_server = self.embedded and mlflow_server
         if self.embedded:  # `make up`'s shape: SQLite metadata DB, tasks under the scheduler, embedded MLflow store
             self.databases = []
-            for key in [k for k in self.env if k.startswith(("AIRFLOW__CELERY__", "MLFLOW_"))]:
+            drop = ("AIRFLOW__CELERY__",) if mlflow_server else ("AIRFLOW__CELERY__", "MLFLOW_")  # or a real server on a SQLite store
+            for key in [k for k in self.env if k.startswith(drop)]:
                 del self.env[key]
         else:
             self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _db_url(self.databases[0])
@@ -185,12 +187,9 @@ class ProductionStack:
             import redis
 
             redis.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
-            artifacts = self.home / "mlflow-artifacts"
-            artifacts.mkdir(exist_ok=True)
-            self.start(
-                "mlflow", MLFLOW_BACKEND_STORE_URI=_db_url(self.databases[1]), MLFLOW_ARTIFACTS_DESTINATION=str(artifacts),
-                MLFLOW_PORT=str(self.mlflow_port), MLFLOW_AUTH_ADMIN_PASSWORD=self.mlflow_password, MLFLOW_AUTH_CONFIG_DIR=str(self.home),
-            )
+            self.start_mlflow(_db_url(self.databases[1]))
+        elif self.sqlite_mlflow_server:
+            self.start_mlflow(f"sqlite:///{self.home / 'mlflow.db'}")
         init = subprocess.run(
             ["bash", str(ROOT / "scripts" / "service.sh"), "init"], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600,
         )
@@ -212,10 +211,21 @@ class ProductionStack:
             if gpu_worker:
                 self.start("worker-gpu", "worker-gpu-1", RLAIF_WORKER_HOSTNAME="gpu-worker-1")
         self.wait_until(lambda: self._answers(f"{self.api_url}/api/v2/monitor/health"), 240, "the api-server")
-        if not self.embedded:
+        if not self.embedded or self.sqlite_mlflow_server:
             self.wait_until(lambda: self._answers(f"{self.mlflow_url}/health"), 240, "the MLflow server")
         self.api = self._api_client()
         self.wait_until(lambda: self.api.get(f"/dags/{DAG_ID}").status_code == 200, 300, f"the DAG {DAG_ID} to be parsed")
+
+    def start_mlflow(self, store: str) -> subprocess.Popen:
+        """`scripts/service.sh mlflow` (basic auth, artefacts served) on this stack's port; again after a kill."""
+        artifacts = self.home / "mlflow-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        self.mlflow_store = store
+        return self.start(
+            "mlflow", MLFLOW_BACKEND_STORE_URI=store, MLFLOW_ARTIFACTS_DESTINATION=str(artifacts), MLFLOW_PORT=str(self.mlflow_port),
+            MLFLOW_AUTH_ADMIN_PASSWORD=self.mlflow_password, MLFLOW_AUTH_CONFIG_DIR=str(self.home),
+            MLFLOW_FLASK_SERVER_SECRET_KEY="rlaif-test-stack",
+        )
 
     def stop_all(self) -> None:
         for name in list(self.processes)[::-1]:

@@ -22,8 +22,8 @@ from production_stack import START_SERVERS, ProductionStack, servers_missing, wr
 
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
-GPU_TASKS = ["baseline_eval", "train", "evaluate"]
-DEFAULT_TASKS = ["prepare_dataset", "register", "promote_if_better", "report"]
+GPU_TASKS = ["baseline_eval", "train", "evaluate", "promote_if_better"]
+DEFAULT_TASKS = ["prepare_dataset", "register", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack)
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["rlaif.airflow_url"] == f"{stack.api_url}/dags/rlaif_nightly/runs/{run_id.replace(':', '%3A').replace('+', '%2B')}"
     assert sorted(d.dataset.name for d in client.get_run(run.info.run_id).inputs.dataset_inputs) == ["prompts-test", "prompts-train"]
-    assert stack.xcom(run_id, "report")["mlflow_url"] == f"{stack.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert stack.xcom(run_id, "report")["mlflow_url"] == f"{stack.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")] == [1, 2]
     assert "eval/final/profanity-check/mean" in run.data.metrics
     assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # served by the server

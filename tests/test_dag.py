@@ -40,6 +40,8 @@ def dag(tmp_path_factory):
     patch.setenv("AIRFLOW_HOME", str(home))
     patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     patch.setenv("RLAIF_DAG_CONFIG", str(config))
+    patch.setenv("RLAIF_HOME", str(home / "rlaif"))
+    patch.setenv("RLAIF_CONFIG_DIRS", os.pathsep.join([str(home / "team-a"), str(home / "team-b")]))
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -61,13 +63,14 @@ def test_schedule_and_run_settings_come_from_the_config(dag):
     assert dag.catchup is False and dag.max_active_runs == 2
     assert dag.dagrun_timeout == timedelta(minutes=300) and dag.on_failure_callback
     assert {"rlaif", "nightly"} <= set(dag.tags) and "promote" in dag.description
-    for task_id in ("baseline_eval", "train", "evaluate"):
+    for task_id in ("baseline_eval", "train", "evaluate", "promote_if_better"):  # the tasks that load models
         task = dag.get_task(task_id)
         assert (task.queue, task.pool) == ("gpu-a100", "a100")
-    for task_id in ("prepare_dataset", "register", "promote_if_better", "report"):
-        assert dag.get_task(task_id).pool != "a100"
+    for task_id in ("prepare_dataset", "register", "report"):
+        assert (dag.get_task(task_id).queue, dag.get_task(task_id).pool) == ("default", "default_pool")
     assert dag.get_task("train").execution_timeout == timedelta(minutes=90)
-    assert dag.get_task("evaluate").execution_timeout == timedelta(minutes=20)
+    for task_id in ("baseline_eval", "evaluate", "promote_if_better"):
+        assert dag.get_task(task_id).execution_timeout == timedelta(minutes=20)
     for task in dag.tasks:
         assert task.retries == 3
         assert task.retry_delay == timedelta(minutes=2)
@@ -99,6 +102,36 @@ def test_trigger_form_params(dag):
     for name, value in {"steps": 0, "algorithm": "dpo", "learning_rate": 0, "config": ""}.items():
         with pytest.raises(ParamValidationError):
             copy.deepcopy(params.get_param(name)).resolve(value=value)
+
+
+def test_bad_trigger_conf_is_refused_before_a_run_exists(dag):
+    """The check create_dagrun makes on the stored DAG: its params merged with the trigger's conf, validated."""
+    from airflow.sdk.exceptions import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    params = DagSerialization.from_dict(DagSerialization.to_dict(dag)).params
+    home = Path(dag.params["config"]).parent
+    assert params.deep_merge({}).validate()["config"] == str(home / "dagtest.yaml")  # the default, outside every root
+    for conf in (
+        {"config": "configs/demo.yaml", "steps": 5, "algorithm": "grpo"},
+        {"config": str(ROOT / "configs" / "demo.yml")},
+        {"config": str(home / "rlaif" / "nightly" / "big.yaml")},
+        {"config": str(home / "team-b" / "x.yaml")},
+    ):
+        assert params.deep_merge(conf).validate()["config"] == conf["config"]
+    for conf in (
+        {"steps": -1},
+        {"algorithm": "sac"},
+        {"config": "/etc/passwd"},
+        {"config": "../outside.yaml"},
+        {"config": str(ROOT / "configs" / ".." / ".." / "outside.yaml")},
+        {"config": str(home / "other.yaml")},  # beside the default, but not it
+        {"config": str(home / "team-c" / "x.yaml")},
+        {"config": "configs/demo.yaml\n"},
+        {"config": "configs/demo.json"},
+    ):
+        with pytest.raises(ParamValidationError, match=f"param {next(iter(conf))}"):
+            params.deep_merge(conf).validate()
 
 
 def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
@@ -155,7 +188,7 @@ def test_every_compose_service_runs_a_component_of_service_sh():
 def test_failure_message_names_the_queue_no_worker_serves_and_the_command():
     from rlaif_tasks.nightly import explain_failure
 
-    queues = dict.fromkeys(STAGES, "default") | dict.fromkeys(["baseline_eval", "train", "evaluate"], "gpu")
+    queues = dict.fromkeys(STAGES, "default") | dict.fromkeys(["baseline_eval", "train", "evaluate", "promote_if_better"], "gpu")
     pools = {t: "gpu" if q == "gpu" else "default_pool" for t, q in queues.items()}
     states = {"prepare_dataset": "success"} | dict.fromkeys(STAGES[1:], "skipped")
     message = explain_failure("timed_out", states, queues, pools, 480)

@@ -15,7 +15,7 @@ from tiny_models import tiny_causal_lm, tiny_classifier, tiny_seq2seq_lm
 from rlaif_tasks.config import GenerationConfig, load_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.generation import generate
-from rlaif_tasks.models import describe_spec, load_model, smollm2, validate_spec
+from rlaif_tasks.models import describe_spec, load_model, load_tokenizer, smollm2, validate_spec
 from rlaif_tasks.models.cache import model_cache_dir
 from rlaif_tasks.pipeline import load_policy
 
@@ -85,6 +85,17 @@ def test_causal_tokenizer_without_pad_token_gets_eos_and_left_padding(tmp_path):
     batch = tok(["hello", "you are very kind"], padding=True, return_tensors="pt")
     assert batch["input_ids"][0, 0] == tok.pad_token_id and batch["attention_mask"][0, 0] == 0
     assert loaded.model.config.pad_token_id == loaded.model.generation_config.pad_token_id == tok.eos_token_id
+
+
+def test_tokenizer_alone_is_padded_like_the_loaded_models(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    _populate_hf_cache(tmp_path, "meta-llama/Meta-Llama-3.1-8B", tiny_causal_lm)
+    specs = {str(folder): kind for kind, folder in tiny.items()} | {"meta-llama/Meta-Llama-3.1-8B": "causal-lm"}
+    for spec, kind in specs.items():
+        tok, loaded = load_tokenizer(spec), load_model(spec, kind=kind).tokenizer
+        assert (tok.padding_side, tok.pad_token, tok.name_or_path) == (loaded.padding_side, loaded.pad_token, loaded.name_or_path), spec
+        assert tok.padding_side == ("left" if kind == "causal-lm" else "right")
+        assert tok(["you are very kind"])["input_ids"] == loaded(["you are very kind"])["input_ids"]
 
 
 @pytest.mark.parametrize(
@@ -360,3 +371,103 @@ def test_bundled_smollm2_answers_a_chat_prompt_in_english(smol_cache):
     assert len(words) >= 3, response
     assert "paris" in response.lower(), response
     assert "<|im_" not in response
+
+
+def test_tokenizer_alone_reads_the_gguf_metadata_without_converting(smol_cache, tmp_path, monkeypatch):
+    """A CPU task that needs only the tokenizer must not dequantise the model on a machine without the cache."""
+    folder = smollm2.ensure_converted()
+    converted = load_tokenizer(smollm2.NAME)
+    assert converted.name_or_path == str(folder)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setattr(smollm2, "load_gguf", must_not_run)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(must_not_run))
+    fresh = load_tokenizer(smollm2.NAME)
+    assert not model_cache_dir(smollm2.NAME).exists()
+    chat = [{"role": "user", "content": "Why are you so rude?"}]
+    query = fresh.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert query == converted.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) and "<|im_start|>assistant" in query
+    assert fresh(query)["input_ids"] == converted(query)["input_ids"]
+    assert (fresh.padding_side, fresh.pad_token) == (converted.padding_side, converted.pad_token) == ("left", converted.pad_token)
+
+
+# --- fingerprints: what a spec resolves to --------------------------------------------------------
+
+
+def test_folder_fingerprint_follows_the_bytes_not_the_path_and_skips_dot_folders(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from rlaif_tasks.models import fingerprint as fp
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny["sequence-classifier"], tmp_path / "judge")
+    first = fp.fingerprint(str(folder))
+    assert first.startswith("sha256=") and first == fp.fingerprint(str(shutil.copytree(folder, tmp_path / "copy")))
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert fp.fingerprint(str(folder)) == first
+
+    config = folder / "config.json"
+    stat = config.stat()
+    config.write_bytes(config.read_bytes().replace(b'"nothate"', b'"NOTHATE"'))  # same size, other bytes
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    changed = fp.fingerprint(str(folder))
+    assert changed != first
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("an unchanged folder was hashed again")
+
+    monkeypatch.setattr(fp, "open", no_read, raising=False)
+    assert fp.fingerprint(str(folder)) == changed
+
+
+def test_hub_fingerprint_is_the_commit_main_points_to_in_the_hf_cache(tmp_path, monkeypatch):
+    from rlaif_tasks.models.fingerprint import fingerprint
+
+    spec = "facebook/roberta-hate-speech-dynabench-r4-target"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert fingerprint(spec) is None  # not cached: unknown offline
+    snapshot = _populate_hf_cache(tmp_path, spec, tiny_classifier)
+    assert fingerprint(spec) == f"{spec}@{snapshot.name}"
+    newer = "fedcba9876543210fedcba9876543210fedcba98"
+    tiny_classifier(snapshot.parent / newer)
+    (snapshot.parent.parent / "refs" / "main").write_text(newer)
+    assert fingerprint(spec) == f"{spec}@{newer}"
+
+
+def test_judge_tags_name_each_judge_and_leave_the_hash_out_when_one_is_unknown(tmp_path, monkeypatch):
+    import importlib.metadata
+    import json
+
+    from rlaif_tasks import tracking
+    from rlaif_tasks.config import RunConfig, ScorerConfig
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    config = RunConfig()
+    tags = tracking.judge_tags(config)
+    prints = json.loads(tags[tracking.TAG_JUDGE_REVISIONS])
+    assert sorted(prints) == ["hatesonar", "jigsaw-bilstm", "profanity-check"]
+    assert prints["profanity-check"].startswith(f"alt-profanity-check=={importlib.metadata.version('alt-profanity-check')} sha256=")
+    assert len(tags[tracking.TAG_JUDGES]) == 16 and tracking.judge_tags(config) == tags
+
+    config.evaluation.judges.append(ScorerConfig(model="facebook/roberta-hate-speech-dynabench-r4-target", name="dynabench"))
+    unknown = tracking.judge_tags(config)
+    assert json.loads(unknown[tracking.TAG_JUDGE_REVISIONS])["dynabench"] is None
+    assert tracking.TAG_JUDGES not in unknown
+
+
+def test_unreachable_hub_while_online_is_transient_not_a_config_error(tmp_path, monkeypatch):
+    """A network failure while online may pass by itself: Airflow must retry it, not fail the night at once."""
+    from rlaif_tasks.errors import TransientError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    with pytest.raises(TransientError, match="could not be reached"):
+        load_model("someone/some-model", kind="causal-lm")

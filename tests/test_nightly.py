@@ -66,6 +66,8 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert run.data.tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
     assert len(run.data.tags[tracking.TAG_DATASET]) == 64
     assert run.data.tags[tracking.TAG_CODE_VERSION] == tracking.code_version() != ""
+    assert json.loads(run.data.tags[tracking.TAG_JUDGE_REVISIONS])["profanity-check"].startswith("alt-profanity-check==")
+    assert len(run.data.tags[tracking.TAG_JUDGES]) == 16
     assert client.get_model_version("rlaif-tiny-policy", "1").tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
     assert {"eval/baseline/profanity-check/mean", "eval/final/profanity-check/frac_toxic", "improvement/profanity-check/mean", "gate/kl"} <= run.data.metrics.keys()
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")) == [1, 2]

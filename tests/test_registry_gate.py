@@ -18,6 +18,7 @@ import pytest
 from rlaif_tasks import gate, registry, tracking
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig, RunConfig, ScorerConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import BUNDLED_MODELS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,9 +104,20 @@ def make_config(name, models, prompts_file, store, tmp_path, *, seed=0, **gate_s
     return config
 
 
+def comparability_tags(config) -> dict[str, str]:
+    """The tags nightly.prepare_dataset sets on a run, by which the gate tells whether evaluations compare."""
+    from rlaif_tasks.data import read_manifest
+
+    return {
+        tracking.TAG_DATASET: read_manifest(config.resolved_run_dir)["content_sha256"],
+        tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
+        tracking.TAG_CODE_VERSION: tracking.code_version(),
+        **tracking.judge_tags(config),
+    }
+
+
 def trained_run(config, model_dir, dag_run_id):
     """A run folder as the nightly stages leave it before the gate: data, both evaluations, an MLflow run."""
-    from rlaif_tasks.data import read_manifest
     from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
 
     prepare_dataset(config)
@@ -113,10 +125,7 @@ def trained_run(config, model_dir, dag_run_id):
     evaluate_model(config, "baseline")
     evaluate_model(config, "final", str(model_dir))
     client = tracking.connect(config)
-    run_id = tracking.find_or_create_run(
-        client, config, dag_id="test", dag_run_id=dag_run_id,
-        tags={tracking.TAG_DATASET: read_manifest(run_dir)["content_sha256"], tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config)},
-    )
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id=dag_run_id, tags=comparability_tags(config))
     for label in ("baseline", "final"):
         tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, json.loads((run_dir / "eval" / f"{label}.json").read_text())))
     return client, run_id, run_dir
@@ -246,6 +255,84 @@ def test_gate_refuses_a_better_policy_over_the_kl_budget(models, prompts_file, s
     assert client.get_model_version("rlaif-budget-policy", version).tags["rlaif.gate"] == "refused"
 
 
+STORED_TOXICITY = 0.123456
+"""The champion run's stored mean toxicity: no evaluation of a real policy gives exactly this."""
+
+
+@pytest.fixture(scope="module")
+def champion(models, prompts_file, store, tmp_path_factory):
+    """A registered champion whose MLflow run carries a stored final evaluation and the comparability tags."""
+    from rlaif_tasks.pipeline import prepare_dataset
+
+    config = make_config("compare", models, prompts_file, store, tmp_path_factory.mktemp("champion"))
+    prepare_dataset(config)
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="champion", tags=comparability_tags(config))
+    stored = {"judges": {"profanity-check": {"mean": STORED_TOXICITY, "std": 0.1, "frac_toxic": 0.1}}}
+    tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("final", stored))
+    version = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
+    registry.promote("rlaif-compare-policy", version, client=client)
+    return {"name": "rlaif-compare-policy", "version": version, "run_id": run_id}
+
+
+def challenger_run(models, prompts_file, store, tmp_path, dag_run_id, **changed_tags):
+    """Tonight's run with the same config as the champion's; `changed_tags` replace its comparability tags."""
+    from rlaif_tasks.pipeline import prepare_dataset
+
+    config = make_config("compare", models, prompts_file, store, tmp_path)
+    prepare_dataset(config)
+    client = tracking.connect(config)
+    tags = comparability_tags(config) | changed_tags
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id=dag_run_id, tags=tags)
+    return config, client, run_id, config.resolved_run_dir
+
+
+def assert_champion_evaluated_here(reference, client, run_id, run_dir, version):
+    evaluated = json.loads((run_dir / "eval" / f"champion-v{version}.json").read_text())
+    assert reference["source"] == "evaluated on this run's test prompts"
+    assert reference["toxicity"] == evaluated["judges"]["profanity-check"]["mean"] != STORED_TOXICITY
+    assert client.get_run(run_id).data.metrics["eval/champion/profanity-check/mean"] == pytest.approx(reference["toxicity"])
+
+
+def test_champion_numbers_come_from_its_run_when_prompts_settings_code_and_judges_match(champion, models, prompts_file, store, tmp_path):
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "same")
+    reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
+    assert reference == {
+        "kind": "champion", "version": champion["version"], "toxicity": STORED_TOXICITY,
+        "source": f"MLflow run {champion['run_id']} (same prompts, settings, code and judges)",
+    }
+    assert not (run_dir / "eval").exists()
+
+
+def test_champion_is_evaluated_again_under_other_code(champion, models, prompts_file, store, tmp_path, caplog):
+    new_code = "f" * 40
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{tracking.TAG_CODE_VERSION: new_code})
+    with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
+        reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
+    assert_champion_evaluated_here(reference, client, run_id, run_dir, champion["version"])
+    assert f"rlaif.code_version: {tracking.code_version()} -> {new_code}" in caplog.text
+    assert tracking.TAG_DATASET not in caplog.text and tracking.TAG_JUDGES not in caplog.text
+
+
+def test_champion_is_evaluated_again_when_a_judge_changed_revision(champion, models, prompts_file, store, tmp_path, caplog, monkeypatch):
+    """Tonight's workers have another alt-profanity-check release: same judge name, other model."""
+    from rlaif_tasks.models import fingerprint
+
+    upgraded = "alt-profanity-check==9.9.9 sha256=" + "0" * 64
+    with monkeypatch.context() as patch:
+        patch.setattr(fingerprint, "bundled_fingerprint", lambda bundled: upgraded)
+        config = make_config("compare", models, prompts_file, store, tmp_path)
+        tags = tracking.judge_tags(config)
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-judge", **tags)
+    assert tags[tracking.TAG_JUDGES] != client.get_run(champion["run_id"]).data.tags[tracking.TAG_JUDGES]
+    with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
+        reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
+    assert_champion_evaluated_here(reference, client, run_id, run_dir, champion["version"])
+    installed = BUNDLED_MODELS["profanity-check"].package  # alt-profanity-check==1.9.1
+    assert f"profanity-check {installed} sha256=" in caplog.text and f"-> {upgraded}" in caplog.text
+    assert tracking.TAG_CODE_VERSION not in caplog.text
+
+
 def test_decide_and_gate_judge():
     config = RunConfig()
     assert gate.gate_judge(config) == "jigsaw-bilstm"
@@ -267,6 +354,7 @@ def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(m
 
     from rlaif_tasks.models import describe_spec, load_model
     from rlaif_tasks.models import registry_spec
+    from rlaif_tasks.models.fingerprint import fingerprint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
     monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
@@ -293,6 +381,8 @@ def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(m
     run_2 = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="specs-2")
     v2 = registry.register_policy(config, run_2, models["worse"], client=client)["version"]
     registry.promote("rlaif-specs-policy", v2, client=client)
+    model_id = client.get_model_version("rlaif-specs-policy", v2).model_id
+    assert fingerprint("models:/rlaif-specs-policy@champion") == f"models:/rlaif-specs-policy/{v2} model_id={model_id}"  # no download
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
     monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
@@ -352,3 +442,119 @@ def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(model
     assert isinstance(answer, str) and isinstance(brief, str)
     assert tokenizer_words(answer) <= 6 and tokenizer_words(brief) <= 2, (answer, brief)
     assert "Ignoring provided params" not in log.read_text()
+
+
+def test_promotion_is_a_compare_and_set_and_a_half_done_move_is_finished(models, prompts_file, store, tmp_path):
+    config = make_config("cas", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    name = tracking.registered_model_name(config)
+    versions = []
+    for night, model in enumerate(("milder", "clean", "worse")):
+        run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id=f"cas-{night}")
+        versions.append(registry.register_policy(config, run_id, models[model], client=client)["version"])
+    v1, v2, v3 = versions
+    registry.promote(name, v1, expected_champion=None, client=client)
+
+    with pytest.raises(registry.ChampionMoved, match=f"champion is version {v1}, not none"):
+        registry.promote(name, v2, expected_champion=None, client=client)  # decided against "no champion": stale
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert client.get_model_version(name, v2).tags["rlaif.status"] == "challenger"
+    assert registry.promote(name, v2, expected_champion=v1, client=client) == {"name": name, "champion": v2, "previous": v1, "changed": True}
+
+    # a promotion of v3 killed right after moving `champion`: previous, statuses and challenger are not set yet
+    client.set_model_version_tag(name, v3, registry.TAG_REPLACED, v2)
+    client.set_registered_model_alias(name, "champion", v3)
+    assert client.get_model_version(name, v3).tags["rlaif.status"] == "challenger"
+    repaired = registry.promote(name, v3, expected_champion=v2, client=client)  # the retry
+    assert repaired == {"name": name, "champion": v3, "previous": v2, "changed": False}
+    info = registry.describe(name, client=client)
+    assert info["aliases"] == {"champion": v3, "previous": v2}
+    assert [v["status"] for v in info["versions"]] == ["previous", "previous", "champion"]  # v1 keeps the mark it got when v2 replaced it
+    assert registry.rollback(name, client=client)["champion"] == v2
+    assert not client.get_registered_model(name).tags.get(registry.TAG_LOCK)  # every move released its lease
+
+
+def test_promotion_lease_keeps_a_second_taker_out_until_it_expires(models, prompts_file, store, tmp_path):
+    import time
+
+    from rlaif_tasks.errors import TransientError
+
+    config = make_config("lease", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    name = "rlaif-lease-policy"
+    client.create_registered_model(name)
+    client.set_registered_model_tag(name, registry.TAG_LOCK, f"someone host:1 {time.time() + 60:.0f}")
+    with pytest.raises(TransientError, match="another promotion holds"):
+        with registry.promotion_lock(client, name, settle_s=0.05, wait_s=0.3):
+            pass
+    client.set_registered_model_tag(name, registry.TAG_LOCK, f"someone host:1 {time.time() - 1:.0f}")  # its holder died
+    with registry.promotion_lock(client, name, settle_s=0.05, wait_s=0.3):
+        held = client.get_registered_model(name).tags[registry.TAG_LOCK]
+        assert not held.startswith("someone")
+    assert registry.TAG_LOCK not in client.get_registered_model(name).tags
+
+
+def test_only_finalised_models_are_registered_and_the_registered_weights_are_checked(models, prompts_file, store, tmp_path):
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    config = make_config("ready", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="ready-1")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    # an attempt killed mid-upload: a logged model that was never finalised, with a partial file
+    killed = mlflow.initialize_logged_model(name=registry.ARTIFACT_NAME, source_run_id=run_id, experiment_id=experiment_id)
+    client.log_model_artifact(killed.model_id, str(models["clean"] / "config.json"))
+    registered = registry.register_policy(config, run_id, models["clean"], client=client)
+    source = client.get_model_version(registered["name"], registered["version"]).source
+    assert source != f"models:/{killed.model_id}"
+    assert str(client.get_logged_model(killed.model_id).status) == str(LoggedModelStatus.FAILED)
+    assert str(client.get_logged_model(source.removeprefix("models:/")).status) == str(LoggedModelStatus.READY)
+
+    digest = registry.verify_registered_weights(client, registered["name"], registered["version"], models["clean"])
+    assert digest == registry.weights_sha256(models["clean"])
+    assert client.get_model_version(registered["name"], registered["version"]).tags[registry.TAG_WEIGHTS] == digest
+    with pytest.raises(RlaifError, match="does not hold the weights trained in"):
+        registry.verify_registered_weights(client, registered["name"], registered["version"], models["worse"])
+
+
+def test_only_absence_reads_as_no_champion(models, prompts_file, store, tmp_path):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+    from rlaif_tasks.errors import mlflow_not_found
+
+    config = make_config("absent", models, prompts_file, store, tmp_path)
+    client = tracking.connect(config)
+    assert registry.get_alias(client, "rlaif-no-such-policy", "champion") is None  # no model
+    client.create_registered_model("rlaif-absent-policy")
+    assert registry.get_alias(client, "rlaif-absent-policy", "champion") is None  # no alias
+    assert mlflow_not_found(MlflowException("Registered model alias champion not found.", error_code=INVALID_PARAMETER_VALUE))
+    assert not mlflow_not_found(MlflowException("API request to http://x failed: too many 503 error responses", error_code=INTERNAL_ERROR))
+    assert not mlflow_not_found(MlflowException("Invalid alias name: '!'", error_code=INVALID_PARAMETER_VALUE))
+
+
+def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, prompts_file, store, tmp_path):
+    """A cleared promote_if_better whose stored decision was measured against an older champion decides again."""
+    from rlaif_tasks import nightly
+
+    config = make_config("stale", models, prompts_file, store, tmp_path / "n1", min_improvement=-100.0)
+    client, run_id, run_dir = trained_run(config, models["milder"], "stale-1")
+    name = tracking.registered_model_name(config)
+    v1 = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
+    refs = {"run_dir": str(run_dir), "mlflow_run_id": run_id, "model_name": name, "model_version": v1, "model_dir": str(models["milder"])}
+    gate.run_gate(config, run_dir, run_id, name, v1, models["milder"], client=client)  # measured against the base policy
+    stored = json.loads((run_dir / "gate" / "decision.json").read_text())["reference"]
+    assert stored["kind"] == "base" and stored["version"] is None
+
+    other = make_config("stale", models, prompts_file, store, tmp_path / "n2")
+    other_client, other_run, _ = trained_run(other, models["clean"], "stale-2")
+    v2 = registry.register_policy(other, other_run, models["clean"], client=other_client)["version"]
+    registry.promote(name, v2, client=client)  # a later night promoted v2 first
+
+    out = nightly.promote_if_better(refs)  # night 1's task, cleared and run again
+    assert out["decision"]["reference"]["kind"] == "champion" and out["decision"]["reference"]["version"] == v2
+    assert out["promoted"]  # this config's gate passes anything, so v1 replaces v2, knowingly
+    assert registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}
+    again = nightly.promote_if_better(refs)  # and once more: already done, nothing moves
+    assert again["promoted"] and registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}

@@ -124,12 +124,16 @@ def test_evaluation_metrics_and_samples_table_once(store, tmp_path):
     assert client.get_run(run_id).data.metrics["improvement/jigsaw-bilstm/mean"] == pytest.approx(0.75)
     tracking.log_figure(client, run_id, tracking.toxicity_figure(judges), "plots/toxicity.png")
 
-    samples = pd.DataFrame({"prompt": ["a", "b", "c"], "response": ["x", "y", "z"], "jigsaw-bilstm": [0.9, 0.2, 0.1]})
+    samples = pd.DataFrame({"prompt": ["a", "b", "c"], "query": ["a", "b", "c"], "response": ["x", "y", "z"], "jigsaw-bilstm": [0.9, 0.2, 0.1]})
     assert tracking.log_samples_table(client, run_id, samples, "eval/final_samples.json")
     assert not tracking.log_samples_table(client, run_id, samples, "eval/final_samples.json")
     experiment_id = client.get_run(run_id).info.experiment_id
     table = client.load_table(experiment_id, "eval/final_samples.json", run_ids=[run_id])
     assert len(table) == 3 and table["response"].tolist() == ["x", "y", "z"]
+    assert "query" not in table.columns  # the same text as `prompt` when no chat template wraps it
+    templated = samples.assign(query=["<user>a", "<user>b", "<user>c"])
+    assert tracking.log_samples_table(client, run_id, templated, "eval/chat_samples.json")
+    assert client.load_table(experiment_id, "eval/chat_samples.json", run_ids=[run_id])["query"].tolist() == ["<user>a", "<user>b", "<user>c"]
     names = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert names == {"plots/toxicity.png"}
     assert json.loads(open(client.download_artifacts(run_id, "eval/final_samples.json", str(tmp_path))).read())["columns"][0] == "prompt"

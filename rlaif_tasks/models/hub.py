@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
-from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.errors import RlaifError, TransientError
 from rlaif_tasks.models.base import LoadedModel, ModelKind
 from rlaif_tasks.models import registry_spec
 from rlaif_tasks.models.bundled import BUNDLED_MODELS, BundledModel
@@ -210,8 +211,12 @@ def _status_code(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def hub_error(exc: BaseException, info: SpecInfo, revision: str | None) -> RlaifError | None:
-    """Translate a huggingface_hub / transformers failure into a fixable error, or None if unrelated."""
+def hub_error(exc: BaseException, info: SpecInfo, revision: str | None) -> RlaifError | TransientError | None:
+    """Translate a huggingface_hub / transformers failure into a fixable error, or None if unrelated.
+
+    A network failure while online, or a 429/5xx, is a `TransientError` (Airflow retries it);
+    a model missing from the cache while offline is a config problem (`RlaifError`).
+    """
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -243,13 +248,25 @@ def hub_error(exc: BaseException, info: SpecInfo, revision: str | None) -> Rlaif
                 f"{repo} was not found on the hub (it does not exist, or it is private)",
                 f"check the spelling; if it is private export HF_TOKEN=<a read token>; or {alternatives}",
             )
+        if isinstance(err, HfHubHTTPError) and (_status_code(err) or 0) in _TRANSIENT_STATUS:
+            return TransientError(f"the Hugging Face hub answered HTTP {_status_code(err)} for {repo}; retrying may succeed")
         if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)) or _is_network_error(err):
+            network = [e for e in _exception_chain(exc) if isinstance(e, (ConnectionError, TimeoutError)) or _is_network_error(e)]
+            if network and not _offline():
+                return TransientError(f"the Hugging Face hub could not be reached for {repo} ({network[-1]}); retrying may succeed")
             return RlaifError(
                 f"the Hugging Face hub cannot be reached (offline, HF_HUB_OFFLINE=1, or no network) and {repo} is not in the local HF cache",
                 f"download it once where the hub is reachable (hf download {repo}) and copy the HF cache over, or {alternatives}; "
                 "keep HF_HUB_OFFLINE=1 on offline machines so this fails fast",
             )
     return None
+
+
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_network_error(err: BaseException) -> bool:
@@ -260,7 +277,7 @@ def _is_network_error(err: BaseException) -> bool:
 def _hf_call(fn: Callable[[], T], info: SpecInfo, revision: str | None, what: str) -> T:
     try:
         return fn()
-    except RlaifError:
+    except (RlaifError, TransientError):
         raise
     except (OSError, ValueError, ConnectionError) as exc:
         translated = hub_error(exc, info, revision) if info.source == "hub" else None
@@ -285,7 +302,7 @@ _AUTO_CLASSES = {
 }
 
 
-def _prepare_tokenizer(tokenizer, model, kind: ModelKind, spec: str) -> None:
+def _pad_tokenizer(tokenizer, kind: ModelKind | None, spec: str) -> None:
     """Batched rollouts need a pad token, and decoder-only models need it on the left."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -296,6 +313,10 @@ def _prepare_tokenizer(tokenizer, model, kind: ModelKind, spec: str) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     if kind == "causal-lm":
         tokenizer.padding_side = "left"
+
+
+def _prepare_tokenizer(tokenizer, model, kind: ModelKind, spec: str) -> None:
+    _pad_tokenizer(tokenizer, kind, spec)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)
@@ -354,6 +375,35 @@ def load_model(
     if info.source == "bundled":
         return _load_bundled(info, kind, revision=revision, dtype=dtype, device=device)
     return load_hf(info, kind, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+
+
+def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer of any model spec, padded as `load_model` pads it, without reading the weights.
+
+    Preparing prompts needs only the tokenizer; loading a policy for it would hold a worker's memory
+    (or a GPU) for nothing.
+    """
+    import transformers
+
+    info = describe_spec(spec)
+    if info.source == "bundled":
+        bundled = info.bundled
+        assert bundled is not None
+        if bundled.kind not in HF_KINDS:
+            raise RlaifError(f"the bundled {bundled.kind} {spec!r} has no transformers tokenizer", _kind_fix("causal-lm", bundled.kind))
+        if revision is not None:
+            raise RlaifError(f"revision {revision!r} was given for the bundled model {spec!r}, which has no revisions", "unset model.revision (it applies to hub ids only)")
+        tokenizer = importlib.import_module(bundled.loader).load_tokenizer()
+        _pad_tokenizer(tokenizer, bundled.kind, spec)
+        return tokenizer
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    kind = info.kind
+    if kind is None:
+        config = _hf_call(lambda: transformers.AutoConfig.from_pretrained(info.location, **common), info, revision, "config")
+        kind = kind_from_config(config.to_dict())
+    tokenizer = _hf_call(lambda: transformers.AutoTokenizer.from_pretrained(info.location, **common), info, revision, "tokenizer")
+    _pad_tokenizer(tokenizer, kind, spec)
+    return tokenizer
 
 
 def _load_bundled(info: SpecInfo, kind: str, *, revision: str | None, dtype: Any, device: str) -> LoadedModel:

@@ -1,0 +1,240 @@
+"""Fault injection: nothing lost, duplicated or wrongly promoted when processes and servers fail.
+
+The embedded stack of `make up` (Airflow's scheduler with the LocalExecutor on SQLite) with a real
+`mlflow server` (basic auth, SQLite store, artefacts served) started by `scripts/service.sh`, reached
+through a proxy that can answer 503. Faults are injected at named points (rlaif_tasks/faults.py):
+the task process SIGKILLed, held while the test kills and restarts the MLflow server, or while the
+proxy refuses. Each scenario asserts the end state in Airflow, MLflow and the run folder.
+`make faults` runs every `faults` scenario and writes docs/reliability.md from the results.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from flaky_proxy import FlakyProxy
+from production_stack import ProductionStack, write_tiny_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+MODEL = "rlaif-faults-policy"
+SECRET = "hf_rlaif_fault_suite_secret_0123456789"
+ALWAYS_PROMOTE = ["gate.min_improvement=-100"]  # a gate that passes, so that every night moves the aliases
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("faults_home")
+    config = write_tiny_project(home, name="faults", steps=4)
+    stack = ProductionStack(home, config, executor="LocalExecutor", mlflow_server=True)
+    stack.config = config
+    stack.faults = home / "faults"
+    stack.faults.mkdir()
+    stack.proxy = FlakyProxy(stack.mlflow_url)
+    stack.env.update(MLFLOW_TRACKING_URI=stack.proxy.url, RLAIF_FAULTS_DIR=str(stack.faults), HF_TOKEN=SECRET)
+    try:
+        stack.start_all()
+        assert stack.api.patch("/dags/rlaif_nightly", json={"is_paused": False}).status_code == 200
+        yield stack
+    finally:
+        stack.stop_all()
+        stack.proxy.close()
+
+
+def inject(stack, **points: str) -> None:
+    """Arm these fault points (`point=action`) for the next run; earlier markers are cleared."""
+    for marker in stack.faults.iterdir():
+        marker.unlink()
+    (stack.faults / "spec").write_text(",".join(f"{point}={action}" for point, action in points.items()))
+
+
+def fired(stack) -> set[str]:
+    return {p.name.removesuffix(".fired") for p in stack.faults.glob("*.fired")}
+
+
+def task_log(stack, run_id: str, task: str, attempt: int) -> str:
+    found = list((stack.home / "airflow" / "logs").glob(f"dag_id=rlaif_nightly/run_id={run_id}/task_id={task}/attempt={attempt}.log"))
+    return found[0].read_text(errors="replace") if found else ""
+
+
+def mlflow_runs(client, dag_run_id: str):
+    experiment = client.get_experiment_by_name("rlaif-faults")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`rlaif.dag_run_id` = '{dag_run_id}'")
+
+
+def aliases(client) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
+
+
+def statuses(client) -> dict[str, str]:
+    return {str(v.version): v.tags.get("rlaif.status", "") for v in client.search_model_versions(f"name = '{MODEL}'")}
+
+
+def run_with_mlflow_outages(stack, run_id: str, down_s: float = 15.0, timeout: float = 900) -> list[str]:
+    """Wait for the run; whenever a task holds at a fault point, kill the MLflow server, let the task go on, restart the server later."""
+    outages = []
+    deadline = time.monotonic() + timeout
+    while (state := stack.run_state(run_id)) not in ("success", "failed"):
+        for held in stack.faults.glob("*.held"):
+            point = held.name.removesuffix(".held")
+            if (stack.faults / f"{point}.release").exists():
+                continue
+            stack.kill("mlflow")
+            (stack.faults / f"{point}.release").write_text("")
+            time.sleep(down_s)  # the task's MLflow calls meet a dead server and retry
+            stack.start_mlflow(stack.mlflow_store)
+            outages.append(point)
+        assert time.monotonic() < deadline, f"run {run_id} still {state}"
+        time.sleep(1)
+    return outages
+
+
+def test_sigkill_in_each_of_the_seven_tasks_is_retried_without_loss_or_duplication(stack):
+    """Every task's process SIGKILLed once (train after step 2 of 4, the others after their work, before Airflow records it): the scheduler's retries finish the night with one MLflow run, one version, the right aliases, training resumed from its checkpoint, each step logged once and no secret anywhere."""
+    inject(stack, **{f"{task}.end": "kill" for task in STAGES if task != "train"}, **{"train.step-2": "kill"})
+    run_id = stack.trigger({"config": str(stack.config)})
+    stack.first_night = run_id
+    assert stack.wait_for_run(run_id) == "success", {k: v["state"] for k, v in stack.task_instances(run_id).items()}
+    assert fired(stack) == {f"{task}.end" for task in STAGES if task != "train"} | {"train.step-2"}
+
+    tis = stack.task_instances(run_id)
+    assert {task: ti["try_number"] for task, ti in tis.items()} == {task: 2 for task in STAGES}
+    assert "resuming from checkpoint" in task_log(stack, run_id, "train", 2)
+    client = stack.mlflow_client()
+    [run] = mlflow_runs(client, run_id)
+    assert run.info.status == "FINISHED" and "rlaif.failure" not in run.data.tags
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    assert aliases(client) == {"champion": "1"} and statuses(client) == {"1": "champion"}
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    rows = (Path(stack.xcom(run_id, "report")["run_dir"]) / "train" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4
+
+    # the HF token of the workers' environment is in no param, tag, artefact text or task log
+    assert SECRET not in repr(run.data.params) + repr(run.data.tags)
+    for artifact in ("report.txt", "run/config.yaml", "eval/report.json"):
+        assert SECRET not in Path(client.download_artifacts(run.info.run_id, artifact, str(stack.home / "downloaded"))).read_text()
+    logs = "".join(p.read_text(errors="replace") for p in (stack.home / "airflow" / "logs").rglob("*.log"))
+    assert "train" in logs and SECRET not in logs
+
+
+def test_mlflow_server_killed_during_step_logging_register_and_promote(stack):
+    """The MLflow server killed (and restarted 15 s later) while `train` logs step 2, between logging and registering the policy, and with the promotion lease held: the night completes with one MLflow run, one new version that is the champion, `previous` the old one, every step once."""
+    inject(stack, **{"train.step-2": "hold", "register.logged": "hold", "promote.locked": "hold"})
+    run_id = stack.trigger({"config": str(stack.config), "set": ALWAYS_PROMOTE})
+    outages = run_with_mlflow_outages(stack, run_id)
+    assert stack.run_state(run_id) == "success", {k: v["state"] for k, v in stack.task_instances(run_id).items()}
+    assert outages == ["train.step-2", "register.logged", "promote.locked"]
+
+    client = stack.mlflow_client()
+    [run] = mlflow_runs(client, run_id)
+    assert run.info.status == "FINISHED"
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert [str(v.version) for v in versions if v.run_id == run.info.run_id] == ["2"]
+    assert aliases(client) == {"champion": "2", "previous": "1"} and statuses(client) == {"1": "previous", "2": "champion"}
+    assert not client.get_registered_model(MODEL).tags.get("rlaif.promotion_lock")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    logged = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [str(m.status).rsplit(".", 1)[-1] for m in logged].count("READY") == 1
+
+
+def test_mlflow_answering_503_for_a_minute_is_retried_not_read_as_no_champion(stack):
+    """The tracking server answers 503 to everything for 60 s from the start of `promote_if_better`: the MLflow client's back-off outlasts it, and the gate compares with the real champion (version 2), not with the base policy."""
+    inject(stack, **{"promote_if_better.start": "hold"})
+    run_id = stack.trigger({"config": str(stack.config)})
+    deadline = time.monotonic() + 900
+    while not (stack.faults / "promote_if_better.start.held").exists():
+        assert stack.run_state(run_id) not in ("success", "failed") and time.monotonic() < deadline
+        time.sleep(1)
+    refused_before = stack.proxy.refused
+    stack.proxy.fail_for(60)
+    (stack.faults / "promote_if_better.start.release").write_text("")
+    assert stack.wait_for_run(run_id) == "success"
+    assert stack.proxy.refused > refused_before  # the outage was met, and outlasted
+
+    tis = stack.task_instances(run_id)
+    assert tis["promote_if_better"]["try_number"] == 1  # retried inside the call, not by Airflow
+    decision = stack.xcom(run_id, "promote_if_better")["decision"]
+    assert decision["reference"]["kind"] == "champion" and decision["reference"]["version"] == "2"
+
+
+def test_clearing_an_old_runs_promotion_after_a_newer_one_keeps_the_champion(stack):
+    """`promote_if_better` of the first night cleared after later promotions: it runs again and changes no alias or status (its version is `previous` now)."""
+    inject(stack)
+    client = stack.mlflow_client()
+    before_aliases, before_statuses = aliases(client), statuses(client)
+    first = stack.first_night
+    cleared = stack.api.post("/dags/rlaif_nightly/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": first, "task_ids": ["promote_if_better"], "only_failed": False,
+        "include_downstream": False, "reset_dag_runs": True,
+    })
+    assert cleared.status_code == 200, cleared.text
+    assert stack.wait_for_run(first) == "success"
+    assert stack.task_instances(first)["promote_if_better"]["try_number"] == 3  # two tries in the first night, one now
+    assert aliases(client) == before_aliases and statuses(client) == before_statuses
+    assert before_aliases["champion"] != "1"
+
+
+def _promote(uri: str, username: str, password: str, version: str, start: float, out) -> None:
+    import os
+
+    os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
+    from mlflow import MlflowClient
+
+    from rlaif_tasks import registry
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    time.sleep(max(0.0, start - time.time()))
+    out.put(registry.promote(f"{MODEL}-race", version, client=client))
+
+
+def test_two_promotions_racing_leave_one_champion_and_the_other_previous(stack):
+    """Two processes promote two versions of one model at the same instant, three rounds: each time one champion, `previous` the other version, both status tags consistent, and the lease released."""
+    client = stack.mlflow_client()
+    name = f"{MODEL}-race"
+    client.create_registered_model(name)
+    experiment = client.create_experiment("rlaif-faults-race")
+    for _ in range(2):
+        model = client.create_logged_model(experiment, name="policy")
+        client.finalize_logged_model(model.model_id, "READY")
+        client.create_model_version(name, source=f"models:/{model.model_id}", model_id=model.model_id)
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        for alias in ("champion", "previous"):
+            client.delete_registered_model_alias(name, alias) if alias in client.get_registered_model(name).aliases else None
+        out = context.Queue()
+        start = time.time() + 8  # both processes are up and connected by then
+        racers = [context.Process(target=_promote, args=(stack.proxy.url, "admin", stack.mlflow_password, v, start, out)) for v in ("1", "2")]
+        for p in racers:
+            p.start()
+        results = [out.get(timeout=120) for _ in racers]
+        for p in racers:
+            p.join(60)
+        model = client.get_registered_model(name)
+        champion, previous = str(model.aliases["champion"]), str(model.aliases.get("previous"))
+        assert {champion, previous} == {"1", "2"}, (round_, results, model.aliases)
+        assert sorted(r["changed"] for r in results) == [True, True]
+        tags = {str(v.version): v.tags.get("rlaif.status") for v in client.search_model_versions(f"name = '{name}'")}
+        assert tags == {champion: "champion", previous: "previous"}
+        assert "rlaif.promotion_lock" not in model.tags
+
+
+@pytest.mark.parametrize("conf, problem", [
+    ({"steps": -1}, "steps below 1"),
+    ({"algorithm": "sac"}, "unknown algorithm"),
+    ({"config": "/etc/rlaif/outside.yaml"}, "config outside the project"),
+    ({"config": "configs/../../outside.yaml"}, "config escaping the project"),
+])
+def test_bad_trigger_params_are_rejected_before_a_run_exists(stack, conf, problem):
+    """A trigger through the REST API with a bad param is answered 4xx and creates no DAG run."""
+    before = stack.get("/dags/rlaif_nightly/dagRuns")["total_entries"]
+    response = stack.api.post("/dags/rlaif_nightly/dagRuns", json={"logical_date": None, "conf": {"config": str(stack.config), **conf}})
+    assert 400 <= response.status_code < 500, (problem, response.status_code, response.text[:300])
+    assert stack.get("/dags/rlaif_nightly/dagRuns")["total_entries"] == before
