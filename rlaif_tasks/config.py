@@ -48,6 +48,9 @@ class DataConfig:
     max_prompt_tokens: int = 64
     test_size: float = 200
     """A count of test prompts (>= 1) or a fraction (< 1)."""
+    group_column: str | None = None
+    """Split whole groups of this column (e.g. `frame`, the bundled set's template id), so no template seen in
+    training is judged in test; the test split is then as close to `test_size` as whole groups allow. Unset: by row."""
     max_train_prompts: int | None = None
 
 
@@ -102,6 +105,8 @@ class EvaluationConfig:
     samples_per_prompt: int = 1
     toxic_threshold: float = 0.5
     num_table_rows: int = 50
+    extra_sets: list[str] = field(default_factory=list)
+    """Further evaluation sets, judged whole and never trained on: `bundled:detox-ood` or a local .jsonl/.csv/.parquet file."""
 
 
 @dataclass

@@ -125,3 +125,18 @@ def test_config_path_pattern_admits_only_yaml_under_the_roots():
     ]
     assert [p for p in admitted if not pattern.search(p)] == []
     assert [p for p in refused if pattern.search(p)] == []
+
+
+@pytest.mark.parametrize("name", ["demo", "seed-llama-3.1-8b", "seed-flan-t5-base"])
+def test_shipped_configs_hold_out_frames_and_name_the_ood_set(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.data.group_column == "frame" and cfg.evaluation.extra_sets == ["bundled:detox-ood"]
+
+
+def test_group_column_and_extra_sets_default_off_and_override():
+    cfg = load_config(None)
+    assert cfg.data.group_column is None and cfg.evaluation.extra_sets == []
+    cfg = load_config(None, ["data.group_column=frame", "evaluation.extra_sets=[bundled:detox-ood, extra.jsonl]"])
+    assert cfg.data.group_column == "frame" and cfg.evaluation.extra_sets == ["bundled:detox-ood", "extra.jsonl"]
+    with pytest.raises(RlaifError, match="expected a list"):
+        load_config(None, ["evaluation.extra_sets=bundled:detox-ood"])

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
+import tomllib
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from rlaif_tasks.config import DataConfig
-from rlaif_tasks.data import load_prompts_split, prepare_prompts, read_manifest
-from rlaif_tasks.data.detox_prompts import bundled_prompts
-from rlaif_tasks.data.prepare import content_hash, seeded_split
+from rlaif_tasks.data import load_eval_set, load_prompts_split, prepare_prompts, read_manifest
+from rlaif_tasks.data.detox_prompts import OOD_FILE, bundled_prompts, ood_prompts
+from rlaif_tasks.data.prepare import content_hash, group_split, seeded_split
 from rlaif_tasks.errors import RlaifError
 
 WORDS = "you are a stupid idiot hello my friend what is this the day is nice".split()
+BANNED = {"fuck", "shit", "bitch", "cunt", "nigger", "faggot", "retard"}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,117 @@ def test_bundled_set_is_large_mostly_provocative_and_clean():
     neutral = [r for r in rows if r["category"] == "neutral"]
     assert len(provocative) > len(rows) / 2 and len(neutral) >= 100
     assert {r["source"] for r in neutral} == {"chatterbot-corpus"}
-    banned = {"fuck", "shit", "bitch", "cunt", "nigger", "faggot", "retard"}
-    assert not [t for t in texts if banned & set(t.lower().replace(",", " ").replace(".", " ").split())]
+    assert not [t for t in texts if BANNED & set(t.lower().replace(",", " ").replace(".", " ").split())]
+
+
+def test_bundled_frames_name_the_templates():
+    rows = bundled_prompts()
+    sizes = pd.Series([r["frame"] for r in rows]).value_counts()
+    assert sizes["about-00"] == 20 and sizes["angry-0"] == 14 and sizes["to-you-00"] == 1
+    neutral = [r["frame"] for r in rows if r["category"] == "neutral"]
+    assert len(set(neutral)) == len(neutral), "each neutral opener is its own group"
+    by_frame = {}
+    for r in rows:
+        by_frame.setdefault(r["frame"], []).append(r["prompt"])
+    assert all(p.startswith("Honestly, ") and p.endswith(" is such a complete") for p in by_frame["about-00"])
+
+
+def test_default_split_is_by_row_as_before(tmp_path, tokenizer):
+    assert DataConfig().group_column is None
+    splits = prepare_prompts(DataConfig(use_chat_template=False, max_prompt_tokens=64, test_size=200), tokenizer, tmp_path, seed=5)
+    train, test = seeded_split(pd.DataFrame(bundled_prompts()), 200, seed=5)
+    assert splits.test["prompt"].tolist() == test["prompt"].tolist() and splits.train["prompt"].tolist() == train["prompt"].tolist()
+    assert "frame" not in splits.test.columns
+    manifest = read_manifest(tmp_path)
+    assert manifest["groups"] is None and manifest["settings"]["group_column"] is None and "test_groups" not in manifest["counts"]
+
+
+def test_group_split_holds_out_whole_frames(tmp_path, tokenizer):
+    cfg = DataConfig(use_chat_template=False, max_prompt_tokens=64, test_size=200, group_column="frame")
+    a = prepare_prompts(cfg, tokenizer, tmp_path / "a", seed=0)
+    b = prepare_prompts(cfg, tokenizer, tmp_path / "b", seed=0)
+    c = prepare_prompts(cfg, tokenizer, tmp_path / "c", seed=1)
+    train, test = load_prompts_split(tmp_path / "a", "train"), load_prompts_split(tmp_path / "a", "test")
+    assert set(train["frame"]).isdisjoint(test["frame"])
+    assert len(test) == 200 and len(train) + len(test) == len(bundled_prompts())
+    assert a.test["prompt"].tolist() == b.test["prompt"].tolist() != c.test["prompt"].tolist()
+    held_out = {f for f in test["frame"] if f.startswith("about-")}
+    assert held_out and all((test["frame"] == f).sum() == 20 for f in held_out), "a template's 20 targets stay together"
+    manifest = read_manifest(tmp_path / "a")
+    assert manifest["settings"]["group_column"] == "frame"
+    assert manifest["groups"] == {"train": sorted(set(train["frame"])), "test": sorted(set(test["frame"]))}
+    assert (manifest["counts"]["train_groups"], manifest["counts"]["test_groups"]) == (train["frame"].nunique(), test["frame"].nunique())
+    assert test["frame"].head(20).nunique() > 1, "the split's rows are shuffled, so its head mixes frames"
+
+
+def grouped(sizes):
+    return pd.DataFrame({"prompt": [f"{g}-{i}" for g, n in enumerate(sizes) for i in range(n)], "g": [g for g, n in enumerate(sizes) for _ in range(n)]})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_group_split_sizes(seed):
+    train, test = group_split(grouped([10] * 10), "g", 0.25, seed)
+    assert len(test) in (20, 30) and len(train) + len(test) == 100 and set(train["g"]).isdisjoint(test["g"])
+    train, test = group_split(grouped([5] * 8 + [1] * 10), "g", 13, seed)
+    assert len(test) == 13, "singletons fill the gap exactly"
+    train, test = group_split(grouped([10, 10, 10]), "g", 2, seed)
+    assert (len(train), len(test)) == (20, 10), "a test split gets one group even when every group is larger than asked"
+    train, test = group_split(grouped([1, 10]), "g", 9, seed)
+    assert (len(train), len(test)) == (10, 1), "the last group is never taken from training"
+
+
+def test_group_split_errors(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    message = bad(tmp_path, tokenizer, source=str(path), group_column="frame")
+    assert "group column 'frame' is missing" in message and "'id'" in message and "unset it" in message
+    single = tmp_path / "single.jsonl"
+    pd.read_json(path, lines=True).assign(topic="all").to_json(single, orient="records", lines=True)
+    assert "at least 2" in bad(tmp_path, tokenizer, source=str(single), group_column="topic")
+    holes = tmp_path / "holes.jsonl"
+    pd.read_json(path, lines=True).assign(topic=lambda f: f["id"].where(f["id"] % 2 == 0)).to_json(holes, orient="records", lines=True)
+    assert "missing value" in bad(tmp_path, tokenizer, source=str(holes), group_column="topic")
+    assert "computes" in bad(tmp_path, tokenizer, source=str(path), group_column="query")
+
+
+def test_group_split_of_a_local_file(tmp_path, tokenizer):
+    path, _ = prompts_file(tmp_path, column="prompt")
+    cfg = DataConfig(source=str(path), use_chat_template=False, test_size=0.3, group_column="id")
+    splits = prepare_prompts(cfg, tokenizer, tmp_path / "run", seed=2)
+    assert set(splits.train["id"]).isdisjoint(splits.test["id"]) and len(splits.test) == round(0.3 * 40)
+
+
+def first_words(text, n=3):
+    return tuple(re.findall(r"[a-z0-9']+", text.lower())[:n])
+
+
+def test_ood_set_is_large_balanced_and_opens_unlike_the_training_frames():
+    rows = ood_prompts()
+    texts = [r["prompt"] for r in rows]
+    assert len(set(texts)) == len(texts) >= 200
+    assert {type(r["provocative"]) for r in rows} == {bool} and min(sum(r["provocative"] for r in rows), sum(not r["provocative"] for r in rows)) >= 80
+    assert len({r["register"] for r in rows}) >= 10
+    training = {first_words(r["prompt"]) for r in bundled_prompts()}
+    assert not [t for t in texts if first_words(t) in training]
+    assert not [t for t in texts if BANNED & set(re.findall(r"[a-z]+", t.lower()))]
+    package_data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rlaif_tasks"]
+    assert any(fnmatch.fnmatch(f"data/{OOD_FILE.name}", pattern) for pattern in package_data), "the set ships in the wheel"
+
+
+def test_ood_set_loads_like_a_prepared_split(tokenizer):
+    frame = load_eval_set("bundled:detox-ood", tokenizer, use_chat_template=False)
+    assert list(frame.columns) == ["prompt", "query", "category", "source", "n_tokens", "register", "provocative"]
+    assert len(frame) == len(OOD_FILE.read_text().splitlines()) and (frame["query"] == frame["prompt"]).all()
+    assert set(frame["category"]) == {"provocative", "neutral"} and (frame["category"] == frame["provocative"].map({True: "provocative", False: "neutral"})).all()
+    chat = load_eval_set("bundled:detox-ood", tokenizer, use_chat_template=True)
+    assert (chat["query"] == chat["prompt"] + " : ").all() and (chat["n_tokens"] > frame["n_tokens"]).all()
+
+
+def test_extra_set_from_a_local_file_keeps_its_columns(tmp_path, tokenizer):
+    path, rows = prompts_file(tmp_path, column="prompt")
+    frame = load_eval_set(str(path), tokenizer, use_chat_template=False)
+    assert len(frame) == 40 and frame["id"].tolist() == list(range(40))
+    with pytest.raises(RlaifError, match="bundled:detox-ood"):
+        load_eval_set("bundled:nope", tokenizer, use_chat_template=False)
 
 
 def test_bundled_split_is_deterministic_per_seed_and_test_has_200(tmp_path, tokenizer):

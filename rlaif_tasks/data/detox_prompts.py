@@ -7,13 +7,18 @@ stupid, loser) and there are no slurs. The rest are neutral conversation openers
 `chatterbot-corpus` (BSD-3-Clause), so the policy is also judged on prompts that invite no insult.
 
 The set is built deterministically from templates: the same package version gives the same prompts.
+
+`bundled:detox-ood` is an evaluation-only set in other registers (product reviews, chat messages,
+forum replies, customer support, sports commentary, ...), written by this project in
+`detox_ood.jsonl`: half provocative continuations, half neutral, none opening like a training frame.
+It tells whether detoxification carries over to text unlike the training prompts.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
+import json
 from pathlib import Path
 
 import yaml
@@ -21,6 +26,8 @@ import yaml
 from rlaif_tasks.errors import RlaifError
 
 SOURCE = "bundled:detox-prompts"
+OOD_SOURCE = "bundled:detox-ood"
+OOD_FILE = Path(__file__).with_name("detox_ood.jsonl")
 
 TARGETS = (
     "my neighbour", "my boss", "that referee", "the guy behind me in the queue", "my roommate",
@@ -120,12 +127,20 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _provocative_rows() -> list[tuple[str, str]]:
+    """(prompt, frame id) per sentence start; a frame is the template, so its targets share one id."""
+    rows = [(_capitalise(f.format(t=target)), f"about-{i:02d}") for i, f in enumerate(ABOUT_SOMEONE) for target in TARGETS]
+    rows += [(text, f"to-you-{i:02d}") for i, text in enumerate(TO_YOU)]
+    rows += [(_capitalise(f.format(t=target)), f"angry-{i}") for i, f in enumerate(ANGRY_FRAMES) for target in ANGRY_ABOUT]
+    first: dict[str, str] = {}
+    for prompt, frame in rows:
+        first.setdefault(prompt, frame)
+    return list(first.items())
+
+
 def provocative_prompts() -> list[str]:
     """Sentence starts that invite an insult; deterministic and free of duplicates."""
-    prompts = [_capitalise(frame.format(t=target)) for frame, target in itertools.product(ABOUT_SOMEONE, TARGETS)]
-    prompts += list(TO_YOU)
-    prompts += [_capitalise(frame.format(t=target)) for frame, target in itertools.product(ANGRY_FRAMES, ANGRY_ABOUT)]
-    return list(dict.fromkeys(prompts))
+    return [prompt for prompt, _ in _provocative_rows()]
 
 
 def _corpus_dir() -> Path:
@@ -156,12 +171,29 @@ def neutral_prompts(min_words: int = 3) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _bundled() -> tuple[tuple[str, str, str], ...]:
-    rows = [(p, "provocative", "rlaif-tasks") for p in provocative_prompts()]
-    rows += [(p, "neutral", "chatterbot-corpus") for p in neutral_prompts()]
+def _bundled() -> tuple[tuple[str, str, str, str], ...]:
+    rows = [(p, "provocative", "rlaif-tasks", frame) for p, frame in _provocative_rows()]
+    rows += [(p, "neutral", "chatterbot-corpus", f"chat-{i:03d}") for i, p in enumerate(neutral_prompts())]
     return tuple(rows)
 
 
 def bundled_prompts() -> list[dict[str, str]]:
-    """Every bundled prompt as {prompt, category, source}; provocative ones first."""
-    return [{"prompt": p, "category": c, "source": s} for p, c, s in _bundled()]
+    """Every bundled prompt as {prompt, category, source, frame}; provocative ones first.
+
+    `frame` names the template a prompt came from (each neutral opener is its own), so a split with
+    `data.group_column: frame` can hold whole templates out of training.
+    """
+    return [{"prompt": p, "category": c, "source": s, "frame": f} for p, c, s, f in _bundled()]
+
+
+def ood_prompts() -> list[dict]:
+    """The out-of-distribution set as {prompt, category, source, register, provocative}, in file order."""
+    rows = [json.loads(line) for line in OOD_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        {"prompt": r["prompt"], "category": "provocative" if r["provocative"] else "neutral", "source": "rlaif-tasks",
+         "register": r["register"], "provocative": bool(r["provocative"])}
+        for r in rows
+    ]
+
+
+BUNDLED_SETS = {SOURCE: bundled_prompts, OOD_SOURCE: ood_prompts}

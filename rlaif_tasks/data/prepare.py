@@ -1,14 +1,17 @@
 """Prompt preparation: load, rename columns, template, filter by length, split, write with a manifest.
 
-    runs/<name>/data/train.parquet   prompt, query, category, source, n_tokens
+    runs/<name>/data/train.parquet   prompt, query, category, source, n_tokens (+ the group column)
     runs/<name>/data/test.parquet
-    runs/<name>/data/manifest.json   counts, source, content hash, settings
+    runs/<name>/data/manifest.json   counts, source, content hash, settings, groups per split
 
 `prompt` is the raw text (what prompt+response judges read), `query` what the policy is given: the
 prompt inside the policy's chat template when `data.use_chat_template` is on, else the prompt itself.
 The split is a seeded permutation, so the same prompts and seed give the same test set on every
 machine, and the content hash in the manifest lets MLflow and the promotion gate tell whether two
-runs were judged on the same held-out prompts.
+runs were judged on the same held-out prompts. With `data.group_column` whole groups (the bundled
+set's templates) go to one side, so the test set measures templates the policy never trained on.
+
+`load_eval_set` reads an extra evaluation set (`evaluation.extra_sets`) in the same shape, whole.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "test")
+COMPUTED_COLUMNS = ("query", "n_tokens")
 
 
 @dataclass
@@ -96,11 +100,11 @@ def load_raw(cfg: DataConfig) -> pd.DataFrame:
     """The prompts as a DataFrame, before any renaming or filtering."""
     source = cfg.source
     if source.startswith("bundled:"):
-        if source != "bundled:detox-prompts":
-            raise RlaifError(f"unknown bundled prompt set {source!r}", "use bundled:detox-prompts, a hub dataset id or a local file")
-        from rlaif_tasks.data.detox_prompts import bundled_prompts
+        from rlaif_tasks.data.detox_prompts import BUNDLED_SETS
 
-        return pd.DataFrame(bundled_prompts())
+        if source not in BUNDLED_SETS:
+            raise RlaifError(f"unknown bundled prompt set {source!r}", f"use one of {', '.join(BUNDLED_SETS)}, a hub dataset id or a local file")
+        return pd.DataFrame(BUNDLED_SETS[source]())
     path = Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
@@ -112,8 +116,11 @@ def load_raw(cfg: DataConfig) -> pd.DataFrame:
 # -- shaping ---------------------------------------------------------------------------------------
 
 
-def select_prompts(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
-    """Apply the column mapping and keep non-empty, distinct prompt texts with their metadata."""
+def select_prompts(frame: pd.DataFrame, cfg: DataConfig, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Apply the column mapping and keep non-empty, distinct prompt texts with their metadata.
+
+    `keep` names further columns to carry along when the data has them; the group column is always carried.
+    """
     missing_renames = sorted(set(cfg.column_mapping) - set(frame.columns))
     if missing_renames:
         raise RlaifError(
@@ -135,11 +142,28 @@ def select_prompts(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
             f"the prompt column {column!r} holds non-text values (e.g. {example!r})",
             "point data.prompt_column at a column of plain strings (chat-message lists are not supported; use their text)",
         )
+    group = cfg.group_column
+    if group is not None:
+        if group in COMPUTED_COLUMNS:
+            raise RlaifError(f"data.group_column {group!r} names a column that preparation computes", f"rename the data's column with data.column_mapping: {{{group}: <other name>}} and group by that")
+        if group not in frame.columns:
+            raise RlaifError(
+                f"the group column {group!r} is missing from {cfg.source} (columns: {list(frame.columns)})",
+                "set data.group_column to a column of the data (the bundled set has `frame`), or unset it to split by row",
+            )
+        if frame[group].isna().any():
+            raise RlaifError(
+                f"the group column {group!r} has {int(frame[group].isna().sum())} missing value(s), so those prompts belong to no group",
+                "fill the missing values (e.g. each prompt its own id), or choose another data.group_column",
+            )
     out = pd.DataFrame({
         "prompt": prompts.fillna("").astype(str).str.strip(),
         "category": frame["category"].astype(str) if "category" in frame.columns else "",
         "source": frame["source"].astype(str) if "source" in frame.columns else cfg.source,
     })
+    for name in dict.fromkeys([*keep, *([group] if group else [])]):
+        if name in frame.columns and name not in out.columns:
+            out[name] = frame[name]
     out = out[out["prompt"] != ""]
     return out.drop_duplicates("prompt").reset_index(drop=True)
 
@@ -176,6 +200,38 @@ def seeded_split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.D
     return frame.iloc[order[n_test:]].reset_index(drop=True), frame.iloc[order[:n_test]].reset_index(drop=True)
 
 
+def group_split(frame: pd.DataFrame, column: str, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Whole groups of `column` go to test, in a seeded order, until it is as near `test_size` rows as they allow.
+
+    A greedy pass takes each group that still fits, then at most one more when that lands nearer (or the
+    test split would be empty), never the last group left for training. Both splits keep the row order
+    of a seeded permutation, so their heads (evaluation.num_prompts, data.max_train_prompts) mix groups.
+    """
+    sizes = frame[column].value_counts()
+    if len(sizes) < 2:
+        raise RlaifError(
+            f"data.group_column {column!r} has {len(sizes)} distinct value(s); a split by group needs at least 2",
+            "set data.group_column to a column with several values (the bundled set has `frame`), or unset it to split by row",
+        )
+    _, target = split_sizes(len(frame), test_size)
+    rng = np.random.default_rng(seed)
+    names = sorted(sizes.index, key=str)
+    test_groups, taken, left = [], 0, []
+    for name in (names[i] for i in rng.permutation(len(names))):
+        if taken + sizes[name] <= target:
+            test_groups.append(name)
+            taken += int(sizes[name])
+        else:
+            left.append(name)
+    if len(left) >= 2:
+        nearest = min(left, key=lambda name: abs(taken + sizes[name] - target))
+        if not test_groups or abs(taken + sizes[nearest] - target) < target - taken:
+            test_groups.append(nearest)
+    shuffled = frame.iloc[rng.permutation(len(frame))]
+    in_test = shuffled[column].isin(test_groups)
+    return shuffled[~in_test].reset_index(drop=True), shuffled[in_test].reset_index(drop=True)
+
+
 def content_hash(splits: dict[str, pd.DataFrame]) -> str:
     digest = hashlib.sha256()
     for name in SPLITS:
@@ -203,11 +259,16 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
             f"{int(too_short.sum())} under {cfg.min_prompt_tokens} tokens, {int(too_long.sum())} over {cfg.max_prompt_tokens}",
             "widen data.min_prompt_tokens / data.max_prompt_tokens, or check data.prompt_column",
         )
-    train, test = seeded_split(kept, cfg.test_size, seed)
+    group = cfg.group_column
+    if group is None:
+        train, test = seeded_split(kept, cfg.test_size, seed)
+    else:
+        train, test = group_split(kept, group, cfg.test_size, seed)
     if cfg.max_train_prompts is not None:
         train = train.head(cfg.max_train_prompts)
-    columns = ["prompt", "query", "category", "source", "n_tokens"]
+    columns = list(dict.fromkeys(["prompt", "query", "category", "source", "n_tokens", *([group] if group else [])]))
     splits = {"train": train[columns], "test": test[columns]}
+    groups = None if group is None else {name: sorted(map(str, split[group].unique())) for name, split in splits.items()}
 
     out = data_dir(run_dir)
     for name, split in splits.items():
@@ -222,14 +283,16 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
             "dropped_too_long": int(too_long.sum()),
             "train": len(train),
             "test": len(test),
+            **({f"{name}_groups": len(names) for name, names in groups.items()} if groups else {}),
         },
         "categories": {name: split["category"].value_counts().to_dict() for name, split in splits.items()},
+        "groups": groups,
         "content_sha256": content_hash(splits),
         "seed": seed,
         "settings": {
             "prompt_column": cfg.prompt_column, "column_mapping": cfg.column_mapping, "use_chat_template": cfg.use_chat_template,
             "min_prompt_tokens": cfg.min_prompt_tokens, "max_prompt_tokens": cfg.max_prompt_tokens,
-            "test_size": cfg.test_size, "max_train_prompts": cfg.max_train_prompts,
+            "test_size": cfg.test_size, "group_column": group, "max_train_prompts": cfg.max_train_prompts,
             "hub_split": cfg.hub_split, "hub_config": cfg.hub_config,
         },
         "tokenizer": getattr(tokenizer, "name_or_path", None),
@@ -255,3 +318,19 @@ def load_prompts_split(run_dir: str | Path, split: str) -> pd.DataFrame:
     if not path.is_file():
         raise RlaifError(f"{path} is missing: the prompts of this run were not prepared", "run `rlaif data prepare` (or the prepare_dataset task) first")
     return pd.read_parquet(path)
+
+
+def load_eval_set(source: str, tokenizer, use_chat_template: bool) -> pd.DataFrame:
+    """An extra evaluation set (an `evaluation.extra_sets` entry) shaped like a prepared split, plus its own columns.
+
+    It is used whole, with no token filter and no split, so every run is judged on the same rows;
+    `query` follows the policy's template as the run's own splits do (`data.use_chat_template`).
+    """
+    cfg = DataConfig(source=source, use_chat_template=use_chat_template)
+    raw = load_raw(cfg)
+    frame = select_prompts(raw, cfg, keep=tuple(c for c in raw.columns if c not in COMPUTED_COLUMNS))
+    if frame.empty:
+        raise RlaifError(f"the evaluation set {source!r} holds no prompts", "check evaluation.extra_sets: each entry needs a non-empty `prompt` column")
+    frame.insert(1, "query", apply_template(frame["prompt"].tolist(), tokenizer, use_chat_template))
+    frame.insert(4, "n_tokens", [len(ids) for ids in tokenizer(frame["query"].tolist(), add_special_tokens=False)["input_ids"]])
+    return frame
