@@ -4,7 +4,8 @@
     train.step-2=kill,register.logged=hold  which points, and what happens there (or $RLAIF_FAULTS)
 
 Each listed point fires once per folder (an O_EXCL marker `<point>.fired`), so the retry that
-follows runs through it. `kill` SIGKILLs this process, as an OOM killer or a lost node would;
+follows runs through it; `kill-every-try` fires on every try, so the task fails for good. `kill`
+SIGKILLs this process, as an OOM killer or a lost node would;
 `hold` writes `<point>.held` and waits for the test to write `<point>.release` (meanwhile the test
 kills or breaks a server, say). The points sit where a fault does the most damage: after a stage's
 work and before Airflow records it, between a registry write and the next.
@@ -29,6 +30,9 @@ def fault_point(name: str) -> None:
     action = actions.get(name)
     if action is None:
         return
+    if action == "kill-every-try":
+        (folder / f"{name}.fired").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
     try:
         os.close(os.open(folder / f"{name}.fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
@@ -41,4 +45,4 @@ def fault_point(name: str) -> None:
         while not (folder / f"{name}.release").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
     else:
-        raise ValueError(f"unknown fault action {action!r} for {name} (kill or hold)")
+        raise ValueError(f"unknown fault action {action!r} for {name} (kill, kill-every-try or hold)")

@@ -47,6 +47,7 @@ def warnings_of(caplog) -> list[str]:
 
 
 def test_ppo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tmp_path, caplog):
+    """PPO trained 3 steps with a checkpoint each step, the newest checkpoint's weights cut to half: the resume warns naming step-3, continues from step 2 to the end with the same step-3 reward as the first run, and keeps the damaged folder as broken-step-3."""
     from rlaif_tasks.train.ppo import train_ppo
 
     config = tiny_config(causal_path, steps=3, use_lora=False)
@@ -74,6 +75,7 @@ def test_ppo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tmp
 
 
 def test_ppo_starts_from_scratch_when_no_checkpoint_loads(causal_path, tmp_path, caplog):
+    """Every checkpoint damaged (a truncated optimizer state, an unreadable trainer state): one warning each, then a clean start whose first reward equals a fresh run's."""
     from rlaif_tasks.train.ppo import train_ppo
 
     config = tiny_config(causal_path, steps=2, use_lora=True, lora_r=4, lora_alpha=8)
@@ -98,6 +100,7 @@ def test_ppo_starts_from_scratch_when_no_checkpoint_loads(causal_path, tmp_path,
 
 
 def test_grpo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tmp_path, caplog):
+    """GRPO (TRL) with its newest HF checkpoint truncated: set aside as broken-checkpoint-N with a warning, resumed from the one before, all steps finished."""
     from rlaif_tasks.train.trl_online import train_with_trl
 
     config = tiny_config(causal_path, algorithm="grpo", steps=3, mini_batch_size=16, num_generations=4, init_kl_coef=0.05,
@@ -131,6 +134,7 @@ def fake_checkpoint(root: Path, step: int) -> Path:
 
 
 def test_a_flipped_bit_in_a_torch_file_is_caught(tmp_path):
+    """One flipped bit in a torch checkpoint file fails its CRC check (a plain torch.load would not notice)."""
     path = fake_checkpoint(tmp_path, 1)
     ckpt.verify_files(path)
     data = bytearray((path / "optimizer.pt").read_bytes())
@@ -142,6 +146,7 @@ def test_a_flipped_bit_in_a_torch_file_is_caught(tmp_path):
 
 
 def test_a_refusal_is_not_damage_and_a_half_load_is_not_trained_on(tmp_path, caplog):
+    """A changed training setting is refused, not treated as damage (the checkpoint is not renamed); a load that fails half-way with nothing older raises rather than training a half-restored model."""
     found = [(1, fake_checkpoint(tmp_path, 1)), (2, fake_checkpoint(tmp_path, 2))]
 
     def refuse(step, path):

@@ -182,6 +182,30 @@ def test_clearing_an_old_runs_promotion_after_a_newer_one_keeps_the_champion(sta
     assert before_aliases["champion"] != "1"
 
 
+def test_a_night_that_fails_for_good_is_failed_in_mlflow_until_a_retry_completes_it(stack):
+    """`evaluate` SIGKILLed on every try: the DAG run fails, and its failure callback marks the MLflow run FAILED naming the task; after the fault is gone, clearing `evaluate` and what follows completes the same MLflow run, FINISHED, without the failure tag."""
+    inject(stack, **{"evaluate.end": "kill-every-try"})
+    run_id = stack.trigger({"config": str(stack.config)})
+    assert stack.wait_for_run(run_id) == "failed"
+    client = stack.mlflow_client()
+    [run] = mlflow_runs(client, run_id)
+    deadline = time.monotonic() + 120  # the callback runs in the DAG processor, shortly after the run ends
+    while (run := client.get_run(run.info.run_id)).info.status != "FAILED" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert run.info.status == "FAILED" and "task evaluate failed" in run.data.tags["rlaif.failure"], run.data.tags.get("rlaif.failure")
+
+    inject(stack)
+    cleared = stack.api.post("/dags/rlaif_nightly/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": ["evaluate"], "only_failed": False,
+        "include_downstream": True, "reset_dag_runs": True,
+    })
+    assert cleared.status_code == 200, cleared.text
+    assert stack.wait_for_run(run_id) == "success"
+    [again] = mlflow_runs(client, run_id)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED" and "rlaif.failure" not in again.data.tags
+    assert [v.run_id for v in client.search_model_versions(f"name = '{MODEL}'")].count(run.info.run_id) == 1
+
+
 def _promote(uri: str, username: str, password: str, version: str, start: float, out) -> None:
     import os
 

@@ -103,7 +103,11 @@ def _check_folder(folder: Path, spec: str) -> dict[str, Any]:
 
 
 def describe_spec(spec: str) -> SpecInfo:
-    """Classify a spec (bundled / local folder / hub id) or raise an RlaifError naming the fix."""
+    """Classify a spec (bundled / registry / local folder / hub id) or raise an RlaifError naming the fix.
+
+    A hub id is never fetched here; a `models:/` spec is resolved in the registry and its version
+    downloaded into the model cache on first use (registry_spec.local_folder).
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise RlaifError(f"model spec {spec!r} is empty", f"set it to a bundled name ({_bundled_names()}), a folder or a hub id")
     if spec in BUNDLED_MODELS:
