@@ -8,6 +8,7 @@ tests/test_celery_topology.py and bench/bench_executors.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -215,6 +216,16 @@ class ProductionStack:
             self.wait_until(lambda: self._answers(f"{self.mlflow_url}/health"), 240, "the MLflow server")
         self.api = self._api_client()
         self.wait_until(lambda: self.api.get(f"/dags/{DAG_ID}").status_code == 200, 300, f"the DAG {DAG_ID} to be parsed")
+
+    @contextlib.contextmanager
+    def running(self, **start):
+        """The whole stack started, the DAG unpaused, and everything stopped again at the end."""
+        try:
+            self.start_all(**start)
+            assert self.api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
+            yield self
+        finally:
+            self.stop_all()
 
     def start_mlflow(self, store: str) -> subprocess.Popen:
         """`scripts/service.sh mlflow` (basic auth, artefacts served) on this stack's port; again after a kill."""

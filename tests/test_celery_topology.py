@@ -37,12 +37,8 @@ def stack(tmp_path_factory):
     config = write_tiny_project(home, orchestration=", max_active_runs: 2")
     stack = ProductionStack(home, config)
     stack.config = config
-    try:
-        stack.start_all()
-        assert stack.api.patch("/dags/rlaif_nightly", json={"is_paused": False}).status_code == 200
+    with stack.running():
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def mlflow_run_of(client, dag_run_id: str):

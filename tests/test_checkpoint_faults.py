@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig
+from rlaif_tasks.config import RunConfig
+from tiny_models import tiny_run_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train.metrics import read_metrics
@@ -28,11 +29,7 @@ def causal_path(tmp_path_factory):
 
 
 def tiny_config(model_path, **train) -> RunConfig:
-    config = RunConfig(name="tiny", seed=0, device="cpu")
-    config.model.policy = str(model_path)
-    config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=16)
-    config.train = TrainConfig(**{"batch_size": 16, "mini_batch_size": 4, "save_every": 1, "learning_rate": 1e-2, **train})
-    return config
+    return tiny_run_config(model_path, **{"save_every": 1, "learning_rate": 1e-2, **train})
 
 
 def truncate(path: Path) -> int:

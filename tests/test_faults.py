@@ -38,11 +38,9 @@ def stack(tmp_path_factory):
     stack.proxy = FlakyProxy(stack.mlflow_url)
     stack.env.update(MLFLOW_TRACKING_URI=stack.proxy.url, RLAIF_FAULTS_DIR=str(stack.faults), HF_TOKEN=SECRET)
     try:
-        stack.start_all()
-        assert stack.api.patch("/dags/rlaif_nightly", json={"is_paused": False}).status_code == 200
-        yield stack
+        with stack.running():
+            yield stack
     finally:
-        stack.stop_all()
         stack.proxy.close()
 
 

@@ -105,6 +105,18 @@ def _recording(kwargs: dict) -> dict:
     return {**kwargs, "generation_config": config}
 
 
+def _record_generate(model, sink: list) -> None:
+    """Make `model.generate` keep (prompt length, full output with scores) in `sink` and return the sequences as usual."""
+    real_generate = model.generate
+
+    def generate(**kwargs):
+        out = real_generate(**_recording(kwargs))
+        sink.append((kwargs["input_ids"].shape[1], out))
+        return out.sequences
+
+    model.generate = generate
+
+
 def _eos_prone(model, bias: float):
     """Give the LM head a bias towards EOS, so sampled responses end early at different lengths."""
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
@@ -139,14 +151,7 @@ def test_logprobs_of_sampled_tokens_equal_generates_scores(causal_path, arch, te
     base = AutoModelForCausalLM.from_pretrained(causal_path) if arch == "llama" else _tiny_gpt2(tok)
     model = _eos_prone(base.eval(), bias=3.0)
     outputs = []
-    real_generate = model.generate
-
-    def generate(**kwargs):
-        out = real_generate(**_recording(kwargs))
-        outputs.append((kwargs["input_ids"].shape[1], out))
-        return out.sequences
-
-    model.generate = generate
+    _record_generate(model, outputs)
     queries = ["you are", "the day is", "i think that you are", "hello", "what is this", "they are very kind"]
     gen = GenerationConfig(max_new_tokens=6, min_new_tokens=0, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, batch_size=3)
     torch.manual_seed(0)
@@ -353,14 +358,7 @@ def test_loop_old_logprobs_are_generates_at_the_configured_temperature(causal_pa
     seen = []
 
     def recorded_rollout(model, tokenizer, queries, gen_cfg, is_seq2seq, device):
-        real_generate = model.generate
-
-        def generate(**kwargs):
-            out = real_generate(**_recording(kwargs))
-            seen.append((kwargs["input_ids"].shape[1], out))
-            return out.sequences
-
-        model.generate = generate
+        _record_generate(model, seen)
         try:
             ro = rollout(model, tokenizer, queries, gen_cfg, is_seq2seq, device)
         finally:

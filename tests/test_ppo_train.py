@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig
+from tiny_models import tiny_run_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train.metrics import read_metrics
 from rlaif_tasks.train.ppo import METRIC_KEYS, cut_at_stop, train_ppo
@@ -36,16 +36,10 @@ def seq2seq_path(tmp_path_factory):
     return tiny_seq2seq_lm(tmp_path_factory.mktemp("models") / "seq2seq")
 
 
-def tiny_config(model_path, **train) -> RunConfig:
-    config = RunConfig(name="tiny", seed=0, device="cpu")
-    config.model.policy = str(model_path)
-    config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=16)
-    config.train = TrainConfig(**{"steps": 2, "batch_size": 16, "mini_batch_size": 4, **train})
-    return config
 
 
 def test_ppo_learns_to_say_good(causal_path, tmp_path, caplog):
-    config = tiny_config(causal_path, steps=30, learning_rate=1e-2, use_lora=False, save_every=10)
+    config = tiny_run_config(causal_path, steps=30, learning_rate=1e-2, use_lora=False, save_every=10)
     result = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good)
     rewards = [m["reward/mean"] for m in result.metrics]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -72,7 +66,7 @@ def test_same_seed_same_first_step_and_final_folder_is_a_plain_model(causal_path
 
     runs = []
     for name in ("a", "b"):
-        config = tiny_config(causal_path, steps=1, learning_rate=1e-2, use_lora=True, lora_r=4, lora_alpha=8)
+        config = tiny_run_config(causal_path, steps=1, learning_rate=1e-2, use_lora=True, lora_r=4, lora_alpha=8)
         runs.append(train_ppo(config, tmp_path / name, QUERIES, reward_fn=count_good))
     first = [{k: v for k, v in r.metrics[0].items() if k not in TIMING_KEYS} for r in runs]
     assert first[0] == first[1]
@@ -89,7 +83,7 @@ def test_same_seed_same_first_step_and_final_folder_is_a_plain_model(causal_path
 
 
 def test_resume_after_sigkill_runs_only_the_remaining_steps(causal_path, tmp_path, caplog):
-    config = tiny_config(causal_path, steps=6, save_every=2, learning_rate=1e-2, use_lora=True, lora_r=4, lora_alpha=8)
+    config = tiny_run_config(causal_path, steps=6, save_every=2, learning_rate=1e-2, use_lora=True, lora_r=4, lora_alpha=8)
     metrics_file = tmp_path / "train" / "metrics.jsonl"
     killed_rows = kill_after_step("rlaif_tasks.train.ppo:train_ppo", config, tmp_path, QUERIES, step=5)
     assert [r["step"] for r in killed_rows] == [1, 2, 3, 4, 5]
@@ -112,13 +106,13 @@ def test_resume_after_sigkill_runs_only_the_remaining_steps(causal_path, tmp_pat
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-4", "step-6"]
     assert (tmp_path / "train" / "final" / "config.json").is_file()
 
-    changed = tiny_config(causal_path, steps=8, save_every=2, learning_rate=5e-3, use_lora=True, lora_r=4, lora_alpha=8)
+    changed = tiny_run_config(causal_path, steps=8, save_every=2, learning_rate=5e-3, use_lora=True, lora_r=4, lora_alpha=8)
     with pytest.raises(RlaifError, match="learning_rate"):
         train_ppo(changed, tmp_path, QUERIES, reward_fn=count_good)
 
 
 def test_seq2seq_policy_trains(seq2seq_path, tmp_path):
-    config = tiny_config(seq2seq_path, steps=2, learning_rate=1e-3, use_lora=True, lora_r=4, lora_alpha=8)
+    config = tiny_run_config(seq2seq_path, steps=2, learning_rate=1e-3, use_lora=True, lora_r=4, lora_alpha=8)
     config.generation.stop_strings = ["!"]
     result = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good)
     assert [m["step"] for m in result.metrics] == [1, 2]
@@ -144,7 +138,7 @@ def test_train_dispatches_on_algorithm(causal_path, tmp_path, monkeypatch):
     data = types.ModuleType("rlaif_tasks.data")
     data.load_prompts_split = lambda run_dir, split: pd.DataFrame({"prompt": QUERIES, "query": QUERIES})
     monkeypatch.setitem(sys.modules, "rlaif_tasks.data", data)
-    config = tiny_config(causal_path, steps=1)
+    config = tiny_run_config(causal_path, steps=1)
     config.reward.model = "python:test_ppo_train:count_good"
     seen = []
     assert train(config, tmp_path, on_step=seen.append) == tmp_path / "train" / "final"

@@ -74,3 +74,14 @@ def tiny_classifier(path: str | Path, id2label: dict[int, str] | None = None, se
     RobertaForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)
+
+
+def tiny_run_config(model_path, **train):
+    """A CPU run config for a tiny model: 8-token responses, batches of 16 in minibatches of 4, `train` overrides."""
+    from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig
+
+    config = RunConfig(name="tiny", seed=0, device="cpu")
+    config.model.policy = str(model_path)
+    config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=16)
+    config.train = TrainConfig(**{"steps": 2, "batch_size": 16, "mini_batch_size": 4, **train})
+    return config
