@@ -245,15 +245,23 @@ def promotion_lock(client: "MlflowClient", name: str, *, lease_s: float = 120.0,
     """Hold the model's promotion lease (tag `rlaif.promotion_lock`) while aliases move.
 
     MLflow tags are last-writer-wins, so a taker writes its token, waits `settle_s` and reads it
-    back: of two takers writing at once both see the same winner. A holder killed mid-move leaves
+    back: of two takers writing at once both see the same winner (or one write fails on the store's
+    unique key, and that taker reads the other's token). A holder killed mid-move leaves
     a lease that expires after `lease_s`. Safe as long as one tag write lands within `settle_s`.
     """
+    from mlflow.exceptions import MlflowException
+
     token = f"{uuid.uuid4().hex} {socket_name()}"
     deadline = time.monotonic() + wait_s
     while True:
         held = client.get_registered_model(name).tags.get(TAG_LOCK, "")
         if not held or _lease_expired(held):
-            client.set_registered_model_tag(name, TAG_LOCK, f"{token} {time.time() + lease_s:.0f}")
+            try:
+                client.set_registered_model_tag(name, TAG_LOCK, f"{token} {time.time() + lease_s:.0f}")
+            except MlflowException as exc:  # two first writes at once can collide in the store (a UNIQUE constraint)
+                if mlflow_not_found(exc):
+                    raise
+                log.info("the promotion lease write for %s collided with another (%s); reading who holds it", name, exc.message[:200])
             time.sleep(settle_s)
             if client.get_registered_model(name).tags.get(TAG_LOCK, "").startswith(token):
                 break
