@@ -104,6 +104,14 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")
     if config.train.steps == 0:
         raise RlaifError("train.steps is 0: the nightly run would have no model to register", "set train.steps to 1 or more (or use `rlaif evaluate` for the base policy)")
+    from rlaif_tasks.models import model_kind
+
+    if model_kind(config.model.policy, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code) == "seq2seq-lm":
+        raise RlaifError(
+            f"the policy {config.model.policy} is a seq2seq model, and the nightly run registers the policy as an MLflow "
+            "text-generation model, which transformers 5 offers for causal LMs only; it would fail at `register`, after training",
+            "choose a causal LM policy for the nightly run, or train and evaluate this one untracked with `rlaif run`",
+        )
     run_dir = nightly_run_dir(config, dag_run_id)
     config.run_dir = str(run_dir)
     recipe = tracking.config_hash(config)

@@ -127,6 +127,16 @@ def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):
     assert nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
 
 
+def test_a_seq2seq_policy_is_refused_before_anything_is_prepared_or_trained(home, config_path, tmp_path):
+    """The registry cannot store a seq2seq policy: say so at the first task, not after hours of training."""
+    from tiny_models import tiny_seq2seq_lm
+
+    seq2seq = tiny_seq2seq_lm(tmp_path / "t5")
+    with pytest.raises(RlaifError, match="seq2seq model.*fail at `register`, after training"):
+        nightly.prepare_dataset(str(config_path), {"model.policy": str(seq2seq)}, "rlaif_nightly", "manual__t5")
+    assert not (home / "runs").exists() or not list((home / "runs").rglob("manifest.json"))
+
+
 def test_a_worker_that_cannot_see_the_run_folder_says_to_share_rlaif_home(home, tmp_path):
     """Tasks of one run hand each other files in the run folder: every worker must mount RLAIF_HOME."""
     refs = {"run_dir": str(tmp_path / "elsewhere" / "runs" / "tiny" / "manual_1"), "mlflow_run_id": "0" * 32}

@@ -19,6 +19,7 @@ from rlaif_tasks.models.hub import (
     kind_from_config,
     load_model,
     load_tokenizer,
+    model_kind,
     resolve_device,
     validate_spec,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "kind_from_config",
     "load_model",
     "load_tokenizer",
+    "model_kind",
     "model_cache_dir",
     "resolve_device",
     "validate_spec",

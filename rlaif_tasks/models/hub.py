@@ -381,6 +381,21 @@ def load_model(
     return load_hf(info, kind, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
 
 
+def model_kind(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelKind | None:
+    """The kind of model a spec names, read from its config alone (no weights): a stage can refuse early."""
+    import transformers
+
+    info = describe_spec(spec)
+    if info.source == "bundled":
+        assert info.bundled is not None
+        return info.bundled.kind
+    if info.kind is not None:
+        return info.kind
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = _hf_call(lambda: transformers.AutoConfig.from_pretrained(info.location, **common), info, revision, "config")
+    return kind_from_config(config.to_dict())
+
+
 def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of any model spec, padded as `load_model` pads it, without reading the weights.
 
@@ -401,10 +416,7 @@ def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code:
         _pad_tokenizer(tokenizer, bundled.kind, spec)
         return tokenizer
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    kind = info.kind
-    if kind is None:
-        config = _hf_call(lambda: transformers.AutoConfig.from_pretrained(info.location, **common), info, revision, "config")
-        kind = kind_from_config(config.to_dict())
+    kind = model_kind(spec, revision=revision, trust_remote_code=trust_remote_code)
     tokenizer = _hf_call(lambda: transformers.AutoTokenizer.from_pretrained(info.location, **common), info, revision, "tokenizer")
     _pad_tokenizer(tokenizer, kind, spec)
     return tokenizer
