@@ -35,6 +35,20 @@ stop() {
     trap - INT TERM EXIT
     echo "stopping..."
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # A clean stop gets 20 s; the scheduler's LocalExecutor can otherwise wait on its workers indefinitely.
+    for _ in $(seq 40); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        (( alive )) || break
+        sleep 0.5
+    done
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "  $pid did not stop in 20 s: killing it and its children"
+            pkill -KILL -P "$pid" 2>/dev/null || true
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
     wait 2>/dev/null || true
 }
 trap stop INT TERM EXIT

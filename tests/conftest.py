@@ -51,7 +51,7 @@ def pytest_sessionfinish(session, exitstatus):
     passed = sum(r["result"] == "passed" for r in _FAULT_RESULTS)
     lines = [
         "<!-- results: written by `make faults`; edit the text outside these markers -->",
-        f"Run by `pytest {' '.join(session.config.invocation_params.args) or '(all tests)'}` with RLAIF_RELIABILITY_REPORT set "
+        f"Run by {('`pytest ' + ' '.join(session.config.invocation_params.args) + '`') if session.config.invocation_params.args else '`pytest` (the whole suite, as `make test` and CI run it)'} with RLAIF_RELIABILITY_REPORT set "
         f"(`make faults` runs `pytest -m faults` so) on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()} ({os.cpu_count()} CPUs): "
         f"**{passed} of {len(_FAULT_RESULTS)} scenarios passed.** The middle column is each test's docstring.",

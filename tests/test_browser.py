@@ -77,7 +77,11 @@ def ui(tmp_path_factory):
         yield {"airflow": airflow, "mlflow": mlflow, "run_id": run_id, "summary": summary, "home": home}
     finally:
         os.killpg(up.pid, signal.SIGTERM)
-        up.wait(timeout=60)
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:  # a component slow to stop on a loaded machine
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(timeout=30)
 
 
 def test_airflow_ui_shows_the_train_log_and_the_report(ui, chromium):
