@@ -63,9 +63,8 @@ def pytest_sessionfinish(session, exitstatus):
         lines.append(f"| {r['scenario']} | `{r['module']}` | {r['asserts'].replace('|', '/')} | {r['result']} | {r['seconds']:.0f} |")
     lines.append("<!-- /results -->")
     path = Path(target)
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Reliability\n\n<!-- results --><!-- /results -->\n"
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Reliability\n"
+    if "<!-- /results -->" not in text:
+        text = text.rstrip() + "\n\n<!-- results --><!-- /results -->\n"
     start, end = text.find("<!-- results"), text.find("<!-- /results -->")
-    if start < 0 or end < 0:
-        text, start, end = text.rstrip() + "\n\n<!-- results --><!-- /results -->\n", None, None
-        start, end = text.find("<!-- results"), text.find("<!-- /results -->")
     path.write_text(text[:start] + "\n".join(lines) + text[end + len("<!-- /results -->"):], encoding="utf-8")

@@ -383,9 +383,12 @@ def load_model(
 
 def model_kind(spec: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelKind | None:
     """The kind of model a spec names, read from its config alone (no weights): a stage can refuse early."""
+    return _kind_of(describe_spec(spec), revision, trust_remote_code)
+
+
+def _kind_of(info: SpecInfo, revision: str | None, trust_remote_code: bool) -> ModelKind | None:
     import transformers
 
-    info = describe_spec(spec)
     if info.source == "bundled":
         assert info.bundled is not None
         return info.bundled.kind
@@ -416,7 +419,7 @@ def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code:
         _pad_tokenizer(tokenizer, bundled.kind, spec)
         return tokenizer
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
-    kind = model_kind(spec, revision=revision, trust_remote_code=trust_remote_code)
+    kind = _kind_of(info, revision, trust_remote_code)  # the spec is resolved once (a models:/ spec asks the registry)
     tokenizer = _hf_call(lambda: transformers.AutoTokenizer.from_pretrained(info.location, **common), info, revision, "tokenizer")
     _pad_tokenizer(tokenizer, kind, spec)
     return tokenizer
