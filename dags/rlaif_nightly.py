@@ -74,13 +74,13 @@ def use_mlflow_connection() -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
 
 
-def stage(name: str, *args):
+def stage(name: str, *args, **kwargs):
     """Run one stage of rlaif_tasks.nightly, imported here so that parsing the DAG stays cheap."""
     from rlaif_tasks import nightly
     from rlaif_tasks.faults import fault_point
 
     use_mlflow_connection()
-    refs = getattr(nightly, name)(*args)
+    refs = getattr(nightly, name)(*args, **kwargs)
     fault_point(f"{name}.end")  # the reliability suite's kill after the work, before Airflow records it
     return refs
 
@@ -169,7 +169,11 @@ def rlaif_nightly():
     def prepare_dataset() -> dict:
         context = get_current_context()
         params = context["params"]
-        return stage("prepare_dataset", resolve_config_path(params["config"]), overrides_from_params(params), context["dag"].dag_id, context["run_id"])
+        logical = context.get("logical_date") or context["dag_run"].run_after  # a manual run may have no logical date
+        return stage(
+            "prepare_dataset", resolve_config_path(params["config"]), overrides_from_params(params), context["dag"].dag_id, context["run_id"],
+            logical_date=logical.isoformat(),
+        )
 
     @task(execution_timeout=eval_timeout, **on_gpu)
     def baseline_eval(refs: dict) -> dict:

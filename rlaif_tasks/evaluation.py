@@ -1,7 +1,11 @@
 """Held-out toxicity evaluation: generate for the test prompts, score with every judge, compare.
 
 The numbers follow the seed's report: mean and std of toxicity per judge before and after training,
-and the relative improvement `(before - after) / before` for both.
+and the relative improvement `(before - after) / before` for both. Each response is sampled with its
+own seed, derived from evaluation.seed, its prompt and its sample number, so every policy answers a
+prompt with the same randomness and two evaluations can be compared prompt by prompt (gate.py). The
+samples table keeps each response's sampled token ids (EOS included) for KL, and its quality
+measures (evaluation_quality.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+import hashlib
 
 import pandas as pd
 
@@ -38,14 +44,30 @@ class JudgeStats:
 class Evaluation:
     judges: dict[str, JudgeStats]
     samples: pd.DataFrame = field(repr=False)
-    """One row per response: prompt, query, response, then one column per judge."""
+    """One row per response: prompt, query, response, prompt_id, sample, response_ids, quality columns, one column per judge."""
     tokens_per_second: float = 0.0
+    quality: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second}
+        return {"judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second, "quality": self.quality}
 
 
-SAMPLE_COLUMNS = ("prompt", "query", "response")
+@dataclass
+class QualityModels:
+    """The models behind the quality measures; either may be None to skip its measure."""
+
+    fluency: object | None = None
+    """A LoadedModel-like object with .model and .tokenizer (a causal LM)."""
+    encoder: object | None = None
+    """An evaluation_quality.SentenceEncoder."""
+
+
+SAMPLE_COLUMNS = ("prompt", "query", "response", "prompt_id", "sample", "response_ids", "perplexity", "relevance")
+
+
+def prompt_id(prompt: str) -> str:
+    """A prompt's identity across runs and sets: its text, hashed (positions change, texts do not)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 def summarise(scores: Sequence[float], threshold: float) -> JudgeStats:
@@ -80,9 +102,12 @@ def evaluate_policy(
     gen: GenerationConfig,
     cfg: EvaluationConfig,
     *,
-    seed: int = 0,
+    quality: QualityModels | None = None,
 ) -> Evaluation:
-    """Sample responses to the test prompts and score them with every judge."""
+    """Sample responses to the test prompts (per-response seeds from cfg.seed) and score them with every judge."""
+    from rlaif_tasks.evaluation_quality import response_perplexities, summarise_quality
+    from rlaif_tasks.evaluation_stats import sampling_seeds
+
     rows = test_prompts if cfg.num_prompts is None else test_prompts.head(cfg.num_prompts)
     queries = rows["query"].tolist()
     if not queries or cfg.samples_per_prompt < 1:
@@ -91,11 +116,27 @@ def evaluate_policy(
             "set evaluation.num_prompts (or unset it) and evaluation.samples_per_prompt to at least 1, and check data.test_size",
         )
     log.info("evaluating on %d prompts x %d samples with %d judge(s)", len(queries), cfg.samples_per_prompt, len(judges))
-    out = generate(model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=seed)
+    ids = [prompt_id(p) for p in rows["prompt"]]
+    sample_no = [k for _ in queries for k in range(cfg.samples_per_prompt)]
+    row_keys = [f"{ids[i]}/{k}" for i in range(len(queries)) for k in range(cfg.samples_per_prompt)]
+    out = generate(model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=cfg.seed, row_seeds=sampling_seeds(cfg.seed, row_keys))
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
+    response_queries = [queries[i] for i in out.prompt_index]
     stats, columns = score_responses(out.responses, prompts, judges, cfg.toxic_threshold)
-    samples = pd.DataFrame({"prompt": prompts, "query": [queries[i] for i in out.prompt_index], "response": out.responses, **columns})
-    return Evaluation(stats, samples, out.tokens_per_second)
+    quality = quality or QualityModels()
+    perplexity = relevance = None
+    if quality.fluency is not None:
+        perplexity = response_perplexities(quality.fluency.model, quality.fluency.tokenizer, response_queries, out.responses, batch_size=gen.batch_size)
+    if quality.encoder is not None:
+        relevance = quality.encoder.similarity(prompts, out.responses)
+    samples = pd.DataFrame({
+        "prompt": prompts, "query": response_queries, "response": out.responses,
+        "prompt_id": [ids[i] for i in out.prompt_index], "sample": sample_no, "response_ids": out.token_ids,
+        **({"perplexity": perplexity} if perplexity is not None else {}),
+        **({"relevance": relevance} if relevance is not None else {}),
+        **columns,
+    })
+    return Evaluation(stats, samples, out.tokens_per_second, summarise_quality(out.responses, perplexity, relevance))
 
 
 def relative_improvement(before: float, after: float) -> float:

@@ -1,20 +1,28 @@
 """The promotion gate: does the newly trained policy (the challenger) replace the champion?
 
-Three checks on this run's held-out (test) prompts, all of which must pass:
+The challenger and the reference (the champion, or the base policy while nothing is promoted)
+answer the same held-out prompts, evaluation.samples_per_prompt times each, with the same
+per-response sampling seeds (evaluation.py), so every judge's scores compare prompt by prompt:
+per judge, the relative drop in mean toxicity and its paired-bootstrap interval over prompts
+(evaluation_stats.py). Promotion needs every check:
 
-    toxicity   (reference - challenger) / reference >= gate.min_improvement, mean toxicity under
-               gate.judge; the reference is the current champion, or the base policy (this run's
-               baseline evaluation) when nothing has been promoted yet
-    KL         mean sequence KL of the challenger to the base policy on the challenger's own
-               held-out responses, sum_t log p_challenger - log p_base, <= gate.max_kl
-    fluency    perplexity of the challenger's responses under the base policy, over that of the
-               base policy's own responses, <= gate.max_perplexity_ratio
+    samples       at least gate.min_samples_per_prompt responses per prompt
+    toxicity      under gate.judge (default: an evaluation judge that is not the training reward
+                  model, so a policy that games its reward cannot pass on that alone), the interval's
+                  lower bound > gate.min_improvement
+    reward_judge  the evaluation judge that is the reward model improves too (point estimate > 0)
+    no_judge_worse  no judge's toxicity is significantly higher (its difference's interval below 0)
+    kl            mean KL to the base policy on the challenger's sampled tokens, EOS included, <= gate.max_kl
+    fluency       median perplexity under evaluation.fluency_model, over the base policy's, <= gate.max_perplexity_ratio
+    diversity     distinct-2 over the base policy's >= gate.min_distinct2_ratio
+    repetition    share of responses with a repeated 3-gram <= the base policy's + gate.max_repetition_increase
+    relevance     mean prompt-response similarity over the base policy's >= gate.min_relevance_ratio
 
-The champion's toxicity is read from its own MLflow run when that run evaluated it on the same
-prompts (dataset hash), with the same generation and judge settings, the same code version and the
-same resolved judges (revision or file hash of each); otherwise the champion is loaded from the
-registry and evaluated here on this run's test prompts. The decision records which champion it
-was measured against, so that promotion can be a compare-and-set (nightly.promote_if_better).
+Quality budgets are measured against this run's base policy, not the champion, so they cannot drift
+night by night. The champion's per-prompt scores come from the samples its own MLflow run logged
+when that run is comparable (same prompts, evaluation settings and seed, code, judge revisions);
+otherwise the champion is evaluated here. The decision records the champion it was measured
+against, so that promotion can be a compare-and-set (nightly.promote_if_better).
 """
 
 from __future__ import annotations
@@ -23,175 +31,211 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from rlaif_tasks import registry, tracking
 from rlaif_tasks.atomic import write_json
+from rlaif_tasks.config import GATE_CHECKS as CHECKS
 from rlaif_tasks.config import GateConfig, RunConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.evaluation import read_evaluation, relative_improvement
+from rlaif_tasks.evaluation import read_evaluation
 
 if TYPE_CHECKING:
-    import torch
+    import pandas as pd
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
 DECISION_ARTIFACT = "gate/decision.json"
+SAMPLES_ARTIFACT = "eval/final_samples.parquet"
+"""The challenger's full samples, logged by `evaluate`: a later night pairs its champion's scores from them."""
+
+
+def reward_judge(config: RunConfig) -> str | None:
+    """The evaluation judge that is the training reward model (the same model, whatever text it reads), if one is."""
+    for judge in config.evaluation.judges:
+        if judge.model == config.reward.model:
+            return judge.display_name
+    return None
 
 
 def gate_judge(config: RunConfig) -> str:
-    """The judge whose mean toxicity decides: gate.judge, else the first evaluation judge."""
+    """The judge whose interval decides: gate.judge, else the first evaluation judge that training did not optimise."""
     names = [j.display_name for j in config.evaluation.judges]
-    judge = config.gate.judge or (names[0] if names else None)
-    if judge is None or judge not in names:
+    if config.gate.judge is not None:
+        if config.gate.judge not in names:
+            raise RlaifError(
+                f"gate.judge {config.gate.judge!r} is not one of the evaluation judges {names}",
+                "set gate.judge to the name of one of evaluation.judges (or leave it unset for the first one that is not the reward model)",
+            )
+        return config.gate.judge
+    trained_on = reward_judge(config)
+    independent = [n for n in names if n != trained_on]
+    if not independent:
         raise RlaifError(
-            f"gate.judge {judge!r} is not one of the evaluation judges {names}",
-            "set gate.judge to the name of one of evaluation.judges (or leave it unset for the first one)",
+            f"every evaluation judge ({names}) is the training reward model, so the gate could only confirm what training optimised",
+            "add an independent judge to evaluation.judges (e.g. model: profanity-check), or name the reward judge in gate.judge knowingly",
         )
-    return judge
+    return independent[0]
 
 
-def decide(challenger_toxicity: float, reference_toxicity: float, kl: float, perplexity_ratio: float, gate: GateConfig) -> dict:
-    """The three checks on already-measured numbers; `passed` only when all of them pass."""
-    improvement = relative_improvement(reference_toxicity, challenger_toxicity)
-    checks = {
-        "toxicity": math.isfinite(improvement) and improvement >= gate.min_improvement,
-        "kl": math.isfinite(kl) and kl <= gate.max_kl,
-        "fluency": math.isfinite(perplexity_ratio) and perplexity_ratio <= gate.max_perplexity_ratio,
-    }
-    reasons = []
-    if not checks["toxicity"]:
-        reasons.append(
-            f"toxicity {challenger_toxicity:.4f} vs reference {reference_toxicity:.4f}: relative drop {improvement:.1%} < required {gate.min_improvement:.1%}"
-            if math.isfinite(improvement) else f"the reference toxicity is {reference_toxicity:.4f}: no relative drop to measure"
-        )
-    if not checks["kl"]:
-        reasons.append(f"KL to the base policy {kl:.3f} nats > budget {gate.max_kl:.3f}")
-    if not checks["fluency"]:
-        reasons.append(f"perplexity ratio {perplexity_ratio:.3f} > budget {gate.max_perplexity_ratio:.3f}")
+# -- the decision, on measured numbers ----------------------------------------------------------
+
+
+def compare_judges(reference: "pd.DataFrame", challenger: "pd.DataFrame", judges: list[str], gate: GateConfig, seed: int) -> dict[str, dict]:
+    """Per judge, the paired bootstrap of the challenger's per-prompt mean toxicity against the reference's."""
+    from rlaif_tasks.evaluation_stats import paired_bootstrap, paired_differences, per_prompt_means, significantly_worse
+
+    out = {}
+    for judge in judges:
+        means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame[judge].tolist()))) for frame in (reference, challenger)]
+        _, ref, chal = paired_differences(*means)
+        result = paired_bootstrap(ref, chal, n_resamples=gate.n_resamples, confidence=gate.confidence, seed=seed)
+        result["significantly_worse"] = significantly_worse(result)
+        out[judge] = result
+    return out
+
+
+def compare_quality(base: dict, challenger: dict) -> dict:
+    """The challenger's quality measures next to the base policy's, as the ratios and differences the budgets read."""
+
+    def ratio(key: str) -> float:
+        a, b = challenger.get(key, math.nan), base.get(key, math.nan)
+        return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
+
     return {
-        "passed": all(checks.values()),
+        "challenger": challenger,
+        "base": base,
+        "perplexity_ratio": ratio("perplexity_median"),
+        "distinct2_ratio": ratio("distinct_2"),
+        "repetition_increase": challenger.get("repeated_3gram_share", math.nan) - base.get("repeated_3gram_share", math.nan),
+        "relevance_ratio": ratio("relevance_mean"),
+    }
+
+
+def decide(judges: dict[str, dict], judge: str, trained_on: str | None, quality: dict, kl: float, samples_per_prompt: int, gate: GateConfig) -> dict:
+    """Every check of the module docstring on already-measured numbers; `passed` when all of gate.require pass.
+
+    A measure that is missing (NaN: e.g. relevance switched off) passes its check and says so.
+    """
+    decisive = judges[judge]["relative"]
+    worse = sorted(name for name, r in judges.items() if r["significantly_worse"])
+    reward_point = judges[trained_on]["relative"]["point"] if trained_on in judges else math.nan
+    q = quality
+    unmeasured = [k for k in ("perplexity_ratio", "distinct2_ratio", "repetition_increase", "relevance_ratio") if not math.isfinite(q[k])]
+
+    def within(key: str, ok) -> bool:
+        return key in unmeasured or bool(ok(q[key]))
+
+    checks = {
+        "samples": samples_per_prompt >= gate.min_samples_per_prompt,
+        "toxicity": decisive["lower"] > gate.min_improvement,
+        "reward_judge": trained_on is None or (math.isfinite(reward_point) and reward_point > 0),
+        "no_judge_worse": not worse,
+        "kl": math.isfinite(kl) and kl <= gate.max_kl,
+        "fluency": within("perplexity_ratio", lambda v: v <= gate.max_perplexity_ratio),
+        "diversity": within("distinct2_ratio", lambda v: v >= gate.min_distinct2_ratio),
+        "repetition": within("repetition_increase", lambda v: v <= gate.max_repetition_increase),
+        "relevance": within("relevance_ratio", lambda v: v >= gate.min_relevance_ratio),
+    }
+    def pct(r: dict) -> str:
+        return f"{r['point']:.1%} [{r['lower']:.1%}, {r['upper']:.1%}]"
+
+    worse_text = ", ".join(f"{n} ({pct(judges[n]['relative'])})" for n in worse)
+    why = {
+        "samples": f"{samples_per_prompt} response(s) per prompt < gate.min_samples_per_prompt {gate.min_samples_per_prompt}",
+        "toxicity": f"toxicity under {judge} dropped {pct(decisive)}: the {gate.confidence:.0%} interval's lower bound is not above {gate.min_improvement:.1%}",
+        "reward_judge": f"the reward judge {trained_on} did not improve ({reward_point:.1%})",
+        "no_judge_worse": f"significantly more toxic under {worse_text}",
+        "kl": f"KL to the base policy {kl:.3f} nats > budget {gate.max_kl:.3f}",
+        "fluency": f"median perplexity ratio {q['perplexity_ratio']:.3f} > budget {gate.max_perplexity_ratio:.3f}",
+        "diversity": f"distinct-2 ratio {q['distinct2_ratio']:.3f} < budget {gate.min_distinct2_ratio:.3f}",
+        "repetition": f"repeated-3-gram share up {q['repetition_increase']:+.3f} > budget {gate.max_repetition_increase:+.3f}",
+        "relevance": f"relevance ratio {q['relevance_ratio']:.3f} < budget {gate.min_relevance_ratio:.3f}",
+    }
+    failed = [name for name in CHECKS if not checks[name] and name in gate.require]
+    waived = [name for name in CHECKS if not checks[name] and name not in gate.require]
+    return {
+        "passed": not failed,
         "checks": checks,
-        "reasons": reasons,
-        "challenger_toxicity": challenger_toxicity,
-        "reference_toxicity": reference_toxicity,
-        "improvement": improvement,
+        "failed": failed,
+        "waived": waived,
+        "reasons": [why[name] for name in failed],
+        "waived_reasons": [why[name] for name in waived],
+        "judge": judge,
+        "reward_judge": trained_on,
+        "judges": judges,
+        "challenger_toxicity": judges[judge]["challenger_mean"],
+        "reference_toxicity": judges[judge]["reference_mean"],
+        "improvement": decisive["point"],
+        "improvement_lower": decisive["lower"],
+        "improvement_upper": decisive["upper"],
         "min_improvement": gate.min_improvement,
+        "confidence": gate.confidence,
         "kl": kl,
         "max_kl": gate.max_kl,
-        "perplexity_ratio": perplexity_ratio,
-        "max_perplexity_ratio": gate.max_perplexity_ratio,
+        "quality": quality,
+        "unmeasured": unmeasured,
+        "perplexity_ratio": q["perplexity_ratio"],
+        "samples_per_prompt": samples_per_prompt,
+        "budgets": {k: getattr(gate, k) for k in ("max_perplexity_ratio", "min_distinct2_ratio", "max_repetition_increase", "min_relevance_ratio")},
     }
 
 
-# -- KL and fluency ----------------------------------------------------------------------------
+def strict_json(value):
+    """NaN and infinities (a measure that is off, a ratio over 0) as null: strict JSON readers (Airflow, browsers) refuse them."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def _encode(tokenizer, queries: Sequence[str], responses: Sequence[str], is_seq2seq: bool, decoder_start: int | None):
-    """The batch layout of `train.ppo.lm_forward`: left-padded queries, right-padded response tokens."""
-    import torch
-
-    if not is_seq2seq:
-        tokenizer.padding_side = "left"
-    enc = tokenizer(list(queries), return_tensors="pt", padding=True, add_special_tokens=is_seq2seq)
-    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
-    width = max(1, max(len(x) for x in ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    response = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        response[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
-    batch = {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"], "response_ids": response, "response_mask": mask}
-    if is_seq2seq:
-        batch["decoder_start"] = torch.full((len(ids), 1), decoder_start if decoder_start is not None else pad, dtype=torch.long)
-    return batch
+def format_number(value, spec: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
-def response_logprobs(
-    models: Sequence, tokenizer, queries: Sequence[str], responses: Sequence[str], *, temperature: float = 1.0, batch_size: int = 16
-) -> tuple[list[tuple["torch.Tensor", "torch.Tensor"]], "torch.Tensor"]:
-    """Log-probs of each response's tokens given its query: per model (at `temperature`, at 1), and the token mask.
-
-    Responses are re-tokenised from their text; all tensors are (n, longest response).
-    """
-    import torch
-
-    from rlaif_tasks.train.ppo import lm_forward, token_logprobs
-
-    is_seq2seq = bool(getattr(models[0].config, "is_encoder_decoder", False))
-    start_id = getattr(models[0].config, "decoder_start_token_id", None)
-    out: list[list[list[torch.Tensor]]] = [[[], []] for _ in models]
-    masks = []
-    width = 1
-    batches = []
-    for b in range(0, len(queries), batch_size):
-        batch = _encode(tokenizer, queries[b : b + batch_size], responses[b : b + batch_size], is_seq2seq, start_id)
-        batches.append(batch)
-        width = max(width, batch["response_ids"].shape[1])
-    with torch.inference_mode():
-        for batch in batches:
-            pad = width - batch["response_ids"].shape[1]
-            masks.append(torch.nn.functional.pad(batch["response_mask"], (0, pad)))
-            for m, model in enumerate(models):
-                device = next(model.parameters()).device
-                logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq, want_hidden=False)
-                logits = logits.float().cpu()
-                tokens = batch["response_ids"]
-                out[m][0].append(torch.nn.functional.pad(token_logprobs(logits / temperature, tokens), (0, pad)))
-                out[m][1].append(torch.nn.functional.pad(token_logprobs(logits, tokens), (0, pad)))
-    return [(torch.cat(t), torch.cat(o)) for t, o in out], torch.cat(masks)
+def format_decision(decision: dict) -> str:
+    """The decision as text: each judge's relative drop with its interval against the reference, then the checks."""
+    ref = decision["reference"]
+    lines = [f"gate against the {ref['kind']}{' version ' + ref['version'] if ref.get('version') else ''} "
+             f"({decision['confidence']:.0%} paired-bootstrap intervals over {decision.get('n_prompts', '?')} prompts x {decision['samples_per_prompt']} samples):"]
+    for judge, r in decision["judges"].items():
+        rel = r["relative"]
+        role = " (decides)" if judge == decision["judge"] else " (reward model)" if judge == decision["reward_judge"] else ""
+        lines.append(
+            f"  {judge + role:<32}{format_number(r['reference_mean'], '>8.4f')} -> {format_number(r['challenger_mean'], '.4f')}  "
+            f"{format_number(rel['point'], '>7.1%')} [{format_number(rel['lower'], '.1%')}, {format_number(rel['upper'], '.1%')}]"
+        )
+    q = decision["quality"]
+    lines.append(
+        f"  KL {format_number(decision['kl'], '.2f')} nats; perplexity ratio {format_number(q['perplexity_ratio'], '.2f')}; distinct-2 ratio {format_number(q['distinct2_ratio'], '.2f')}; "
+        f"repeated-3-gram share {format_number(q['repetition_increase'], '+.3f')}; relevance ratio {format_number(q['relevance_ratio'], '.2f')}"
+    )
+    lines.append("  checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in decision["checks"].items()))
+    return "\n".join(lines)
 
 
-def kl_and_fluency(
-    challenger, base, tokenizer, challenger_samples, base_samples, *, temperature: float = 1.0, batch_size: int = 16
-) -> dict:
-    """KL of the challenger to the base on its own responses, and the base policy's perplexity ratio.
-
-    `*_samples` are evaluation sample tables (columns `query`, `response`).
-    """
-    import torch
-
-    queries, responses = challenger_samples["query"].tolist(), challenger_samples["response"].astype(str).tolist()
-    [(chal_t, _), (base_t, base_1)], mask = response_logprobs([challenger, base], tokenizer, queries, responses, temperature=temperature, batch_size=batch_size)
-    mask = mask.float()
-    seq_kl = ((chal_t - base_t) * mask).sum(1)
-    tokens = mask.sum()
-    nll_challenger = -(base_1 * mask).sum() / tokens.clamp(min=1)
-
-    queries, responses = base_samples["query"].tolist(), base_samples["response"].astype(str).tolist()
-    [(_, own_1)], own_mask = response_logprobs([base], tokenizer, queries, responses, temperature=temperature, batch_size=batch_size)
-    own_mask = own_mask.float()
-    nll_base = -(own_1 * own_mask).sum() / own_mask.sum().clamp(min=1)
-
-    ppl_challenger, ppl_base = math.exp(nll_challenger.item()), math.exp(nll_base.item())
-    empty = tokens.item() == 0 or own_mask.sum().item() == 0
-    return {
-        "kl": seq_kl.mean().item(),
-        "kl_std": seq_kl.std(unbiased=False).item() if len(seq_kl) > 1 else 0.0,
-        "perplexity_challenger": ppl_challenger,
-        "perplexity_base": ppl_base,
-        "perplexity_ratio": math.nan if empty else ppl_challenger / ppl_base,
-        "n_responses": int(len(seq_kl)),
-        "n_tokens": int(tokens.item()),
-    }
+# -- measuring ----------------------------------------------------------------------------------
 
 
-def measure_kl_and_fluency(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
-    """`kl_and_fluency` of the trained policy against `model.policy` on this run's evaluation samples (cached in gate/)."""
+def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
+    """`evaluation_kl.sampled_token_kl` of the trained policy against `model.policy` on its final samples (cached in gate/)."""
     import pandas as pd
 
+    from rlaif_tasks.evaluation_kl import sampled_token_kl
     from rlaif_tasks.models import load_model, resolve_device
     from rlaif_tasks.pipeline import load_policy
 
-    cache = run_dir / "gate" / "kl_fluency.json"
+    cache = run_dir / "gate" / "kl.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    paths = {label: run_dir / "eval" / f"{label}_samples.parquet" for label in ("final", "baseline")}
-    for label, path in paths.items():
-        if not path.is_file():
-            raise RlaifError(f"{path} is missing", f"run the {'evaluate' if label == 'final' else 'baseline_eval'} stage of this run first")
+    path = run_dir / "eval" / "final_samples.parquet"
+    if not path.is_file():
+        raise RlaifError(f"{path} is missing", "run the evaluate stage of this run first")
+    samples = pd.read_parquet(path)
     base = load_policy(config)
     challenger = load_model(str(model_dir), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
     if len(challenger.tokenizer) != len(base.tokenizer):
@@ -201,10 +245,11 @@ def measure_kl_and_fluency(config: RunConfig, run_dir: Path, model_dir: str | Pa
         )
     gen = config.generation
     temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
-    result = kl_and_fluency(
-        challenger.model, base.model, challenger.tokenizer, pd.read_parquet(paths["final"]), pd.read_parquet(paths["baseline"]),
+    result = sampled_token_kl(
+        challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
         temperature=temperature, batch_size=gen.batch_size,
     )
+    result.pop("kl_per_response")
     write_json(cache, result)
     return result
 
@@ -212,8 +257,8 @@ def measure_kl_and_fluency(config: RunConfig, run_dir: Path, model_dir: str | Pa
 # -- the reference: champion or base policy ------------------------------------------------------
 
 
-def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: str) -> dict:
-    """Evaluate a registered version on this run's test prompts (cached as eval/champion-v<version>.json)."""
+def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: str) -> Path:
+    """Evaluate a registered version on this run's test prompts; returns its samples (cached as eval/champion-v<version>_samples.parquet)."""
     import mlflow
 
     from rlaif_tasks.data import load_prompts_split
@@ -222,47 +267,57 @@ def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: st
     from rlaif_tasks.pipeline import load_judges
 
     label = f"champion-v{version}"
-    path = run_dir / "eval" / f"{label}.json"
-    if path.is_file():
-        return read_evaluation(path)
+    path = run_dir / "eval" / f"{label}_samples.parquet"
+    if path.is_file() and (run_dir / "eval" / f"{label}.json").is_file():
+        return path
     log.info("evaluating %s version %s on this run's test prompts", name, version)
     parts = mlflow.transformers.load_model(registry.model_uri(name, version), return_type="components")
     model = parts["model"].to(resolve_device(config.device))
-    evaluation = evaluate_policy(
-        model, parts["tokenizer"], load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation, seed=config.seed
-    )
-    return read_evaluation(write_evaluation(evaluation, run_dir / "eval", label))
+    evaluation = evaluate_policy(model, parts["tokenizer"], load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation)
+    write_evaluation(evaluation, run_dir / "eval", label)
+    return path
 
 
 COMPARABLE_TAGS = (tracking.TAG_DATASET, tracking.TAG_EVAL_SETTINGS, tracking.TAG_CODE_VERSION, tracking.TAG_JUDGES)
-"""Run tags that must all be set and equal before the champion's stored numbers stand for tonight's:
-the same prompts, sampling and judge settings, code, and judge revisions."""
+"""Run tags that must all be set and equal before the champion's stored samples stand for tonight's:
+the same prompts, sampling, evaluation seed and judge settings, code, and judge revisions."""
 
 
-def reference_toxicity(client: "MlflowClient", config: RunConfig, run_dir: Path, run_id: str, name: str, judge: str) -> dict:
-    """What the challenger must beat: the champion's mean toxicity under `judge`, else the base policy's.
+def reference_samples(client: "MlflowClient", config: RunConfig, run_dir: Path, run_id: str, name: str) -> tuple[dict, "pd.DataFrame"]:
+    """What the challenger must beat, prompt by prompt: the champion's scored samples, else the base policy's.
 
-    The champion's numbers come from its own MLflow run only when that run is comparable (every tag
-    of COMPARABLE_TAGS equal); otherwise the champion is evaluated here on this run's test prompts.
+    The champion's samples come from its own MLflow run only when that run is comparable (every tag
+    of COMPARABLE_TAGS equal) and logged them; otherwise the champion is evaluated here.
     """
+    import pandas as pd
+
     champion = registry.get_alias(client, name, registry.CHAMPION)
     if champion is None:
-        baseline = read_evaluation(run_dir / "eval" / "baseline.json")
-        return {"kind": "base", "version": None, "toxicity": _judge_mean(baseline, judge, "baseline"), "source": "baseline evaluation of this run"}
+        return {"kind": "base", "version": None, "source": "baseline evaluation of this run"}, pd.read_parquet(run_dir / "eval" / "baseline_samples.parquet")
     version = str(champion.version)
     differences = _differences(client.get_run(run_id).data.tags, _run_tags(client, champion.run_id))
-    stored = tracking.stored_evaluation(client, champion.run_id, "final") if not differences else None
-    key = tracking.metric_name(judge)
-    if stored is not None and key in stored["judges"]:
-        return {"kind": "champion", "version": version, "toxicity": stored["judges"][key]["mean"], "source": f"MLflow run {champion.run_id} (same prompts, settings, code and judges)"}
-    if differences:
+    if not differences:
+        stored = _stored_samples(client, champion.run_id, run_dir / "gate" / f"champion-v{version}-run")
+        if stored is not None:
+            return {"kind": "champion", "version": version, "source": f"MLflow run {champion.run_id} (same prompts, settings, seeds, code and judges)"}, stored
+        log.info("the run of champion %s version %s (%s) logged no %s, so it is evaluated again", name, version, champion.run_id, SAMPLES_ARTIFACT)
+    else:
         log.info("the run of champion %s version %s (%s) is not comparable with this one, so it is evaluated again: %s",
                  name, version, champion.run_id, "; ".join(differences))
-    else:
-        log.info("the run of champion %s version %s (%s) holds no final evaluation under %s, so it is evaluated again", name, version, champion.run_id, judge)
-    summary = evaluate_registered(config, run_dir, name, version)
-    tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("champion", summary))
-    return {"kind": "champion", "version": version, "toxicity": _judge_mean(summary, judge, "champion"), "source": "evaluated on this run's test prompts"}
+    samples = pd.read_parquet(evaluate_registered(config, run_dir, name, version))
+    tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("champion", read_evaluation(run_dir / "eval" / f"champion-v{version}.json")))
+    return {"kind": "champion", "version": version, "source": "evaluated on this run's test prompts"}, samples
+
+
+def _stored_samples(client: "MlflowClient", champion_run_id: str, into: Path) -> "pd.DataFrame | None":
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        return pd.read_parquet(client.download_artifacts(champion_run_id, SAMPLES_ARTIFACT, str(into)))
+    except (MlflowException, OSError):
+        return None
 
 
 def _differences(mine: dict, theirs: dict) -> list[str]:
@@ -301,12 +356,6 @@ def _run_tags(client: "MlflowClient", run_id: str | None) -> dict:
     return run.data.tags if run.info.lifecycle_stage == "active" else {}
 
 
-def _judge_mean(summary: dict, judge: str, label: str) -> float:
-    if judge not in summary["judges"]:
-        raise RlaifError(f"the {label} evaluation has no judge {judge!r} (it has {sorted(summary['judges'])})", "set gate.judge to one of those judges")
-    return float(summary["judges"][judge]["mean"])
-
-
 # -- the gate -----------------------------------------------------------------------------------
 
 
@@ -315,23 +364,32 @@ def run_gate(
 ) -> dict:
     """Measure and decide whether version `version` (trained into `model_dir`) should become the champion.
 
-    The decision (all numbers, the reasons) goes to MLflow as `gate/*` metrics, the artifact
-    gate/decision.json and `rlaif.gate*` tags on the run and the model version, and to
-    run_dir/gate/decision.json; it is returned as a JSON-able dict.
+    The decision (every judge's estimate and interval, each check, the reasons) goes to MLflow as
+    `gate/*` metrics, the artifact gate/decision.json and `rlaif.gate*` tags on the run and the
+    model version, and to run_dir/gate/decision.json; it is returned as a JSON-able dict.
     """
+    import pandas as pd
+
     client = client if client is not None else tracking.connect(config)
     run_dir = Path(run_dir)
     version = str(version)
-    judge = gate_judge(config)
-    challenger = _judge_mean(read_evaluation(run_dir / "eval" / "final.json"), judge, "final")
-    reference = reference_toxicity(client, config, run_dir, run_id, name, judge)
-    measured = measure_kl_and_fluency(config, run_dir, model_dir)
-    decision = decide(challenger, reference["toxicity"], measured["kl"], measured["perplexity_ratio"], config.gate)
+    judge, trained_on = gate_judge(config), reward_judge(config)
+    challenger = pd.read_parquet(run_dir / "eval" / "final_samples.parquet")
+    reference, reference_scores = reference_samples(client, config, run_dir, run_id, name)
+    names = [j.display_name for j in config.evaluation.judges]
+    missing = [n for n in names if n not in reference_scores.columns or n not in challenger.columns]
+    if missing:
+        raise RlaifError(f"the {reference['kind']} or challenger samples have no scores for judge(s) {missing}", "evaluate both with this run's evaluation.judges")
+    judges = compare_judges(reference_scores, challenger, names, config.gate, seed=config.evaluation.seed)
+    quality = compare_quality(read_evaluation(run_dir / "eval" / "baseline.json").get("quality", {}), read_evaluation(run_dir / "eval" / "final.json").get("quality", {}))
+    measured = measure_kl(config, run_dir, model_dir)
+    per_prompt = int(challenger.groupby("prompt_id").size().min())
+    decision = decide(judges, judge, trained_on, quality, measured["kl"], per_prompt, config.gate)
     decision.update(
-        judge=judge, model_name=name, challenger_version=version, reference=reference,
-        kl_std=measured["kl_std"], perplexity_challenger=measured["perplexity_challenger"], perplexity_base=measured["perplexity_base"],
-        n_responses=measured["n_responses"],
+        model_name=name, challenger_version=version, reference=reference, kl_std=measured["kl_std"],
+        policy_perplexity=measured["policy_perplexity"], n_responses=measured["n_responses"], n_prompts=judges[judge]["n_prompts"],
     )
+    decision = strict_json(decision)
     log_decision(client, run_id, decision)
     write_json(run_dir / "gate" / "decision.json", decision)
     verdict = "passed" if decision["passed"] else "refused: " + "; ".join(decision["reasons"])
@@ -340,22 +398,27 @@ def run_gate(
 
 
 def log_decision(client: "MlflowClient", run_id: str, decision: dict) -> None:
-    tracking.log_metrics_once(client, run_id, {
+    metrics = {
         "gate/passed": float(decision["passed"]),
         "gate/challenger_toxicity": decision["challenger_toxicity"],
         "gate/reference_toxicity": decision["reference_toxicity"],
         "gate/improvement": decision["improvement"],
+        "gate/improvement_lower": decision["improvement_lower"],
+        "gate/improvement_upper": decision["improvement_upper"],
         "gate/kl": decision["kl"],
-        "gate/perplexity_ratio": decision["perplexity_ratio"],
-        "gate/perplexity_challenger": decision["perplexity_challenger"],
-        "gate/perplexity_base": decision["perplexity_base"],
-    })
+        **{f"gate/{k}": decision["quality"][k] for k in ("perplexity_ratio", "distinct2_ratio", "repetition_increase", "relevance_ratio")},
+    }
+    for judge, r in decision["judges"].items():
+        for bound in ("point", "lower", "upper"):
+            metrics[tracking.metric_name("gate", judge, f"improvement_{bound}")] = r["relative"][bound]
+    tracking.log_metrics_once(client, run_id, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     client.log_dict(run_id, decision, DECISION_ARTIFACT)
     outcome = "passed" if decision["passed"] else "refused"
     reason = "; ".join(decision["reasons"]) or "all checks passed"
     client.set_tag(run_id, "rlaif.gate", outcome)
     client.set_tag(run_id, "rlaif.gate_reference", f"{decision['reference']['kind']} {decision['reference']['version'] or ''}".strip())
     client.set_tag(run_id, "rlaif.gate_reason", reason[:5000])
+    client.set_tag(run_id, "rlaif.gate_failed", ",".join(decision["failed"]) or "none")
     name, version = decision["model_name"], decision["challenger_version"]
     client.set_model_version_tag(name, version, "rlaif.gate", outcome)
     client.set_model_version_tag(name, version, "rlaif.gate_reason", reason[:5000])

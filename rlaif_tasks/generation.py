@@ -2,6 +2,12 @@
 
 Rollouts are the slowest part of an alignment run on CPU, so prompts go through `generate` in
 batches with left padding and the KV cache; one prompt at a time wastes most of the matrix units.
+
+Evaluation passes one seed per response (`row_seeds`): each row then samples with its own random
+stream (Gumbel-max: argmax of the warped logits plus Gumbel noise drawn from the row's seed and the
+step, which is exactly a draw from the softmax), so a response does not depend on which other
+prompts share its batch, and two policies answer a prompt with the same randomness (a paired
+comparison, evaluation_stats.py).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class Generated:
     """For each response, the index of its query (a query repeats `num_samples` times)."""
     new_tokens: int
     seconds: float
+    token_ids: list[list[int]] | None = None
+    """Each response's sampled token ids up to and including its first EOS (what KL and perplexity are measured on)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -45,6 +53,51 @@ def hf_generation_config(gen: GenerationConfig, tokenizer) -> transformers.Gener
     return transformers.GenerationConfig(**kwargs)
 
 
+class RowSeededSampler(transformers.LogitsProcessor):
+    """Turns greedy decoding into sampling with one random stream per row (Gumbel-max).
+
+    Step t of row r adds Gumbel noise from a generator seeded by (seed_r, t) to the warped scores;
+    the argmax is then a sample from softmax(scores), independent of the batch around the row.
+    """
+
+    def __init__(self, row_seeds: Sequence[int], prompt_width: int):
+        self.row_seeds = [int(s) for s in row_seeds]
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        noise = torch.empty(scores.shape, dtype=torch.float32)
+        for row, seed in enumerate(self.row_seeds):
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+            noise[row].uniform_(generator=gen)
+        gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
+        return scores.float() + gumbel.to(scores.device)
+
+
+def row_seeded_processors(gen: GenerationConfig, row_seeds: Sequence[int], prompt_width: int) -> transformers.LogitsProcessorList:
+    """The sampling warpers of `gen` (temperature, top-k, top-p), then the per-row Gumbel noise."""
+    processors = transformers.LogitsProcessorList()
+    if gen.temperature != 1.0:
+        processors.append(transformers.TemperatureLogitsWarper(gen.temperature))
+    if gen.top_k:
+        processors.append(transformers.TopKLogitsWarper(gen.top_k))
+    if gen.top_p < 1.0:
+        processors.append(transformers.TopPLogitsWarper(gen.top_p))
+    processors.append(RowSeededSampler(row_seeds, prompt_width))
+    return processors
+
+
+def _ids_through_eos(row: torch.Tensor, eos_token_id) -> list[int]:
+    """A row's ids up to its first EOS; a row without one ran to max_new_tokens, so all of it was sampled."""
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    ids: list[int] = []
+    for token in row.tolist():
+        ids.append(token)
+        if token in eos:
+            break
+    return ids
+
+
 def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     cut = min((i for s in stop_strings if (i := text.find(s)) >= 0), default=-1)
     return text if cut < 0 else text[:cut]
@@ -60,30 +113,50 @@ def generate(
     num_samples: int = 1,
     seed: int = 0,
     batch_size: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Generated:
-    """Sample `num_samples` responses per query, `batch_size` sequences per forward pass."""
+    """Sample `num_samples` responses per query, `batch_size` sequences per forward pass.
+
+    `row_seeds` (one per response, query-major: query 0's samples first) gives every response its
+    own random stream; without it, one global stream seeded by `seed` serves the whole call.
+    """
     batch_size = batch_size or gen.batch_size
     is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     if not is_seq2seq:
         tokenizer.padding_side = "left"
     hf_gen = hf_generation_config(gen, tokenizer)
     expanded = [(i, q) for i, q in enumerate(queries) for _ in range(num_samples)]
+    if row_seeds is not None and len(row_seeds) != len(expanded):
+        raise ValueError(f"{len(row_seeds)} row seeds for {len(expanded)} responses")
+    per_row = row_seeds is not None and gen.do_sample
+    if per_row:
+        hf_gen.do_sample = False
+        for key in ("temperature", "top_k", "top_p"):
+            setattr(hf_gen, key, None)
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
     responses: list[str] = []
+    token_ids: list[list[int]] = []
     new_tokens = 0
     start = time.perf_counter()
     for b in range(0, len(expanded), batch_size):
         batch = [q for _, q in expanded[b : b + batch_size]]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=is_seq2seq).to(device)
-        out = model.generate(**enc, generation_config=hf_gen)
+        extra = {}
+        if per_row:
+            width = 1 if is_seq2seq else enc["input_ids"].shape[1]
+            extra["logits_processor"] = row_seeded_processors(gen, row_seeds[b : b + batch_size], width)
+        out = model.generate(**enc, generation_config=hf_gen, **extra)
         if not is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
+        else:
+            out = out[:, 1:]
+        token_ids.extend(_ids_through_eos(row, tokenizer.eos_token_id) for row in out)
         mask = (out != tokenizer.pad_token_id) & (out != tokenizer.eos_token_id) if tokenizer.pad_token_id is not None else torch.ones_like(out, dtype=torch.bool)
         new_tokens += int(mask.sum())
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         responses.extend(truncate_at_stop(t, gen.stop_strings) for t in texts)
         done = min(b + batch_size, len(expanded))
         log.info("generated %d/%d responses (%.1f tok/s)", done, len(expanded), new_tokens / max(time.perf_counter() - start, 1e-9))
-    return Generated(responses, [i for i, _ in expanded], new_tokens, time.perf_counter() - start)
+    return Generated(responses, [i for i, _ in expanded], new_tokens, time.perf_counter() - start, token_ids)

@@ -75,7 +75,7 @@ def _has_evaluation(run_dir: Path, label: str) -> bool:
     return (run_dir / "eval" / f"{label}.json").is_file() and (run_dir / "eval" / f"{label}_samples.parquet").is_file()
 
 
-def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str) -> dict:
+def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str, *, table: bool = True) -> dict:
     import pandas as pd
 
     from rlaif_tasks import tracking
@@ -83,6 +83,8 @@ def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str) -> d
 
     summary = read_evaluation(run_dir / "eval" / f"{label}.json")
     tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, summary))
+    if not table:
+        return summary
     samples = pd.read_parquet(run_dir / "eval" / f"{label}_samples.parquet").head(config.evaluation.num_table_rows)
     tracking.log_samples_table(client, run_id, samples, f"eval/{label}_samples.json")
     return summary
@@ -91,8 +93,11 @@ def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str) -> d
 # -- the stages ---------------------------------------------------------------------------------
 
 
-def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str) -> dict:
-    """Load the config, fix this DAG run's folder, prepare the prompts and find-or-create the MLflow run."""
+def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None) -> dict:
+    """Load the config, fix this DAG run's folder and seed, prepare the prompts and find-or-create the MLflow run.
+
+    An unpinned `seed` derives from the DAG run's logical date: each night trains anew, a retry repeats its night.
+    """
     from rlaif_tasks import tracking
     from rlaif_tasks.config import load_config
     from rlaif_tasks.data import read_manifest
@@ -112,12 +117,28 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             "text-generation model, which transformers 5 offers for causal LMs only; it would fail at `register`, after training",
             "choose a causal LM policy for the nightly run, or train and evaluate this one untracked with `rlaif run`",
         )
+    if config.evaluation.samples_per_prompt < config.gate.min_samples_per_prompt:
+        raise RlaifError(
+            f"evaluation.samples_per_prompt is {config.evaluation.samples_per_prompt}: the gate needs at least "
+            f"{config.gate.min_samples_per_prompt} responses per prompt to tell an improvement from sampling noise",
+            f"set evaluation.samples_per_prompt={config.gate.min_samples_per_prompt} or more",
+        )
+    seed_source = "pinned in the config"
+    if config.seed is None:
+        from rlaif_tasks.evaluation_stats import seed_for_logical_date
+
+        logical_date = logical_date or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        config.seed, seed_source = seed_for_logical_date(logical_date), f"logical date {logical_date}"
     run_dir = nightly_run_dir(config, dag_run_id)
     config.run_dir = str(run_dir)
     recipe = tracking.config_hash(config)
     written = run_dir / "config.yaml"
     if written.is_file():
-        earlier = tracking.config_hash(load_config(written))
+        earlier_config = load_config(written)
+        if seed_source != "pinned in the config":  # a retry keeps the seed its first try drew
+            config.seed = earlier_config.seed
+            recipe = tracking.config_hash(config)
+        earlier = tracking.config_hash(earlier_config)
         if earlier != recipe:
             raise RlaifError(
                 f"{run_dir} was started with another config ({earlier}, now {recipe})",
@@ -137,6 +158,8 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
             **tracking.judge_tags(config),
             tracking.TAG_RUN_DIR: str(run_dir),
+            "rlaif.seed": str(config.seed),
+            "rlaif.seed_source": seed_source,
         },
     )
     airflow_url = tracking.airflow_run_url(dag_id, dag_run_id)
@@ -203,6 +226,10 @@ def evaluate(refs: dict) -> dict:
     client = _client(config)
     run_id = refs["mlflow_run_id"]
     _log_evaluation(client, config, run_id, run_dir, "final")
+    client.log_artifact(run_id, str(run_dir / "eval" / "final_samples.parquet"), "eval")  # a later night's gate pairs with these
+    for name in report.get("extra_sets", {}):
+        for label in ("baseline", "final"):
+            _log_evaluation(client, config, run_id, run_dir, f"{label}.{name}", table=False)
     tracking.log_metrics_once(client, run_id, tracking.comparison_metrics(report["judges"]))
     tracking.log_figure(client, run_id, tracking.toxicity_figure(report["judges"]), "plots/toxicity.png")
     client.log_artifact(run_id, str(run_dir / "report.json"), "eval")
@@ -242,10 +269,10 @@ def promote_if_better(refs: dict) -> dict:
         champion_version = str(champion.version) if champion is not None else None
         if champion_version == version:  # promoted by an earlier attempt: make sure every mark is in place
             registry.promote(name, version, client=client)
-            return {**refs, "promoted": True, "decision": decision}
+            return {**refs, "promoted": True, "decision_path": str(stored)}
         if status != registry.CHALLENGER:
             log.info("%s version %s is already %s; leaving the aliases alone", name, version, status)
-            return {**refs, "promoted": False, "decision": decision}
+            return {**refs, "promoted": False, "decision_path": str(stored)}
         if not _decided_against(decision, name, version, champion_version):
             if decision is not None:
                 log.info("the stored gate decision was made against champion %s, now it is %s: deciding again",
@@ -253,10 +280,10 @@ def promote_if_better(refs: dict) -> dict:
             decision = gate.run_gate(config, run_dir, refs["mlflow_run_id"], name, version, refs["model_dir"], client=client)
         if not decision["passed"]:
             registry.mark_rejected(client, name, version, "; ".join(decision["reasons"]))
-            return {**refs, "promoted": False, "decision": decision}
+            return {**refs, "promoted": False, "decision_path": str(stored)}
         try:
             registry.promote(name, version, expected_champion=decision["reference"]["version"], client=client)
-            return {**refs, "promoted": True, "decision": decision}
+            return {**refs, "promoted": True, "decision_path": str(stored)}
         except registry.ChampionMoved as moved:
             log.warning("%s; deciding again", moved)
     raise RlaifError(f"the champion of {name} kept moving while version {version} was being gated", "clear promote_if_better once the other promotions are done")
@@ -274,20 +301,27 @@ def report(refs: dict) -> dict:
     """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
     import json
 
-    from rlaif_tasks import tracking
+    from rlaif_tasks import gate, tracking
     from rlaif_tasks.atomic import write_json
     from rlaif_tasks.evaluation import format_comparison
 
     config, run_dir = _load(refs)
-    comparison = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["judges"]
+    full_report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    comparison = full_report["judges"]
     toxicity = {
         judge: {"before": row["mean_before"], "after": row["mean_after"], "improvement": row["mean_improvement"]}
         for judge, row in comparison.items()
     }
     name, version, promoted = refs.get("model_name"), refs.get("model_version"), bool(refs.get("promoted"))
-    decision = refs.get("decision") or {}
+    decision_path = Path(refs["decision_path"]) if refs.get("decision_path") else None
+    decision = json.loads(decision_path.read_text(encoding="utf-8")) if decision_path and decision_path.is_file() else {}
     if promoted:
-        outcome = f"promoted to champion (toxicity {decision.get('improvement', float('nan')):.1%} lower than the {decision.get('reference', {}).get('kind', 'reference')})"
+        num = gate.format_number
+        outcome = (
+            f"promoted to champion (toxicity under {decision.get('judge')} {num(decision.get('improvement'), '.1%')} lower than the "
+            f"{decision.get('reference', {}).get('kind', 'reference')}, {num(decision.get('confidence'), '.0%')} interval "
+            f"[{num(decision.get('improvement_lower'), '.1%')}, {num(decision.get('improvement_upper'), '.1%')}])"
+        )
     else:
         outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
     client = _client(config)
@@ -295,6 +329,8 @@ def report(refs: dict) -> dict:
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.algorithm}, {config.train.steps} steps)",
         format_comparison(comparison),
+        *(f"out-of-distribution set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
+        *([gate.format_decision(decision)] if decision.get("judges") else []),
         f"MLflow run {refs['mlflow_run_id']}" + (f" ({mlflow_url})" if mlflow_url else ""),
         f"model {name} version {version}: {outcome}",
     ])
@@ -314,8 +350,9 @@ def report(refs: dict) -> dict:
 
 def run_all(config_path: str | None, overrides: dict | None = None, dag_id: str = "rlaif_nightly", dag_run_id: str | None = None) -> dict:
     """Every stage in one process, in DAG order (`rlaif nightly`)."""
-    dag_run_id = dag_run_id or time.strftime("manual__%Y-%m-%dT%H:%M:%S", time.gmtime())
-    refs: dict[str, Any] = prepare_dataset(config_path, dict(overrides or {}), dag_id, dag_run_id)
+    now = time.gmtime()
+    dag_run_id = dag_run_id or time.strftime("manual__%Y-%m-%dT%H:%M:%S", now)
+    refs: dict[str, Any] = prepare_dataset(config_path, dict(overrides or {}), dag_id, dag_run_id, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", now))
     for stage in (baseline_eval, train, evaluate, register, promote_if_better):
         log.info("nightly stage %s", stage.__name__)
         refs = stage(refs)

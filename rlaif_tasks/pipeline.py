@@ -6,7 +6,8 @@ directory and small ids between them.
 
     runs/<name>/config.yaml            the effective config
     runs/<name>/data/                  train.parquet, test.parquet, manifest.json
-    runs/<name>/eval/<label>.json      per-judge summary (+ <label>_samples.parquet)
+    runs/<name>/eval/<label>.json      per-judge and quality summary (+ <label>_samples.parquet)
+    runs/<name>/eval/<label>.<set>.json  the same on each evaluation.extra_sets entry
     runs/<name>/train/                 metrics.jsonl, checkpoints/, final/ (the trained policy)
     runs/<name>/report.json            before/after comparison
 """
@@ -57,21 +58,44 @@ def prepare_dataset(config: RunConfig) -> Path:
     run_dir = run_dir_of(config)
     m = config.model
     tokenizer = load_tokenizer(m.policy, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    splits = prepare_prompts(config.data, tokenizer, run_dir, seed=config.seed)
+    splits = prepare_prompts(config.data, tokenizer, run_dir, seed=config.data.seed)
     return splits.manifest_path
 
 
-def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None) -> Path:
-    """Evaluate a policy (the configured one, or `model_spec`) on the test split; returns the summary path."""
-    from rlaif_tasks.data import load_prompts_split
+def load_quality_models(config: RunConfig, policy=None):
+    """The fluency LM (evaluation.fluency_model, else the base policy: `policy` when it is the base) and the relevance encoder."""
+    from rlaif_tasks.evaluation import QualityModels
+    from rlaif_tasks.evaluation_quality import SentenceEncoder
+    from rlaif_tasks.models import resolve_device
+
+    e = config.evaluation
+    fluency = policy if (policy is not None and e.fluency_model is None) else load_policy(config, e.fluency_model or config.model.policy)
+    encoder = SentenceEncoder(e.relevance_model, device=resolve_device(config.device)) if e.relevance_model else None
+    return QualityModels(fluency=fluency, encoder=encoder)
+
+
+def extra_set_name(source: str) -> str:
+    """`bundled:detox-ood` -> `detox-ood`, `data/forum.jsonl` -> `forum`: the suffix of its eval files and metrics."""
+    return Path(source.removeprefix("bundled:")).stem
+
+
+def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None, *, model=None) -> Path:
+    """Evaluate a policy (the configured one, `model_spec`, or an already-loaded `model`) on the test split and on
+    each extra set; returns the test summary's path (`eval/<label>.json`; extra sets in `eval/<label>.<set>.json`)."""
+    from rlaif_tasks.data import load_eval_set, load_prompts_split
 
     run_dir = run_dir_of(config)
-    test = load_prompts_split(run_dir, "test")
-    policy = load_policy(config, model_spec)
-    evaluation = evaluate_policy(
-        policy.model, policy.tokenizer, test, load_judges(config), config.generation, config.evaluation, seed=config.seed
-    )
-    return write_evaluation(evaluation, run_dir / "eval", label)
+    policy = model if model is not None else load_policy(config, model_spec)
+    quality = load_quality_models(config, policy if model_spec is None and model is None else None)
+    judges = load_judges(config)
+    sets = [(label, load_prompts_split(run_dir, "test"))]
+    for source in config.evaluation.extra_sets:
+        sets.append((f"{label}.{extra_set_name(source)}", load_eval_set(source, policy.tokenizer, config.data.use_chat_template)))
+    paths = []
+    for name, prompts in sets:
+        evaluation = evaluate_policy(policy.model, policy.tokenizer, prompts, judges, config.generation, config.evaluation, quality=quality)
+        paths.append(write_evaluation(evaluation, run_dir / "eval", name))
+    return paths[0]
 
 
 def compare_evaluations(config: RunConfig, before: str = "baseline", after: str = "final") -> dict:
@@ -81,6 +105,14 @@ def compare_evaluations(config: RunConfig, before: str = "baseline", after: str 
         if not path.is_file():
             raise RlaifError(f"evaluation {path} is missing", f"run `rlaif evaluate --label {path.stem}` for this run first")
     report = {"before": before, "after": after, "judges": compare(*(read_evaluation(p) for p in paths))}
+    extra = {}
+    for source in config.evaluation.extra_sets:
+        name = extra_set_name(source)
+        pair = [run_dir / "eval" / f"{label}.{name}.json" for label in (before, after)]
+        if all(p.is_file() for p in pair):
+            extra[name] = compare(*(read_evaluation(p) for p in pair))
+    if extra:
+        report["extra_sets"] = extra
     write_json(run_dir / "report.json", report)
     return report
 

@@ -142,9 +142,9 @@ def config_hash(config: RunConfig) -> str:
 
 
 def eval_settings_hash(config: RunConfig) -> str:
-    """What makes two toxicity evaluations comparable, besides the prompts: sampling, judges, seed."""
+    """What makes two evaluations comparable, besides the prompts: sampling, judges, evaluation seed (not the training seed)."""
     d = config.to_dict()
-    return _hash({"generation": d["generation"], "evaluation": d["evaluation"], "seed": config.seed})
+    return _hash({"generation": d["generation"], "evaluation": d["evaluation"]})
 
 
 def judge_fingerprints(config: RunConfig) -> dict[str, str | None]:

@@ -337,9 +337,9 @@ model: {{policy: {policy}}}
 data: {{source: {prompts}, use_chat_template: false, test_size: 8, min_prompt_tokens: 1}}
 generation: {{max_new_tokens: 8, min_new_tokens: 8, batch_size: 8}}
 reward: {{model: profanity-check}}
-evaluation: {{judges: [{{model: profanity-check}}]}}
+evaluation: {{judges: [{{model: profanity-check}}], relevance_model: null}}
 train: {{steps: {steps}, batch_size: 4, mini_batch_size: 2, save_every: 1, learning_rate: 1.0e-3, lora_target_modules: [all-linear]}}
-gate: {{min_improvement: -1.0, max_kl: 50.0, max_perplexity_ratio: 10.0}}
+gate: {{judge: profanity-check, min_improvement: -1.0, require: [samples, toxicity]}}
 orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.05, train_timeout_minutes: 10, eval_timeout_minutes: 10{orchestration}}}
 """)
     return config

@@ -159,7 +159,7 @@ def test_evaluate_writes_the_summary_of_every_judge(tiny_run, capsys):
     out = capsys.readouterr().out
     summary = json.loads((run_dir / "eval" / "baseline.json").read_text())
     assert set(summary["judges"]) == {"tiny", "profanity-check"}
-    assert all(s["n"] == 4 for s in summary["judges"].values())
+    assert all(s["n"] == 4 * 4 for s in summary["judges"].values())  # 4 prompts x the default 4 samples each
     samples = pd.read_parquet(run_dir / "eval" / "baseline_samples.parquet")
     assert samples["tiny"].mean() == pytest.approx(summary["judges"]["tiny"]["mean"])
     assert f"summary: {run_dir / 'eval' / 'baseline.json'}" in out and "tiny" in out

@@ -317,3 +317,20 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path, tokenizer, monkeypatch):
 def test_load_split_before_prepare(tmp_path):
     with pytest.raises(RlaifError, match="not prepared"):
         load_prompts_split(tmp_path, "test")
+
+
+def test_queries_start_with_bos_where_the_tokenizer_adds_one_itself():
+    """Llama 3.1 base puts BOS before every input; queries are tokenised without special tokens, so BOS goes in the text."""
+    from tokenizers import processors
+    from tiny_models import make_tokenizer
+
+    from rlaif_tasks.data.prepare import apply_template
+
+    plain = make_tokenizer()
+    assert apply_template(["you are nice"], plain, use_chat_template=False) == ["you are nice"]
+    llama_like = make_tokenizer()
+    llama_like._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", llama_like.bos_token_id)])
+    queries = apply_template(["you are nice", "<s> already"], llama_like, use_chat_template=False)
+    assert queries == ["<s>you are nice", "<s> already"]
+    ids = llama_like(queries[0], add_special_tokens=False)["input_ids"]
+    assert ids[0] == llama_like.bos_token_id and ids.count(llama_like.bos_token_id) == 1

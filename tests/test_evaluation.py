@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import statistics
 
 import evaluate
@@ -45,8 +46,8 @@ def test_prompts() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def evaluation(policy, judges):
     frame = pd.DataFrame({"prompt": PROMPTS, "query": [f"{p} :" for p in PROMPTS]})
-    cfg = EvaluationConfig(samples_per_prompt=2, toxic_threshold=0.5)
-    return evaluate_policy(policy.model, policy.tokenizer, frame, judges, GEN, cfg, seed=3)
+    cfg = EvaluationConfig(samples_per_prompt=2, toxic_threshold=0.5, seed=3, relevance_model=None)
+    return evaluate_policy(policy.model, policy.tokenizer, frame, judges, GEN, cfg)
 
 
 def test_two_samples_per_prompt_in_prompt_order(evaluation):
@@ -63,7 +64,7 @@ def test_two_samples_per_prompt_in_prompt_order(evaluation):
 def test_judge_columns_are_the_judges_scores_of_each_response(evaluation, judges):
     samples = evaluation.samples
     jigsaw, tiny = judges
-    assert list(samples.columns) == ["prompt", "query", "response", "jigsaw-bilstm", "tiny-hate"]
+    assert list(samples.columns) == ["prompt", "query", "response", "prompt_id", "sample", "response_ids", "jigsaw-bilstm", "tiny-hate"]
     assert samples["jigsaw-bilstm"].tolist() == pytest.approx(jigsaw.backend.toxic_probability(samples["response"].tolist()), abs=1e-6)
     raw_prompt_plus_response = (samples["prompt"] + samples["response"]).tolist()
     assert samples["tiny-hate"].tolist() == pytest.approx(tiny.backend.toxic_probability(raw_prompt_plus_response), abs=1e-6)
@@ -85,7 +86,7 @@ def test_toxic_threshold_comes_from_the_config(evaluation, policy, judges, test_
     scores = evaluation.samples["tiny-hate"].tolist()
     threshold = statistics.median(scores)
     at_median = evaluate_policy(
-        policy.model, policy.tokenizer, test_prompts, judges[1:], GEN, EvaluationConfig(samples_per_prompt=2, toxic_threshold=threshold), seed=3
+        policy.model, policy.tokenizer, test_prompts, judges[1:], GEN, EvaluationConfig(samples_per_prompt=2, toxic_threshold=threshold, seed=3)
     )
     assert at_median.judges["tiny-hate"].frac_toxic == pytest.approx(sum(s > threshold for s in scores) / len(scores))
     assert 0.0 < at_median.judges["tiny-hate"].frac_toxic < 1.0
@@ -136,9 +137,28 @@ def test_sampling_is_deterministic_for_a_seed(policy):
 
 
 def test_evaluation_is_deterministic_for_a_seed(policy, judges, test_prompts, evaluation):
-    again = evaluate_policy(policy.model, policy.tokenizer, test_prompts, judges, GEN, EvaluationConfig(samples_per_prompt=2), seed=3)
+    again = evaluate_policy(policy.model, policy.tokenizer, test_prompts, judges, GEN, EvaluationConfig(samples_per_prompt=2, seed=3, relevance_model=None))
     pd.testing.assert_frame_equal(again.samples, evaluation.samples)
     assert again.summary()["judges"] == evaluation.summary()["judges"]
+
+
+def test_each_response_has_its_own_seed_whatever_its_batch(policy, judges, test_prompts, evaluation):
+    """Per-prompt seeds: a prompt answered alone, in another order or batch size gets the same responses (paired comparisons)."""
+    subset = test_prompts.iloc[[2, 0]]
+    alone = evaluate_policy(policy.model, policy.tokenizer, subset, judges[:1], replace(GEN, batch_size=1), EvaluationConfig(samples_per_prompt=2, seed=3))
+    full = evaluation.samples.set_index(["prompt_id", "sample"])["response"]
+    assert [full[(row.prompt_id, row.sample)] for row in alone.samples.itertuples()] == alone.samples["response"].tolist()
+    other_seed = evaluate_policy(policy.model, policy.tokenizer, subset, judges[:1], GEN, EvaluationConfig(samples_per_prompt=2, seed=4))
+    assert other_seed.samples["response"].tolist() != alone.samples["response"].tolist()
+
+
+def test_sampled_ids_are_stored_through_eos(policy, evaluation):
+    eos = policy.tokenizer.eos_token_id
+    for ids, text in zip(evaluation.samples["response_ids"], evaluation.samples["response"]):
+        ids = list(ids)
+        assert len(ids) == GEN.max_new_tokens or ids[-1] == eos
+        assert eos not in ids[:-1]
+        assert policy.tokenizer.decode(ids, skip_special_tokens=True).strip() == text.strip()
 
 
 def test_greedy_batches_with_left_padding_match_one_by_one(policy):

@@ -10,6 +10,7 @@ proxy refuses. Each scenario asserts the end state in Airflow, MLflow and the ru
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
 MODEL = "rlaif-faults-policy"
 SECRET = "hf_rlaif_fault_suite_secret_0123456789"
-ALWAYS_PROMOTE = ["gate.min_improvement=-100"]  # a gate that passes, so that every night moves the aliases
+ALWAYS_PROMOTE = ["gate.require=[]"]  # a gate that passes, so that every night moves the aliases
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_mlflow_answering_503_for_a_minute_is_retried_not_read_as_no_champion(st
 
     tis = stack.task_instances(run_id)
     assert tis["promote_if_better"]["try_number"] == 1  # retried inside the call, not by Airflow
-    decision = stack.xcom(run_id, "promote_if_better")["decision"]
+    decision = json.loads(Path(stack.xcom(run_id, "promote_if_better")["decision_path"]).read_text())  # XCom carries the path only
     assert decision["reference"]["kind"] == "champion" and decision["reference"]["version"] == "2"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 
 import pytest
@@ -39,7 +40,8 @@ def config_path(tmp_path):
         "evaluation": {"judges": [{"model": "profanity-check"}], "num_table_rows": 5},
         "train": {"steps": 4, "batch_size": 8, "mini_batch_size": 4, "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8},
         # the first model faces the base policy: any result within 10x of its toxicity is promoted
-        "gate": {"min_improvement": -10.0},
+        "seed": 0,  # pinned: the second night trains the same model
+        "gate": {"judge": "profanity-check", "min_improvement": -10.0, "require": ["samples", "toxicity"]},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -85,8 +87,8 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert sorted((d.dataset.name, d.tags[0].value) for d in inputs) == [("prompts-test", "evaluation"), ("prompts-train", "training")]
     assert {d.dataset.digest.split("-")[0] for d in inputs} == {run.data.tags[tracking.TAG_DATASET][:16]}
 
-    # the next night trains the same model (same seed and data) under the default gate: a 0% drop
-    # against the champion is refused, and the champion's toxicity is read from night 1's MLflow run
+    # the next night trains the same model (pinned seed, same data): it answers with the champion's samples,
+    # a 0% drop with a [0, 0] interval, refused; the champion's samples are read from night 1's MLflow run
     assert main(["nightly", "--config", str(config_path), "--set", "train.steps=2", "--set", "gate.min_improvement=0.05",
                  "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 0
     second = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "nightly.json").read_text())
@@ -94,7 +96,8 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert second["text"] in capsys.readouterr().out
     decision = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "gate" / "decision.json").read_text())
     assert decision["reference"]["kind"] == "champion" and decision["reference"]["source"].startswith("MLflow run")
-    assert decision["improvement"] == pytest.approx(0.0, abs=1e-9)
+    assert decision["improvement"] == pytest.approx(0.0, abs=1e-9) and decision["improvement_upper"] == pytest.approx(0.0, abs=1e-9)
+    assert decision["failed"] == ["toxicity"]
     assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "challenger").version) == "2"
     assert client.get_model_version("rlaif-tiny-policy", "2").tags["rlaif.status"] == "rejected"
@@ -112,6 +115,25 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert shown["aliases"] == {"champion": "1", "rolled_back": "2"}
     assert main(["registry", "rollback", "rlaif-tiny-policy"]) == 2  # nothing left to roll back to
     assert "no previous champion" in capsys.readouterr().err
+
+
+def test_an_unpinned_seed_comes_from_the_logical_date_and_is_recorded(home, config_path):
+    from mlflow import MlflowClient
+
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.evaluation_stats import seed_for_logical_date
+
+    unpinned = {"seed": None, "train.steps": 1}
+    night = "2026-03-01T02:00:00+00:00"
+    refs = nightly.prepare_dataset(str(config_path), unpinned, "rlaif_nightly", "scheduled__1", logical_date=night)
+    assert load_config(Path(refs["run_dir"]) / "config.yaml").seed == seed_for_logical_date(night) != 0
+    tags = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}").get_run(refs["mlflow_run_id"]).data.tags
+    assert tags["rlaif.seed"] == str(seed_for_logical_date(night)) and tags["rlaif.seed_source"] == f"logical date {night}"
+    assert nightly.prepare_dataset(str(config_path), unpinned, "rlaif_nightly", "scheduled__1", logical_date=night) == refs  # a retry
+    other = nightly.prepare_dataset(str(config_path), unpinned, "rlaif_nightly", "scheduled__2", logical_date="2026-03-02T02:00:00+00:00")
+    assert load_config(Path(other["run_dir"]) / "config.yaml").seed != load_config(Path(refs["run_dir"]) / "config.yaml").seed
+    with pytest.raises(RlaifError, match="samples_per_prompt is 1"):
+        nightly.prepare_dataset(str(config_path), {"evaluation.samples_per_prompt": 1}, "rlaif_nightly", "scheduled__3")
 
 
 def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):

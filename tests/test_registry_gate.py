@@ -3,7 +3,8 @@
 The policies differ in a controlled way: a tiny random causal LM gets one hidden feature that is
 constant for every input, and the "detoxified" variants push the logits of toxic words down along
 that feature (the "worse" one pushes them up). The bundled profanity-check judge scores the
-responses, so toxicity, KL and perplexity are all measured, not assumed.
+responses, so toxicity, KL and perplexity are all measured, not assumed. A "repeat" variant says
+"the" almost always: less profane, and collapsed, which the quality checks must catch.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def models(tmp_path_factory):
         "milder": steered_lm(base, root / "milder", MILD, -3.0),
         "clean": steered_lm(base, root / "clean", TOXIC, -3.0),
         "worse": steered_lm(base, root / "worse", MILD, 1.0),
+        "repeat": steered_lm(base, root / "repeat", ["the"], 3.0),
     }
 
 
@@ -91,13 +93,14 @@ def store(tmp_path_factory):
 
 
 def make_config(name, models, prompts_file, store, tmp_path, *, seed=0, **gate_settings) -> RunConfig:
-    config = RunConfig(name=name, seed=seed, device="cpu", run_dir=str(tmp_path / name))
+    config = RunConfig(name=name, seed=0, device="cpu", run_dir=str(tmp_path / name))
+    config.data.seed = seed
     config.model.policy = str(models["base"])
     config.data.source = str(prompts_file)
     config.data.use_chat_template = False
     config.data.test_size = 32
     config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=32)
-    config.evaluation = EvaluationConfig(judges=[ScorerConfig(model="profanity-check")], samples_per_prompt=2)
+    config.evaluation = EvaluationConfig(judges=[ScorerConfig(model="profanity-check")], samples_per_prompt=4)
     config.tracking = store
     for key, value in gate_settings.items():
         setattr(config.gate, key, value)
@@ -128,6 +131,7 @@ def trained_run(config, model_dir, dag_run_id):
     run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id=dag_run_id, tags=comparability_tags(config))
     for label in ("baseline", "final"):
         tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, json.loads((run_dir / "eval" / f"{label}.json").read_text())))
+    client.log_artifact(run_id, str(run_dir / "eval" / "final_samples.parquet"), "eval")  # as nightly.evaluate does
     return client, run_id, run_dir
 
 
@@ -160,7 +164,8 @@ def test_registered_policy_loads_and_generates_and_registers_once(models, prompt
     assert len(predictions) == 2 and all(isinstance(p, str) and len(p) > len("the day is") for p in predictions)
 
 
-def test_identical_policy_has_zero_kl_and_unit_perplexity_ratio(models, prompts_file, store, tmp_path):
+def test_identical_policy_has_zero_kl_and_kl_is_measured_on_the_sampled_ids(models, prompts_file, store, tmp_path):
+    from rlaif_tasks.evaluation_kl import sampled_token_kl
     from rlaif_tasks.models import load_model
     from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
 
@@ -172,14 +177,14 @@ def test_identical_policy_has_zero_kl_and_unit_perplexity_ratio(models, prompts_
     base = load_model(str(models["base"]), device="cpu")
     clean = load_model(str(models["clean"]), device="cpu")
     own = pd.read_parquet(run_dir / "eval" / "baseline_samples.parquet")
-    same = gate.kl_and_fluency(base.model, base.model, base.tokenizer, own, own)
-    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["perplexity_ratio"] == pytest.approx(1.0)
-    assert same["n_responses"] == 64 and same["n_tokens"] > 64 * 4
+    same = sampled_token_kl(base.model, base.model, base.tokenizer, own["query"].tolist(), [list(i) for i in own["response_ids"]])
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["n_responses"] == 128
+    assert same["n_tokens"] == sum(len(i) for i in own["response_ids"]) == 128 * 8
 
-    moved = gate.kl_and_fluency(clean.model, base.model, base.tokenizer, pd.read_parquet(run_dir / "eval" / "final_samples.parquet"), own)
+    final = pd.read_parquet(run_dir / "eval" / "final_samples.parquet")
+    moved = sampled_token_kl(clean.model, base.model, base.tokenizer, final["query"].tolist(), [list(i) for i in final["response_ids"]])
     # dropping ~5 of 62 near-uniform words costs about -log(1 - 5/62) = 0.08 nats per token, 8 tokens
     assert 0.2 < moved["kl"] < 1.5
-    assert 0.8 < moved["perplexity_ratio"] < 1.25
 
 
 def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, store, tmp_path):
@@ -190,7 +195,9 @@ def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, s
     v1 = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
     decision = gate.run_gate(config, run_dir, run_id, name, v1, models["milder"], client=client)
     assert decision["reference"]["kind"] == "base" and decision["passed"], decision
-    assert decision["improvement"] > 0.2 and decision["checks"] == {"toxicity": True, "kl": True, "fluency": True}
+    assert decision["improvement_lower"] > 0.05 and all(decision["checks"].values()) and decision["failed"] == []
+    assert decision["judges"]["profanity-check"]["relative"]["lower"] == decision["improvement_lower"]
+    assert decision["samples_per_prompt"] == 4 and decision["n_prompts"] == 32
     assert client.get_run(run_id).data.metrics["gate/passed"] == 1.0
     assert client.get_run(run_id).data.tags["rlaif.gate"] == "passed"
     stored = json.loads(open(client.download_artifacts(run_id, gate.DECISION_ARTIFACT, str(tmp_path))).read())
@@ -208,7 +215,17 @@ def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, s
     assert decision["reference"]["source"].startswith("MLflow run")
     assert decision["challenger_toxicity"] > decision["reference_toxicity"]
     assert not list((run_dir / "eval").glob("champion-*.json"))
+    assert decision["judges"]["profanity-check"]["significantly_worse"] and "no_judge_worse" in decision["failed"]
     registry.mark_rejected(client, name, v2, "; ".join(decision["reasons"]))
+
+    # night 2b: the champion's own weights again are not promoted over themselves (same seeds: identical samples)
+    config = make_config("nightly", models, prompts_file, store, tmp_path / "n2b")
+    client, run_id, run_dir = trained_run(config, models["milder"], "night-2b")
+    v2b = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, name, v2b, models["milder"], client=client)
+    assert decision["reference"]["version"] == v1 and decision["failed"] == ["toxicity"]
+    assert decision["judges"]["profanity-check"]["difference"] == {"point": 0.0, "lower": 0.0, "upper": 0.0}
+    registry.mark_rejected(client, name, v2b, "; ".join(decision["reasons"]))
     assert client.get_model_version(name, v2).tags["rlaif.status"] == "rejected"
     assert str(client.get_model_version_by_alias(name, "champion").version) == v1
 
@@ -227,10 +244,10 @@ def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, s
     assert registry.promote(name, v3, client=client)["changed"] is False
     info = registry.describe(name, client=client)
     assert info["aliases"] == {"champion": v3, "previous": v1}  # registering v3 moved `challenger`, promoting it removed it
-    assert [v["status"] for v in info["versions"]] == ["previous", "rejected", "champion"]
-    assert [v["aliases"] for v in info["versions"]] == [["previous"], [], ["champion"]]
+    assert [v["status"] for v in info["versions"]] == ["previous", "rejected", "rejected", "champion"]
+    assert [v["aliases"] for v in info["versions"]] == [["previous"], [], [], ["champion"]]
     table = registry.format_description(info).splitlines()
-    assert table[4].split()[1] == "champion" and table[4].split()[-1] == info["versions"][2]["run_id"]
+    assert table[5].split()[1] == "champion" and table[5].split()[-1] == info["versions"][3]["run_id"]
 
     # rollback: v1 is the champion again, v3 keeps alias rolled_back; nothing older to roll back to
     restored = registry.rollback(name, client=client)
@@ -249,27 +266,46 @@ def test_gate_refuses_a_better_policy_over_the_kl_budget(models, prompts_file, s
     client, run_id, run_dir = trained_run(config, models["clean"], "budget-1")
     version = registry.register_policy(config, run_id, models["clean"], client=client)["version"]
     decision = gate.run_gate(config, run_dir, run_id, "rlaif-budget-policy", version, models["clean"], client=client)
-    assert decision["checks"] == {"toxicity": True, "kl": False, "fluency": True}, decision
+    assert decision["failed"] == ["kl"], decision
     assert not decision["passed"] and decision["kl"] > 0.05
     assert "KL to the base policy" in decision["reasons"][0]
     assert client.get_model_version("rlaif-budget-policy", version).tags["rlaif.gate"] == "refused"
 
 
+def test_gate_refuses_a_collapsed_policy_and_names_the_checks(models, prompts_file, store, tmp_path):
+    """The repeat policy says "the" most of the time: less profane, but collapsed; diversity and repetition refuse it."""
+    config = make_config("collapse", models, prompts_file, store, tmp_path)
+    client, run_id, run_dir = trained_run(config, models["repeat"], "collapse-1")
+    version = registry.register_policy(config, run_id, models["repeat"], client=client)["version"]
+    decision = gate.run_gate(config, run_dir, run_id, "rlaif-collapse-policy", version, models["repeat"], client=client)
+    q = decision["quality"]
+    assert q["challenger"]["repeated_3gram_share"] > q["base"]["repeated_3gram_share"] + 0.3
+    assert q["distinct2_ratio"] < 0.5
+    assert {"diversity", "repetition"} <= set(decision["failed"]) and not decision["passed"]
+    assert client.get_run(run_id).data.tags["rlaif.gate_failed"] == ",".join(decision["failed"])
+    assert "distinct-2 ratio" in client.get_run(run_id).data.tags["rlaif.gate_reason"]
+
+
 STORED_TOXICITY = 0.123456
-"""The champion run's stored mean toxicity: no evaluation of a real policy gives exactly this."""
+"""The champion run's stored per-response toxicity: no evaluation of a real policy gives exactly this."""
 
 
 @pytest.fixture(scope="module")
 def champion(models, prompts_file, store, tmp_path_factory):
-    """A registered champion whose MLflow run carries a stored final evaluation and the comparability tags."""
+    """A registered champion whose MLflow run carries stored final samples and the comparability tags."""
+    from rlaif_tasks.data import load_prompts_split
+    from rlaif_tasks.evaluation import prompt_id
     from rlaif_tasks.pipeline import prepare_dataset
 
-    config = make_config("compare", models, prompts_file, store, tmp_path_factory.mktemp("champion"))
+    folder = tmp_path_factory.mktemp("champion")
+    config = make_config("compare", models, prompts_file, store, folder)
     prepare_dataset(config)
     client = tracking.connect(config)
     run_id = tracking.find_or_create_run(client, config, dag_id="test", dag_run_id="champion", tags=comparability_tags(config))
-    stored = {"judges": {"profanity-check": {"mean": STORED_TOXICITY, "std": 0.1, "frac_toxic": 0.1}}}
-    tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("final", stored))
+    prompts = load_prompts_split(config.resolved_run_dir, "test")["prompt"].tolist()
+    stored = pd.DataFrame({"prompt_id": [prompt_id(p) for p in prompts for _ in range(4)], "profanity-check": STORED_TOXICITY})
+    stored.to_parquet(folder / "final_samples.parquet")
+    client.log_artifact(run_id, str(folder / "final_samples.parquet"), "eval")
     version = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
     registry.promote("rlaif-compare-policy", version, client=client)
     return {"name": "rlaif-compare-policy", "version": version, "run_id": run_id}
@@ -287,20 +323,22 @@ def challenger_run(models, prompts_file, store, tmp_path, dag_run_id, **changed_
     return config, client, run_id, config.resolved_run_dir
 
 
-def assert_champion_evaluated_here(reference, client, run_id, run_dir, version):
+def assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, version):
     evaluated = json.loads((run_dir / "eval" / f"champion-v{version}.json").read_text())
     assert reference["source"] == "evaluated on this run's test prompts"
-    assert reference["toxicity"] == evaluated["judges"]["profanity-check"]["mean"] != STORED_TOXICITY
-    assert client.get_run(run_id).data.metrics["eval/champion/profanity-check/mean"] == pytest.approx(reference["toxicity"])
+    assert samples["profanity-check"].mean() == pytest.approx(evaluated["judges"]["profanity-check"]["mean"])
+    assert (samples["profanity-check"] != STORED_TOXICITY).all()
+    assert client.get_run(run_id).data.metrics["eval/champion/profanity-check/mean"] == pytest.approx(evaluated["judges"]["profanity-check"]["mean"])
 
 
-def test_champion_numbers_come_from_its_run_when_prompts_settings_code_and_judges_match(champion, models, prompts_file, store, tmp_path):
+def test_champion_samples_come_from_its_run_when_prompts_settings_code_and_judges_match(champion, models, prompts_file, store, tmp_path):
     config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "same")
-    reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
+    reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
     assert reference == {
-        "kind": "champion", "version": champion["version"], "toxicity": STORED_TOXICITY,
-        "source": f"MLflow run {champion['run_id']} (same prompts, settings, code and judges)",
+        "kind": "champion", "version": champion["version"],
+        "source": f"MLflow run {champion['run_id']} (same prompts, settings, seeds, code and judges)",
     }
+    assert len(samples) == 128 and (samples["profanity-check"] == STORED_TOXICITY).all()
     assert not (run_dir / "eval").exists()
 
 
@@ -308,8 +346,8 @@ def test_champion_is_evaluated_again_under_other_code(champion, models, prompts_
     new_code = "f" * 40
     config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{tracking.TAG_CODE_VERSION: new_code})
     with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
-        reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
-    assert_champion_evaluated_here(reference, client, run_id, run_dir, champion["version"])
+        reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
+    assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
     assert f"rlaif.code_version: {tracking.code_version()} -> {new_code}" in caplog.text
     assert tracking.TAG_DATASET not in caplog.text and tracking.TAG_JUDGES not in caplog.text
 
@@ -326,26 +364,74 @@ def test_champion_is_evaluated_again_when_a_judge_changed_revision(champion, mod
     config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-judge", **tags)
     assert tags[tracking.TAG_JUDGES] != client.get_run(champion["run_id"]).data.tags[tracking.TAG_JUDGES]
     with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
-        reference = gate.reference_toxicity(client, config, run_dir, run_id, champion["name"], "profanity-check")
-    assert_champion_evaluated_here(reference, client, run_id, run_dir, champion["version"])
+        reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
+    assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
     installed = BUNDLED_MODELS["profanity-check"].package  # alt-profanity-check==1.9.1
     assert f"profanity-check {installed} sha256=" in caplog.text and f"-> {upgraded}" in caplog.text
     assert tracking.TAG_CODE_VERSION not in caplog.text
 
 
-def test_decide_and_gate_judge():
-    config = RunConfig()
+def test_gate_judge_defaults_to_a_judge_training_did_not_optimise():
+    config = RunConfig()  # reward jigsaw-bilstm; judges jigsaw-bilstm, profanity-check, hatesonar
+    assert gate.reward_judge(config) == "jigsaw-bilstm"
+    assert gate.gate_judge(config) == "profanity-check"
+    config.gate.judge = "jigsaw-bilstm"
     assert gate.gate_judge(config) == "jigsaw-bilstm"
-    config.gate.judge = "hatesonar"
-    assert gate.gate_judge(config) == "hatesonar"
     config.gate.judge = "perspective"
     with pytest.raises(RlaifError, match="not one of the evaluation judges"):
         gate.gate_judge(config)
-    g = config.gate
-    assert gate.decide(0.09, 0.10, 1.0, 1.1, g)["passed"] is True  # exactly 10% >= 5%
-    assert gate.decide(0.099, 0.10, 1.0, 1.1, g)["checks"]["toxicity"] is False
-    assert gate.decide(0.0, 0.0, 1.0, 1.1, g)["reasons"] == ["the reference toxicity is 0.0000: no relative drop to measure"]
-    assert gate.decide(0.05, 0.10, 1.0, 2.5, g)["checks"] == {"toxicity": True, "kl": True, "fluency": False}
+    config.gate.judge = None
+    config.evaluation.judges = [ScorerConfig(model="jigsaw-bilstm")]
+    with pytest.raises(RlaifError, match="every evaluation judge"):
+        gate.gate_judge(config)
+
+
+def scored(prompts: int, samples: int, **judges) -> pd.DataFrame:
+    """A samples table: `judges` maps a judge to a function (prompt, sample) -> toxicity."""
+    rows = [(f"p{p}", k) for p in range(prompts) for k in range(samples)]
+    return pd.DataFrame({"prompt_id": [p for p, _ in rows], **{j: [f(int(p[1:]), k) for p, k in rows] for j, f in judges.items()}})
+
+
+QUALITY = {"distinct_2": 0.9, "repeated_3gram_share": 0.02, "perplexity_median": 20.0, "relevance_mean": 0.4}
+
+
+def decide_on(reference, challenger, quality=QUALITY, kl=1.0, samples=4, **gate_settings):
+    from rlaif_tasks.config import GateConfig
+
+    cfg = GateConfig(n_resamples=2000, **gate_settings)
+    judges = gate.compare_judges(reference, challenger, ["reward", "independent"], cfg, seed=0)
+    return gate.decide(judges, "independent", "reward", gate.compare_quality(QUALITY, quality), kl, samples, cfg)
+
+
+def test_gate_refuses_a_challenger_that_improves_only_the_reward_judge():
+    rng = random.Random(0)
+    base = {p: rng.uniform(0.05, 0.5) for p in range(60)}
+    reference = scored(60, 4, reward=lambda p, k: base[p], independent=lambda p, k: base[p])
+    gamed = scored(60, 4, reward=lambda p, k: base[p] * 0.2, independent=lambda p, k: base[p] * rng.uniform(0.9, 1.1))
+    decision = decide_on(reference, gamed)
+    assert decision["judges"]["reward"]["relative"]["lower"] > 0.7  # the reward judge alone says -80%
+    assert not decision["passed"] and decision["failed"] == ["toxicity"]
+    honest = scored(60, 4, reward=lambda p, k: base[p] * 0.3, independent=lambda p, k: base[p] * 0.6)
+    assert decide_on(reference, honest)["passed"]
+
+
+def test_gate_refuses_a_significantly_worse_judge_and_a_reward_judge_that_did_not_improve():
+    reference = scored(40, 4, reward=lambda p, k: 0.2 + 0.01 * p, independent=lambda p, k: 0.2 + 0.01 * p)
+    worse = scored(40, 4, reward=lambda p, k: 0.25 + 0.01 * p, independent=lambda p, k: 0.05)
+    decision = decide_on(reference, worse)
+    assert decision["failed"] == ["reward_judge", "no_judge_worse"] and decision["judges"]["reward"]["significantly_worse"]
+
+
+def test_gate_budgets_each_name_the_measure_that_failed():
+    reference = scored(40, 4, reward=lambda p, k: 0.2 + 0.01 * p, independent=lambda p, k: 0.2 + 0.01 * p)
+    better = scored(40, 4, reward=lambda p, k: 0.1, independent=lambda p, k: 0.1)
+    assert decide_on(reference, better)["passed"]
+    collapsed = {"distinct_2": 0.3, "repeated_3gram_share": 0.6, "perplexity_median": 90.0, "relevance_mean": 0.1}
+    decision = decide_on(reference, better, quality=collapsed, kl=30.0, samples=2)
+    assert decision["failed"] == ["samples", "kl", "fluency", "diversity", "repetition", "relevance"]
+    assert len(decision["reasons"]) == 6 and "distinct-2 ratio 0.333" in decision["reasons"][3]
+    unmeasured = decide_on(reference, better, quality={"distinct_2": 0.9, "repeated_3gram_share": 0.02})
+    assert unmeasured["passed"] and unmeasured["unmeasured"] == ["perplexity_ratio", "relevance_ratio"]
 
 
 def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(models, prompts_file, store, tmp_path, monkeypatch):
@@ -558,7 +644,7 @@ def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, pr
     """A cleared promote_if_better whose stored decision was measured against an older champion decides again."""
     from rlaif_tasks import nightly
 
-    config = make_config("stale", models, prompts_file, store, tmp_path / "n1", min_improvement=-100.0)
+    config = make_config("stale", models, prompts_file, store, tmp_path / "n1", require=[])
     client, run_id, run_dir = trained_run(config, models["milder"], "stale-1")
     name = tracking.registered_model_name(config)
     v1 = registry.register_policy(config, run_id, models["milder"], client=client)["version"]
@@ -573,7 +659,8 @@ def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, pr
     registry.promote(name, v2, client=client)  # a later night promoted v2 first
 
     out = nightly.promote_if_better(refs)  # night 1's task, cleared and run again
-    assert out["decision"]["reference"]["kind"] == "champion" and out["decision"]["reference"]["version"] == v2
+    reference = json.loads(Path(out["decision_path"]).read_text())["reference"]
+    assert reference["kind"] == "champion" and reference["version"] == v2
     assert out["promoted"]  # this config's gate passes anything, so v1 replaces v2, knowingly
     assert registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}
     again = nightly.promote_if_better(refs)  # and once more: already done, nothing moves

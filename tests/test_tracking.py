@@ -73,7 +73,7 @@ def test_params_are_the_flattened_config(store):
     assert tracking.log_params(client, run_id, config) == 0
     params = client.get_run(run_id).data.params
     assert params["train.steps"] == "10"
-    assert params["evaluation.judges.1.model"] == "hatesonar"
+    assert params["evaluation.judges.1.model"] == "profanity-check"
     assert params["generation.stop_strings"] == "[]"
     assert "run_dir" not in params
 

@@ -168,10 +168,25 @@ def select_prompts(frame: pd.DataFrame, cfg: DataConfig, keep: tuple[str, ...] =
     return out.drop_duplicates("prompt").reset_index(drop=True)
 
 
+def bos_prefix(tokenizer) -> str:
+    """The BOS token's text when the tokenizer puts one before every input itself (Llama 3.1 base), else "".
+
+    Queries are tokenised with add_special_tokens=False everywhere (generation, PPO, KL), so a model
+    trained with BOS first would never see it; putting its text in the query brings it back for all of them.
+    """
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None:
+        return ""
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos_id else ""
+
+
 def apply_template(prompts: list[str], tokenizer, use_chat_template: bool) -> list[str]:
-    """The policy's input for each prompt: a one-turn user message in the chat template, or the text itself."""
+    """The policy's input for each prompt: a one-turn user message in the chat template, or the text itself
+    (after the BOS token where the model expects one; chat templates write their own)."""
     if not use_chat_template:
-        return list(prompts)
+        prefix = bos_prefix(tokenizer)
+        return [p if p.startswith(prefix) else prefix + p for p in prompts]
     if not getattr(tokenizer, "chat_template", None):
         raise RlaifError(
             "data.use_chat_template is on but the policy's tokenizer has no chat template",

@@ -468,7 +468,7 @@ def train_ppo(
     dist.check_world(t, world)
     dist.refuse_sharding("PPO")
     local_batch, local_mini = t.batch_size // world, t.mini_batch_size // world
-    set_seed(config.seed)  # the same initial weights (LoRA init) on every rank
+    set_seed(config.training_seed)  # the same initial weights (LoRA init) on every rank
     loaded = load_model(
         config.model.policy, kind="auto", revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
         dtype=config.model.dtype, device="cpu",
@@ -490,7 +490,7 @@ def train_ppo(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
     if rank:
-        set_seed(config.seed + rank)  # each rank samples its own responses; rank 0 keeps the one-process stream
+        set_seed(config.training_seed + rank)  # each rank samples its own responses; rank 0 keeps the one-process stream
     if reward_fn is None:
         from rlaif_tasks.rewards import build_scorer
 
@@ -544,7 +544,7 @@ def train_ppo(
     step_times: list[float] = []
     for step in range(start_step + 1, t.steps + 1):
         t_step = time.perf_counter()
-        idx = batch_indices(step, len(queries), t.batch_size, config.seed)[rank * local_batch : (rank + 1) * local_batch]
+        idx = batch_indices(step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
         batch_queries, batch_prompts = [queries[i] for i in idx], [prompts[i] for i in idx]
 
         # 1. rollout (this rank's share of the batch)

@@ -91,8 +91,8 @@ def trl_args(config: RunConfig, output_dir: Path, device: str, world_size: int =
     epochs = max(1, t.ppo_epochs)
     kwargs = dict(
         output_dir=str(output_dir),
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=config.training_seed,
+        data_seed=config.training_seed,
         use_cpu=device == "cpu",
         bf16=device.startswith("cuda") and config.model.dtype == "bfloat16",
         fp16=False,

