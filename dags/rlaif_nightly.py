@@ -154,8 +154,8 @@ on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
             description="Run config .yaml/.yml: relative to the project folder (no ..), or absolute under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS.",
         ),
         "algorithm": Param(
-            None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo"], description="train.algorithm; empty: from the config.",
-            values_display={None: "(from the config)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO"},
+            None, type=["null", "string"], enum=[None, "ppo", "grpo", "rloo", "dpo"], description="train.algorithm; empty: from the config.",
+            values_display={None: "(from the config)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO (preference pairs)"},
         ),
         "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, PPO/GRPO/RLOO updates; empty: from the config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),

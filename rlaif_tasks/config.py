@@ -85,6 +85,9 @@ class ScorerConfig:
     """Label name of the toxic class for HF classifiers; found by name when unset."""
     non_toxic_label: str | None = None
     """Label name whose logit is the reward for HF classifiers ("nothate", "non-toxic", ...)."""
+    llm_judge: dict[str, Any] = field(default_factory=dict)
+    """With model `llm-judge`: the settings of rewards.llm_judge.LLMJudgeConfig (backend, model, base_url, api_key_env, rubric, ...);
+    the API key is read from the environment variable or Airflow connection they name, never from this file."""
 
     @property
     def display_name(self) -> str:
@@ -123,7 +126,8 @@ class EvaluationConfig:
 class TrainConfig:
     """RL training; defaults are the seed's PPO hyper-parameters where they make sense."""
 
-    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
+    """`dpo` trains on preference pairs (see `preferences`), the others online against `reward`."""
     steps: int = 10
     learning_rate: float = 1.41e-5
     batch_size: int = 16
@@ -152,8 +156,24 @@ class TrainConfig:
     """Completions per prompt for GRPO/RLOO."""
     save_every: int = 5
     merge_adapter: bool = True
+    dpo_beta: float = 0.1
+    """DPO only: strength of the pull towards the base policy (higher stays closer)."""
     num_processes: int = 1
     """Processes for `accelerate launch` (data-parallel, `batch_size` is split over them); 1 trains in this process."""
+
+
+@dataclass
+class PreferenceConfig:
+    """Where DPO's (and a reward model's) preference pairs come from."""
+
+    source: str = "ai-feedback"
+    """`ai-feedback`: sample `k` responses per train prompt from the policy and pair the best and worst under `reward`
+    when their gap exceeds `margin`; else human pairs from a .jsonl/.csv/.parquet file or a hub dataset."""
+    k: int = 4
+    margin: float = 0.5
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    """Human pairs: renames to prompt/chosen/rejected, e.g. {"question": "prompt"}."""
+    max_chars: int = 4000
 
 
 @dataclass
@@ -234,6 +254,7 @@ class RunConfig:
     reward: ScorerConfig = field(default_factory=lambda: ScorerConfig(model="jigsaw-bilstm"))
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)

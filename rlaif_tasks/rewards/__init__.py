@@ -1,8 +1,10 @@
-"""Build a judge from a `ScorerConfig`: bundled classifiers, any HF sequence classifier, or a Python callable."""
+"""Build a judge from a `ScorerConfig`: bundled classifiers, any HF sequence classifier, a reward model trained
+here (the folder `train_reward_model` wrote), an LLM judge, or a Python callable."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from rlaif_tasks.config import ScorerConfig
 from rlaif_tasks.errors import RlaifError
@@ -41,6 +43,14 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
         from rlaif_tasks.rewards.sonar import HateSonarBackend
 
         return HateSonarBackend()
+    if spec == "llm-judge":
+        from rlaif_tasks.rewards.llm_judge import LLMJudge
+
+        return LLMJudge(**{"device": device, **cfg.llm_judge})
+    if (Path(spec) / "reward_model.json").is_file():
+        from rlaif_tasks.train.reward_model import RewardModelBackend
+
+        return RewardModelBackend(spec, device=device)
     if spec == "profanity-check":
         from rlaif_tasks.rewards.profanity import ProfanityCheckBackend
 

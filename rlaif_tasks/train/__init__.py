@@ -2,6 +2,8 @@
 
     ppo         our own PPO (rlaif_tasks.train.ppo): TRL 1.16 has no PPOTrainer
     grpo, rloo  TRL's online trainers (rlaif_tasks.train.trl_online)
+    dpo         TRL's DPOTrainer (rlaif_tasks.train.dpo) on preference pairs: AI feedback from the
+                policy and `reward`, or human pairs (`preferences`), kept in run_dir/preferences/
 
 With `train.num_processes` > 1 the training runs in that many processes started by `accelerate
 launch` (rlaif_tasks.train.distributed), the global batch split between them.
@@ -14,7 +16,10 @@ can read without peft. Adapter checkpoints live in `run_dir/train/checkpoints/st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError
@@ -46,6 +51,8 @@ def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[
     split = load_prompts_split(run_dir, "train")
     queries = split["query"].astype(str).tolist()
     prompts = split["prompt"].astype(str).tolist() if "prompt" in split.columns else queries
+    if config.train.algorithm == "dpo":
+        return train_dpo_on_preferences(config, run_dir, split)
     if config.train.algorithm == "ppo":
         from rlaif_tasks.train.ppo import train_ppo
 
@@ -55,6 +62,51 @@ def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[
     return train_with_trl(config, run_dir, queries, prompts, on_step=on_step).model_dir
 
 
+def preference_pairs(config: RunConfig, run_dir: Path, split) -> "pd.DataFrame":
+    """The run's preference pairs (run_dir/preferences/pairs.parquet, made once): AI feedback on `split`, or imported."""
+    from rlaif_tasks.preferences import build_ai_feedback_pairs, load_human_preferences, read_preferences, write_preferences
+
+    out = run_dir / "preferences"
+    if (out / "pairs.parquet").is_file():
+        return read_preferences(out)[0]
+    p = config.preferences
+    if p.source == "ai-feedback":
+        from rlaif_tasks.models import load_model, resolve_device
+        from rlaif_tasks.rewards import build_scorer
+
+        m = config.model
+        policy = load_model(m.policy, kind="causal-lm", revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=resolve_device(config.device))
+        scorer = build_scorer(config.reward, purpose="reward", device=str(next(policy.model.parameters()).device))
+        pairs = build_ai_feedback_pairs(policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=config.training_seed)
+        extra = {"source": "ai-feedback", "judge": config.reward.display_name, "k": p.k, "margin": p.margin, "report": pairs.attrs.get("report", {})}
+    else:
+        pairs, report = load_human_preferences(p.source, column_mapping=p.column_mapping, max_chars=p.max_chars)
+        extra = {"source": p.source, "report": report}
+    write_preferences(pairs, out, manifest_extra=extra)
+    return read_preferences(out)[0]
+
+
+def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split) -> Path:
+    """DPO with the run's train settings: `steps` optimiser steps of `batch_size` pairs, LoRA as configured."""
+    import json
+
+    from rlaif_tasks.train.dpo import DPOTrainConfig, train_dpo
+
+    t = config.train
+    if t.num_processes > 1:
+        raise RlaifError("DPO runs in one process here", "set train.num_processes=1 for train.algorithm=dpo (multi-process DPO is not wired yet)")
+    pairs = preference_pairs(config, run_dir, split)
+    cfg = DPOTrainConfig(
+        beta=t.dpo_beta, learning_rate=t.learning_rate, max_steps=t.steps, batch_size=t.batch_size, use_lora=t.use_lora,
+        lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_target_modules=t.lora_target_modules,
+        seed=config.training_seed, device=config.device,
+    )
+    final = run_dir / "train" / "final"
+    metrics = train_dpo(config.model.policy, pairs, final, cfg)
+    (run_dir / "train" / "dpo.json").write_text(json.dumps(metrics, indent=1, default=str), encoding="utf-8")
+    return final
+
+
 def _check_algorithm(config: RunConfig) -> None:
-    if config.train.algorithm not in ("ppo", "grpo", "rloo"):
-        raise RlaifError(f"unknown train.algorithm {config.train.algorithm!r}", "set train.algorithm to ppo, grpo or rloo")
+    if config.train.algorithm not in ("ppo", "grpo", "rloo", "dpo"):
+        raise RlaifError(f"unknown train.algorithm {config.train.algorithm!r}", "set train.algorithm to ppo, grpo, rloo or dpo")

@@ -1,0 +1,270 @@
+"""A learned reward model from preference pairs, trained with TRL's RewardTrainer (Bradley-Terry loss).
+
+    pairs (prompt, chosen, rejected)  ->  split by prompt: train / held out (`eval_share`)
+    base model + 1-logit score head   ->  RewardTrainer on prompt+chosen vs prompt+rejected (+ EOS)
+    held-out pairs                    ->  pairwise accuracy, mean margin reward(chosen) - reward(rejected)
+    out_dir                           ->  plain sequence-classification folder (LoRA merged), num_labels=1,
+                                          with reward_model.json (settings and the held-out numbers)
+
+`RewardModelBackend(out_dir)` serves that folder as a judge (`ToxicityBackend`), so a reward model
+learned from AI or human preferences can replace a toxicity classifier in training and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from rlaif_tasks.errors import RlaifError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "reward_model.json"
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class RewardModelConfig:
+    base_model: str
+    """A local folder, hub id or bundled name; a causal LM gets a fresh 1-logit score head."""
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    """None: peft's default modules for the architecture; ["all-linear"]: every linear layer but the output head."""
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    batch_size: int = 8
+    max_length: int = 512
+    """Longer pairs are dropped from training (TRL filters them) and truncated when scoring."""
+    seed: int = 0
+    eval_share: float = 0.1
+    """Share of the distinct prompts held out; 0 holds none out (no accuracy is reported)."""
+    device: str = "auto"
+
+
+def check_pairs(pairs: pd.DataFrame, what: str = "pairs") -> pd.DataFrame:
+    """The three text columns as str, or an error naming what is missing."""
+    missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
+    if missing:
+        raise RlaifError(f"{what} lack the column(s) {missing} (columns: {list(pairs.columns)})", "pass a DataFrame with prompt, chosen and rejected columns")
+    if pairs.empty:
+        raise RlaifError(f"no {what} to train on", "build preference pairs first (rlaif_tasks.preferences)")
+    empty = int(pairs[list(PAIR_COLUMNS)].isna().any(axis=1).sum())
+    if empty:
+        raise RlaifError(f"{empty} of the {what} have a missing prompt, chosen or rejected text", "drop them, e.g. with rlaif_tasks.preferences.validate_preferences")
+    return pairs[list(PAIR_COLUMNS)].astype(str).reset_index(drop=True)
+
+
+def split_pairs(pairs: pd.DataFrame, eval_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train / held-out pairs by prompt, so no held-out prompt was trained on."""
+    from rlaif_tasks.preferences import split_pairs_by_prompt
+
+    if eval_share <= 0:
+        return pairs, pairs.iloc[:0]
+    return split_pairs_by_prompt(pairs, test_size=eval_share, seed=seed)
+
+
+def hf_location(spec: str) -> str:
+    """Where transformers can load `spec` from; a bundled name is loaded once, which converts it into a cached folder."""
+    from rlaif_tasks.models import describe_spec, load_model
+
+    info = describe_spec(spec)
+    if info.source != "bundled":
+        return info.location
+    return load_model(spec, kind="causal-lm").source
+
+
+def lora_config(cfg, task_type: str):
+    """peft's LoraConfig from the LoRA fields both RewardModelConfig and DPOTrainConfig carry."""
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type=task_type,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
+
+
+def pair_dataset(pairs: pd.DataFrame):
+    """TRL's explicit-prompt preference format; the trainer scores prompt+response and appends EOS."""
+    import datasets
+
+    return datasets.Dataset.from_dict({c: pairs[c].tolist() for c in PAIR_COLUMNS})
+
+
+def score_texts(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32) -> list[float]:
+    """The score head's scalar per text, with EOS appended as in training (the head reads the last token)."""
+    import torch
+
+    eos = tokenizer.eos_token or ""
+    texts = [t if not eos or t.endswith(eos) else t + eos for t in texts]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
+            scores.extend(model(**enc).logits[:, 0].float().tolist())
+    model.train(was_training)
+    return scores
+
+
+def pairwise_stats(model, tokenizer, pairs: pd.DataFrame, max_length: int) -> dict[str, float | None]:
+    """Share of pairs where reward(chosen) > reward(rejected), and the mean margin between them."""
+    if pairs.empty:
+        return {"accuracy": None, "margin": None}
+    chosen = score_texts(model, tokenizer, (pairs["prompt"] + pairs["chosen"]).tolist(), max_length)
+    rejected = score_texts(model, tokenizer, (pairs["prompt"] + pairs["rejected"]).tolist(), max_length)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
+
+
+def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardModelConfig) -> dict:
+    """Train a scalar reward model on `pairs_df` and save it to `out_dir`; returns the summary it writes there."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from rlaif_tasks.atomic import atomic_dir
+    from rlaif_tasks.models import resolve_device
+
+    pairs = check_pairs(pairs_df)
+    train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_share, cfg.seed)
+    device = resolve_device(cfg.device)
+    location = hf_location(cfg.base_model)
+
+    set_seed(cfg.seed)  # the score head is initialised at random
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    with suppress_seqcls_warning():  # a causal LM's lm_head is dropped and a score head added, as intended
+        model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=1, ignore_mismatched_sizes=True, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    initial = pairwise_stats(model.to(device), tokenizer, eval_pairs, cfg.max_length)
+
+    with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
+        args = RewardConfig(
+            output_dir=scratch,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=device == "cpu",
+            bf16=False,
+            fp16=False,
+            activation_checkpointing=False,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            logging_steps=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=pair_dataset(train_pairs),
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg, "SEQ_CLS") if cfg.use_lora else None,
+        )
+        trainer.remove_callback(PrinterCallback)
+        if len(trainer.train_dataset) == 0:
+            raise RlaifError(f"every training pair is longer than max_length={cfg.max_length} tokens", "raise max_length or shorten the pairs")
+        result = trainer.train()
+        history = [row for row in trainer.state.log_history if "loss" in row]
+
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.use_lora:
+        trained = trained.merge_and_unload()
+    final = pairwise_stats(trained, tokenizer, eval_pairs, cfg.max_length)
+
+    summary = {
+        "base_model": cfg.base_model,
+        "config": asdict(cfg),
+        "pairs_train": len(train_pairs),
+        "pairs_trained": len(trainer.train_dataset),
+        "pairs_eval": len(eval_pairs),
+        "prompts_eval": int(eval_pairs["prompt"].nunique()),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_accuracy_last": history[-1].get("accuracy") if history else None,
+        "eval_accuracy_initial": initial["accuracy"],
+        "eval_accuracy": final["accuracy"],
+        "eval_margin_initial": initial["margin"],
+        "eval_margin": final["margin"],
+        "appends_eos": tokenizer.eos_token is not None,
+        "max_length": cfg.max_length,
+    }
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        trained.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+    log.info(
+        "reward model saved to %s: held-out accuracy %s (was %s), margin %s, on %d pairs",
+        out_dir, _fmt(final["accuracy"]), _fmt(initial["accuracy"]), _fmt(final["margin"]), len(eval_pairs),
+    )
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+class RewardModelBackend:
+    """A saved reward model as a judge: `reward` is its scalar (higher = preferred).
+
+    `toxic_probability` is sigmoid(-reward) so that evaluation code can rank texts with it; a
+    Bradley-Terry reward has an arbitrary offset and scale, so this is an ordering, not a calibrated
+    probability.
+    """
+
+    def __init__(self, folder: str | Path, device: str = "cpu", batch_size: int = 32):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from rlaif_tasks.models import resolve_device
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise RlaifError(f"{folder} is not a saved reward model (no config.json)", "point at the out_dir of train_reward_model")
+        summary_path = folder / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+        self.folder, self.batch_size = folder, batch_size
+        self.max_length = int(summary.get("max_length", 512))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer.padding_side = "right"
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(resolve_device(device)).eval()
+        if self.model.config.num_labels != 1:
+            raise RlaifError(f"{folder} has {self.model.config.num_labels} labels; a reward model has one", "use HFClassifierBackend for classifiers")
+
+    def reward(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        return score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
+
+    def toxic_probability(self, texts: list[str]) -> list[float]:
+        return [_sigmoid(-r) for r in self.reward(texts)]
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

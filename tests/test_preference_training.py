@@ -1,0 +1,118 @@
+"""RLHF and DPO wired into runs: `train.algorithm: dpo` on imported or AI-feedback pairs, a trained reward model
+as the reward of PPO, and an LLM judge as a configured scorer, all on tiny local models."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+from test_reward_dpo import KIND, UNKIND, preference_pairs
+
+from rlaif_tasks.config import RunConfig, ScorerConfig
+from rlaif_tasks.rewards import build_scorer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def kind_words(texts):
+    """A reward for AI feedback: kind words count up, unkind ones down."""
+    return [float(sum(w in KIND for w in t.split()) - sum(w in UNKIND for w in t.split())) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    from tiny_models import tiny_causal_lm
+
+    return tiny_causal_lm(tmp_path_factory.mktemp("models") / "policy")
+
+
+def tiny_config(policy, tmp_path, prompts) -> RunConfig:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    config = RunConfig(name="pref", seed=0, device="cpu", run_dir=str(tmp_path / "run"))
+    config.model.policy = str(policy)
+    config.data.source, config.data.use_chat_template, config.data.test_size, config.data.min_prompt_tokens = str(path), False, 4, 1
+    config.generation.max_new_tokens, config.generation.min_new_tokens = 6, 6
+    config.train.algorithm = "dpo"
+    config.train.lora_target_modules = ["all-linear"]
+    config.train.lora_r, config.train.lora_alpha = 8, 8
+    return config
+
+
+def test_dpo_run_on_imported_human_pairs_raises_the_margin_and_reports_drops(policy, tmp_path):
+    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.train import train
+
+    pairs = preference_pairs(160)
+    bad = [{"prompt": "you are", "chosen": " same", "rejected": " same"}, {"prompt": "", "chosen": " good", "rejected": " bad"}]
+    source = tmp_path / "human.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in [*pairs.to_dict("records"), *bad]))
+    config = tiny_config(policy, tmp_path, sorted(set(pairs["prompt"])))
+    config.preferences.source = str(source)
+    config.train.steps, config.train.batch_size, config.train.learning_rate = 40, 16, 1e-2
+    prepare_dataset(config)
+    final = train(config, config.resolved_run_dir)
+
+    run_dir = config.resolved_run_dir
+    manifest = json.loads((run_dir / "preferences" / "manifest.json").read_text())
+    assert manifest["pairs"] == 160 and {"identical", "missing"} <= set(manifest["report"]["dropped"])
+    metrics = json.loads((run_dir / "train" / "dpo.json").read_text())
+    assert metrics["margin_final"] > metrics["margin_initial"] + 0.5, metrics
+    assert (final / "config.json").is_file() and not list(final.glob("adapter_*"))
+
+
+def test_ai_feedback_pairs_come_from_the_policy_and_the_reward(policy, tmp_path):
+    from rlaif_tasks.data import load_prompts_split
+    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.train import preference_pairs as run_pairs
+
+    rng = random.Random(0)
+    config = tiny_config(policy, tmp_path, [" ".join(rng.sample(["you", "are", "the", "day", "people", "friend", "my"], 3)) for _ in range(40)])
+    config.generation.max_new_tokens = config.generation.min_new_tokens = 12
+    config.reward = ScorerConfig(model="python:test_preference_training:kind_words")
+    config.preferences.k, config.preferences.margin = 6, 0.5
+    prepare_dataset(config)
+    pairs = run_pairs(config, config.resolved_run_dir, load_prompts_split(config.resolved_run_dir, "train"))
+    assert len(pairs) >= 3
+    assert (pairs["score_chosen"] - pairs["score_rejected"] > 0.5).all()
+    assert kind_words(pairs["chosen"].tolist()) == pairs["score_chosen"].tolist()
+    manifest = json.loads((config.resolved_run_dir / "preferences" / "manifest.json").read_text())
+    assert manifest["source"] == "ai-feedback" and manifest["k"] == 6 and manifest["judge"] == "python:test_preference_training:kind_words"
+
+
+def test_a_trained_reward_model_is_the_reward_of_a_ppo_run(policy, tmp_path):
+    """RLHF: RewardTrainer on pairs, then its folder as reward.model; PPO's rewards are that model's scores."""
+    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.train import train
+    from rlaif_tasks.train.metrics import read_metrics
+    from rlaif_tasks.train.reward_model import RewardModelBackend, RewardModelConfig, train_reward_model
+
+    summary = train_reward_model(preference_pairs(), tmp_path / "rm", RewardModelConfig(base_model=str(policy), use_lora=False, learning_rate=3e-3, epochs=3, batch_size=16, max_length=32, eval_share=0.2, device="cpu"))
+    assert summary["eval_accuracy"] >= 0.8
+    scorer = build_scorer(ScorerConfig(model=str(tmp_path / "rm")), purpose="reward")
+    assert isinstance(scorer.backend, RewardModelBackend)
+    nice, nasty = scorer([" you are a good friend", " you are a stupid friend"])
+    assert nice > nasty
+
+    config = tiny_config(policy, tmp_path, sorted(set(preference_pairs()["prompt"])))
+    config.train.algorithm, config.train.steps, config.train.batch_size, config.train.mini_batch_size = "ppo", 2, 8, 4
+    config.reward = ScorerConfig(model=str(tmp_path / "rm"))
+    prepare_dataset(config)
+    train(config, config.resolved_run_dir)
+    rows = read_metrics(config.resolved_run_dir / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["reward/mean"] != 0 and abs(r["reward/mean"]) < 50 for r in rows), rows
+
+
+def test_an_llm_judge_is_a_configured_scorer(monkeypatch):
+    from stub_openai_server import stub_openai_server
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-test-secret")
+    with stub_openai_server(answers={"idiot": "9", "thanks": "1"}) as stub:
+        cfg = ScorerConfig(model="llm-judge", name="gpt-judge", llm_judge={"backend": "openai", "model": "judge-1", "base_url": stub.url, "api_key_env": "JUDGE_KEY"})
+        scorer = build_scorer(cfg, purpose="toxicity")
+        assert scorer.name == "gpt-judge"
+        assert scorer(["you idiot", "thanks a lot"]) == pytest.approx([0.9, 0.1])
+        assert "sk-test-secret" not in repr(cfg)
