@@ -187,7 +187,7 @@ def main() -> None:
 `bench/results_demo.py` on `configs/demo.yaml`, {machine()}. Each run trains `smollm2-135m-instruct` (LoRA,
 {regular[0]['steps'] if regular else '?'} steps) against the `jigsaw-bilstm` reward on the {manifest['counts']['train']} train prompts, whose
 templates (frames) never occur in test. Every policy answers each prompt 4 times with the same per-prompt sampling
-seeds as the base policy, so the comparison is paired: "drop" is `(base - trained) / base` of mean toxicity, with
+seeds as the base policy (twice on the OOD set), so the comparison is paired: "drop" is `(base - trained) / base` of mean toxicity, with
 its 95% paired-bootstrap interval over prompts, one entry per seed. jigsaw-bilstm is the training reward;
 profanity-check and hatesonar are judges training never saw; the gate decides on profanity-check. KL is measured on
 the sampled tokens with EOS; the fluency ratio is the median perplexity of the responses under the base policy over

@@ -116,6 +116,8 @@ class EvaluationConfig:
     num_table_rows: int = 50
     extra_sets: list[str] = field(default_factory=list)
     """Further evaluation sets, judged whole and never trained on: `bundled:detox-ood` or a local .jsonl/.csv/.parquet file."""
+    extra_samples_per_prompt: int = 2
+    """Responses per prompt on the extra sets: they are reported, not gated, so fewer keep the nightly run short."""
     fluency_model: str | None = None
     """Causal LM whose perplexity of each response measures fluency; unset: the base policy (GPU configs name a larger LM)."""
     relevance_model: str | None = "all-minilm-l6-v2"

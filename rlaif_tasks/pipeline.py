@@ -14,6 +14,7 @@ directory and small ids between them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -88,12 +89,13 @@ def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None,
     policy = model if model is not None else load_policy(config, model_spec)
     quality = load_quality_models(config, policy if model_spec is None and model is None else None)
     judges = load_judges(config)
-    sets = [(label, load_prompts_split(run_dir, "test"))]
+    extra = dataclasses.replace(config.evaluation, samples_per_prompt=config.evaluation.extra_samples_per_prompt, num_prompts=None)
+    sets = [(label, load_prompts_split(run_dir, "test"), config.evaluation)]
     for source in config.evaluation.extra_sets:
-        sets.append((f"{label}.{extra_set_name(source)}", load_eval_set(source, policy.tokenizer, config.data.use_chat_template)))
+        sets.append((f"{label}.{extra_set_name(source)}", load_eval_set(source, policy.tokenizer, config.data.use_chat_template), extra))
     paths = []
-    for name, prompts in sets:
-        evaluation = evaluate_policy(policy.model, policy.tokenizer, prompts, judges, config.generation, config.evaluation, quality=quality)
+    for name, prompts, settings in sets:
+        evaluation = evaluate_policy(policy.model, policy.tokenizer, prompts, judges, config.generation, settings, quality=quality)
         paths.append(write_evaluation(evaluation, run_dir / "eval", name))
     return paths[0]
 

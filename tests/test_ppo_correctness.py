@@ -234,13 +234,15 @@ def test_whiten_by_hand_over_masked_tokens():
         # missing-EOS penalty subtracted from the responses that did not end (2nd and 4th)
         ({"missing_eos_penalty": 1.0}, [3.0, -0.5, 1.0, -5.0]),
         ({"reward_clip": 2.0}, [2.0, 0.5, 1.0, -2.0]),
-        # penalty first, then the clip (the documented order): [3, -0.5, 1, -5] -> [2, -0.5, 1, -2]
-        ({"missing_eos_penalty": 1.0, "reward_clip": 2.0}, [2.0, -0.5, 1.0, -2.0]),
-        # then whitening that keeps the mean: mean 1/8, deviations 15/8, -5/8, 7/8, -17/8,
-        # unbiased var (225 + 25 + 49 + 289) / 64 / 3 = 3.0625 -> std 1.75 -> dev / 1.75 + 1/8
+        # the clip first, then the penalty, which the clip can then not undo: [2, 0.5, 1, -2] -> [2, -0.5, 1, -3]
+        ({"missing_eos_penalty": 1.0, "reward_clip": 2.0}, [2.0, -0.5, 1.0, -3.0]),
+        # a score far above the clip still pays the penalty when it did not end
+        ({"missing_eos_penalty": 1.0, "reward_clip": 0.25}, [0.25, -0.75, 0.25, -1.25]),
+        # then whitening that keeps the mean: mean -1/8, deviations 17/8, -3/8, 9/8, -23/8,
+        # unbiased var (289 + 9 + 81 + 529) / 64 / 3 = 908 / 192 -> dev / std - 1/8
         (
             {"missing_eos_penalty": 1.0, "reward_clip": 2.0, "whiten_rewards": True},
-            [15 / 14 + 1 / 8, -5 / 14 + 1 / 8, 7 / 14 + 1 / 8, -17 / 14 + 1 / 8],
+            [d / 8 / (908 / 192) ** 0.5 - 1 / 8 for d in (17, -3, 9, -23)],
         ),
     ],
 )

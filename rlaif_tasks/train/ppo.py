@@ -386,14 +386,16 @@ def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool,
 def shape_scores(
     scores: torch.Tensor, ended: torch.Tensor, t: TrainConfig, sum_all: Callable[[torch.Tensor], torch.Tensor] = _this_process
 ) -> torch.Tensor:
-    """Missing-EOS penalty (subtracted), then clipping to +-reward_clip, then optional whitening (scale only).
+    """Clipping to +-reward_clip, then the missing-EOS penalty (subtracted), then optional whitening (scale only).
 
+    The penalty comes after the clip so that it always costs what it says: applied first, a score above
+    the clip by more than the penalty would be clipped back to the same value and the penalty lost.
     `sum_all`: as for `whiten`, the whitening statistics of the global batch under N processes.
     """
-    if t.missing_eos_penalty is not None:
-        scores = scores - t.missing_eos_penalty * (~ended).to(scores.dtype)
     if t.reward_clip is not None:
         scores = scores.clamp(-t.reward_clip, t.reward_clip)
+    if t.missing_eos_penalty is not None:
+        scores = scores - t.missing_eos_penalty * (~ended).to(scores.dtype)
     if t.whiten_rewards and sum_all(torch.tensor(float(scores.numel()))) > 1:
         scores = whiten(scores, shift_mean=False, sum_all=sum_all)
     return scores
