@@ -71,7 +71,7 @@ def test_config_show_applies_overrides(capsys):
     [
         ("train.stepz=3", "unknown config key(s): train.stepz"),
         ("train.steps=many", "train.steps: expected an integer, got 'many'"),
-        ("train.algorithm=dpo", "train.algorithm: 'dpo' is not one of"),
+        ("train.algorithm=sft", "train.algorithm: 'sft' is not one of"),
         ("train.mini_batch_size=5", "is not a multiple of train.mini_batch_size"),
     ],
 )

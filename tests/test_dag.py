@@ -99,7 +99,7 @@ def test_trigger_form_params(dag):
     accepted = {"steps": 5, "algorithm": "grpo", "learning_rate": 1e-5, "policy": "/models/llama", "set": ["train.batch_size=8"]}
     for name, value in accepted.items():
         assert copy.deepcopy(params.get_param(name)).resolve(value=value) == value
-    for name, value in {"steps": 0, "algorithm": "dpo", "learning_rate": 0, "config": ""}.items():
+    for name, value in {"steps": 0, "algorithm": "sft", "learning_rate": 0, "config": ""}.items():
         with pytest.raises(ParamValidationError):
             copy.deepcopy(params.get_param(name)).resolve(value=value)
 
