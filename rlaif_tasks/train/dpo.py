@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.train.reward_model import check_pairs, lora_config, pair_dataset, split_pairs
+from rlaif_tasks.train.reward_model import check_pairs, lora_config, pair_dataset, pair_trainer_args, split_pairs
 
 log = logging.getLogger(__name__)
 
@@ -132,29 +132,7 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
     train_before = _margin_stats(model, tokenizer, train_sample, score_batch)
 
     with tempfile.TemporaryDirectory(prefix="dpo-trainer-") as scratch:
-        args = DPOConfig(
-            output_dir=scratch,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=device == "cpu",
-            bf16=False,
-            fp16=False,
-            activation_checkpointing=False,
-            beta=cfg.beta,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            per_device_train_batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            logging_steps=1,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-        )
+        args = DPOConfig(**pair_trainer_args(cfg, scratch, device, beta=cfg.beta, max_steps=cfg.max_steps or -1))
         trainer = DPOTrainer(
             model=model,
             ref_model=ref_model,

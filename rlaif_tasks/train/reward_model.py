@@ -94,6 +94,17 @@ def lora_config(cfg, task_type: str):
     )
 
 
+def pair_trainer_args(cfg, scratch: str, device: str, **extra) -> dict:
+    """The TrainingArguments both pair trainers share: CPU-safe precision, a constant rate, no saving or eval by TRL."""
+    return dict(
+        output_dir=scratch, seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu", bf16=False, fp16=False,
+        activation_checkpointing=False, learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        disable_tqdm=True, **extra,
+    )
+
+
 def pair_dataset(pairs: pd.DataFrame):
     """TRL's explicit-prompt preference format; the trainer scores prompt+response and appends EOS."""
     import datasets
@@ -156,27 +167,7 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
     initial = pairwise_stats(model.to(device), tokenizer, eval_pairs, cfg.max_length)
 
     with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
-        args = RewardConfig(
-            output_dir=scratch,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=device == "cpu",
-            bf16=False,
-            fp16=False,
-            activation_checkpointing=False,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
-            per_device_train_batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            logging_steps=1,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-        )
+        args = RewardConfig(**pair_trainer_args(cfg, scratch, device))
         trainer = RewardTrainer(
             model=model,
             args=args,
