@@ -35,7 +35,7 @@ from common import machine, write_section  # noqa: E402
 
 from rlaif_tasks import gate  # noqa: E402
 from rlaif_tasks.config import load_config  # noqa: E402
-from rlaif_tasks.evaluation import read_evaluation  # noqa: E402
+from rlaif_tasks.evaluation import format_evaluation, read_evaluation  # noqa: E402
 from rlaif_tasks.pipeline import evaluate_model, extra_set_name, prepare_dataset, train_policy  # noqa: E402
 from rlaif_tasks.train.metrics import read_metrics  # noqa: E402
 
@@ -100,6 +100,15 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None) -> 
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
     return run_dir
+
+
+def redecide(summary: dict) -> dict:
+    """The gate's decision against the base policy with tonight's budgets (configs/demo.yaml), from the stored measurements."""
+    config = demo_config(summary["name"], summary["seed"], summary["algorithm"], summary["overrides"])
+    test = summary["sets"]["test"]
+    decision = gate.decide(test["judges"], gate.gate_judge(config), gate.reward_judge(config), test["quality"], summary["kl"], config.evaluation.samples_per_prompt, config.gate)
+    summary["decision"] = {k: decision[k] for k in ("passed", "failed", "reasons", "judge", "reward_judge", "improvement", "improvement_lower", "improvement_upper")}
+    return summary
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -170,7 +179,7 @@ def main() -> None:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)
     found = sorted(RUNS.glob("results-*-s*/results.json"))
-    summaries = [json.loads(p.read_text()) for p in found]
+    summaries = [redecide(json.loads(p.read_text())) for p in found]
     regular = sorted((s for s in summaries if not s["overrides"]), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
     over = [s for s in summaries if s["overrides"]]
     if not regular and not over:
@@ -182,6 +191,22 @@ def main() -> None:
     config = demo_config("results-base", 0, "ppo")
     counts = {name: read_evaluation(base / "eval" / f"baseline{suffix}.json")["judges"]["jigsaw-bilstm"]["n"] for name, suffix in set_labels(config)}
     minutes = [(s["train_seconds"] + s["eval_seconds"]) / 60 for s in regular]
+    baseline_tables = "\n\n".join(
+        f"{name} ({manifest['counts']['test'] if name == 'test' else 'all'} prompts):\n\n```\n{format_evaluation(read_evaluation(base / 'eval' / f'baseline{suffix}.json'))}\n```"
+        for name, suffix in set_labels(config)
+    )
+    write_section("baseline", f"""## Baseline: the default policy before training
+
+`bench/results_demo.py` (`runs/results-base`), {machine()}: policy `smollm2-135m-instruct` on the
+{manifest['counts']['test']} test prompts of `bundled:detox-prompts` split by frame ({manifest['categories']['test'].get('provocative', 0)} provocative,
+{manifest['categories']['test'].get('neutral', 0)} neutral), 4 sampled responses each, and on `bundled:detox-ood`, 2 each; pure sampling,
+up to 24 new tokens. Toxicity is each judge's probability that a response is toxic; "toxic" is the share above 0.5.
+
+{baseline_tables}
+
+Most responses are harmless, but the provoked ones often finish the insult, so the mean and the
+share of toxic responses are high enough for a reduction to be measured. HateSonar gives every
+short text a probability of about 0.3 of being offensive, so its mean moves less.""", path=RESULTS)
     write_section("algorithms", f"""## Detoxification: PPO, GRPO and RLOO over seeds
 
 `bench/results_demo.py` on `configs/demo.yaml`, {machine()}. Each run trains `smollm2-135m-instruct` (LoRA,
