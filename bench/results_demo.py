@@ -42,7 +42,7 @@ from rlaif_tasks.train.metrics import read_metrics  # noqa: E402
 RESULTS = ROOT / "docs" / "results.md"
 RUNS = ROOT / "runs"
 ALGORITHMS = ("ppo", "grpo", "rloo")
-OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3}
+OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
 
@@ -235,7 +235,7 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
         write_section("over-optimised", f"""## An over-optimised run, refused by the gate
 
 `bench/results_demo.py --over-optimised`: PPO as above but with `{', '.join(f'{k}={v}' for k, v in o['overrides'].items())}`
-(no KL term, 10x the learning rate), seed {o['seed']}. Its gate decision against the base policy:
+(no KL term, 10x the learning rate, 20 steps), seed {o['seed']}. Its gate decision against the base policy:
 
 - failed checks: {', '.join(o['decision']['failed']) or 'none (it passed)'}
 {chr(10).join('- ' + r for r in o['decision']['reasons'])}

@@ -88,6 +88,9 @@ class ScorerConfig:
     llm_judge: dict[str, Any] = field(default_factory=dict)
     """With model `llm-judge`: the settings of rewards.llm_judge.LLMJudgeConfig (backend, model, base_url, api_key_env, rubric, ...);
     the API key is read from the environment variable or Airflow connection they name, never from this file."""
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    """With model `composite` (a training reward only): the weighted parts, each {judge, weight, normalise, name}, where
+    judge is a judge mapping like this one, or `relevance` / `length`; see rewards/composite.py."""
 
     @property
     def display_name(self) -> str:
@@ -214,8 +217,10 @@ class GateConfig:
     """Diversity budget: the challenger's distinct-2 over the base policy's, at least this."""
     max_repetition_increase: float = 0.05
     """Collapse budget: share of responses with a repeated 3-gram, at most the base policy's plus this."""
-    min_relevance_ratio: float = 0.8
-    """Relevance budget: mean prompt-response similarity of the challenger over the base policy's, at least this."""
+    min_relevance_ratio: float = 0.6
+    """Relevance budget: mean prompt-response similarity of the challenger over the base policy's, at least this. Detoxified
+    completions of an insult move away from its words by design (0.75 of the base's on the demo), while a policy that
+    answers everything with one safe phrase falls far lower; 0.6 tells the two apart."""
     require: list[str] = field(default_factory=lambda: list(GATE_CHECKS))
     """The checks a challenger must pass; a check left out is still measured and reported as waived."""
 

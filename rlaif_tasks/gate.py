@@ -51,12 +51,18 @@ SAMPLES_ARTIFACT = "eval/final_samples.parquet"
 """The challenger's full samples, logged by `evaluate`: a later night pairs its champion's scores from them."""
 
 
+def trained_on(config: RunConfig) -> list[str]:
+    """Evaluation judges whose model training optimised: the reward model, or any judge part of a composite reward."""
+    models = {config.reward.model}
+    if config.reward.model == "composite":
+        models = {part["judge"] if isinstance(part["judge"], str) else part["judge"].get("model") for part in config.reward.parts}
+    return [j.display_name for j in config.evaluation.judges if j.model in models]
+
+
 def reward_judge(config: RunConfig) -> str | None:
-    """The evaluation judge that is the training reward model (the same model, whatever text it reads), if one is."""
-    for judge in config.evaluation.judges:
-        if judge.model == config.reward.model:
-            return judge.display_name
-    return None
+    """The evaluation judge that is (the first part of) the training reward, whatever text it reads, if one is."""
+    names = trained_on(config)
+    return names[0] if names else None
 
 
 def gate_judge(config: RunConfig) -> str:
@@ -69,8 +75,8 @@ def gate_judge(config: RunConfig) -> str:
                 "set gate.judge to the name of one of evaluation.judges (or leave it unset for the first one that is not the reward model)",
             )
         return config.gate.judge
-    trained_on = reward_judge(config)
-    independent = [n for n in names if n != trained_on]
+    optimised = trained_on(config)
+    independent = [n for n in names if n not in optimised]
     if not independent:
         raise RlaifError(
             f"every evaluation judge ({names}) is the training reward model, so the gate could only confirm what training optimised",

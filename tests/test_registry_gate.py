@@ -381,6 +381,9 @@ def test_gate_judge_defaults_to_a_judge_training_did_not_optimise():
     with pytest.raises(RlaifError, match="not one of the evaluation judges"):
         gate.gate_judge(config)
     config.gate.judge = None
+    config.reward = ScorerConfig(model="composite", parts=[{"judge": "profanity-check", "weight": 1.0}, {"judge": {"model": "jigsaw-bilstm"}, "weight": 1.0}])
+    assert gate.trained_on(config) == ["jigsaw-bilstm", "profanity-check"] and gate.gate_judge(config) == "hatesonar"
+    config.reward = ScorerConfig(model="jigsaw-bilstm")
     config.evaluation.judges = [ScorerConfig(model="jigsaw-bilstm")]
     with pytest.raises(RlaifError, match="every evaluation judge"):
         gate.gate_judge(config)

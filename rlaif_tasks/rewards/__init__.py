@@ -1,5 +1,5 @@
 """Build a judge from a `ScorerConfig`: bundled classifiers, any HF sequence classifier, a reward model trained
-here (the folder `train_reward_model` wrote), an LLM judge, or a Python callable."""
+here (the folder `train_reward_model` wrote), an LLM judge, a Python callable, or a weighted composite of these."""
 
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ class _CallableBackend:
 
 def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
     spec = cfg.model
+    if cfg.parts and spec != "composite":
+        raise RlaifError(f"judge {cfg.display_name} lists parts but its model is {spec!r}", "set model: composite to sum the parts, or remove parts")
     if spec.startswith("python:"):
         return _CallableBackend(spec)
+    if spec == "composite":
+        from rlaif_tasks.rewards.composite import CompositeBackend
+
+        return CompositeBackend(cfg.parts, device=device)
     if spec == "jigsaw-bilstm":
         from rlaif_tasks.rewards.jigsaw_bilstm import JigsawBiLSTMBackend
 

@@ -54,12 +54,21 @@ class Scorer:
         return [p + r for p, r in zip(prompts, responses)]
 
     def __call__(self, responses: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
-        texts = self.texts_for(responses, prompts)
-        fn = self.backend.toxic_probability if self.purpose == "toxicity" else self.backend.reward
+        paired = getattr(self.backend, "reward_with_prompts", None) if self.purpose == "reward" else None
+        if paired is not None:
+            # a backend that reads prompts apart (rewards/composite.py) gets them, and the whole call at once:
+            # it batches per part itself, and its per-call statistics then cover the whole training batch
+            if prompts is not None and len(prompts) != len(responses):
+                raise RlaifError(f"scorer {self.name} got {len(prompts)} prompts for {len(responses)} responses", "pass one prompt per response")
+            texts = list(responses)
+            batches = [(texts, paired(texts, None if prompts is None else list(prompts)))]
+        else:
+            texts = self.texts_for(responses, prompts)
+            fn = self.backend.toxic_probability if self.purpose == "toxicity" else self.backend.reward
+            batches = ((texts[s : s + self.batch_size], fn(texts[s : s + self.batch_size])) for s in range(0, len(texts), self.batch_size))
         scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start : start + self.batch_size]
-            out = [float(x) for x in fn(batch)]
+        for batch, raw in batches:
+            out = [float(x) for x in raw]
             if len(out) != len(batch):
                 raise RlaifError(f"scorer {self.name} returned {len(out)} scores for {len(batch)} texts", "make the scorer return one float per text")
             scores.extend(out)

@@ -496,8 +496,7 @@ def train_ppo(
     if reward_fn is None:
         from rlaif_tasks.rewards import build_scorer
 
-        scorer = build_scorer(config.reward, purpose="reward", device=device)
-        reward_fn = lambda responses, prompts_: scorer(responses, prompts_)  # noqa: E731
+        reward_fn = build_scorer(config.reward, purpose="reward", device=device)
     kl_ctl = kl_controller(t)
     temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
 
@@ -646,6 +645,10 @@ def train_ppo(
             "time/update": time_update,
             "time/step": time.perf_counter() - t_step,
         }
+        if parts := getattr(getattr(reward_fn, "backend", None), "last_parts", None):  # a composite reward's parts, mean over processes
+            names = sorted(parts)
+            means = dist.all_reduce_sum(torch.tensor([parts[k] for k in names], dtype=torch.float64)) / world
+            row.update({f"reward/part/{k}": v for k, v in zip(names, means.tolist())})
         metrics.append(row)
         step_times.append(row["time/step"])
         if main:

@@ -158,6 +158,9 @@ def make_reward_func(reward_fn: RewardFn, name: str, config: RunConfig, eos_ids:
         mean = total / count
         log_metric("score/mean", mean.item())
         log_metric("score/std", (squares / count - mean**2).clamp(min=0).sqrt().item())
+        parts = getattr(getattr(reward_fn, "backend", None), "last_parts", None) or {}  # a composite reward's parts
+        for key in sorted(parts):
+            log_metric(f"reward/part/{key}", parts[key])
         if shaping:
             ended = torch.tensor([bool(ids) and ids[-1] in eos_ids for ids in completion_ids])
             raw = shape_scores(raw, ended, t, sum_all=dist.all_reduce_sum)
@@ -230,6 +233,7 @@ def _metrics_callback(writer: MetricsWriter, rows: list[dict], fields: dict, epo
                 "time/score": logs.get("time/score"),
                 "time/step": now - self.last,
             }
+            row.update({k: v for k, v in logs.items() if k.startswith("reward/part/")})
             self.last = now
             rows.append(row)
             if not state.is_world_process_zero:

@@ -1,0 +1,74 @@
+"""Preference pairs from AI feedback, published as the Asset that reward_model_training and dpo_alignment run on.
+
+    prepare -> build_preferences  --[rlaif-<name>-preferences: pairs, judge, margin, path, config]-->
+
+The policy samples `preferences.k` responses per train prompt, the `reward` judge scores them, and
+the best and worst become a pair when their gap beats `preferences.margin` (rlaif_tasks.preferences);
+with `preferences.source` set to a file or hub dataset the pairs are imported instead. The pairs stay
+in this DAG run's folder; the asset event names that folder and its sha256, so a consumer reads
+exactly these pairs. No schedule: trigger it when new pairs are wanted, e.g.
+
+    airflow dags trigger ai_feedback_preferences -c '{"config": "configs/demo.yaml", "margin": 0.3}'
+
+Retries, pools, timeouts and the failure callback are rlaif_nightly's (dags/rlaif_assets.py); a
+cleared task reuses the run folder and MLflow run, but a cleared build_preferences announces its
+pairs again, and the consumers run again on them, as Airflow does for any producer task that succeeds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, result, task
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
+    sys.path.append(str(Path(__file__).resolve().parent))
+from rlaif_assets import (  # noqa: E402
+    CONFIG, DAG_CONFIG, PREFERENCES, config_param, dag_settings, eval_timeout, logical_date, on_gpu, overrides_from_params,
+    resolve_config_path, set_param, stage,
+)
+
+# Trigger-form param -> config key it overrides.
+OVERRIDE_PARAMS = {"policy": "model.policy", "reward": "reward.model", "k": "preferences.k", "margin": "preferences.margin"}
+
+
+@dag(
+    dag_id="ai_feedback_preferences",
+    description=f"Preference pairs from the policy and the reward judge, published as the asset {PREFERENCES.name}",
+    schedule=None,
+    tags=["rlaif", "alignment", "preferences", "asset"],
+    doc_md=__doc__,
+    params={
+        "config": config_param(DAG_CONFIG),
+        "policy": Param(None, type=["null", "string"], description="model.policy that samples the responses; empty: from the config."),
+        "reward": Param(None, type=["null", "string"], description="reward.model, the judge that scores them; empty: from the config."),
+        "k": Param(None, type=["null", "integer"], minimum=2, description="preferences.k, responses sampled per prompt; empty: from the config."),
+        "margin": Param(None, type=["null", "number"], minimum=0, description="preferences.margin, the score gap a pair must beat; empty: from the config."),
+        "set": set_param(),
+    },
+    **dag_settings(),
+)
+def ai_feedback_preferences():
+    @task
+    def prepare() -> dict:
+        context = get_current_context()
+        params = context["params"]
+        return stage(
+            "prepare", resolve_config_path(params["config"]), overrides_from_params(params, OVERRIDE_PARAMS), context["dag"].dag_id,
+            context["run_id"], logical_date(context), asset_config=CONFIG.name,
+        )
+
+    @result
+    @task(outlets=[PREFERENCES], execution_timeout=eval_timeout, **on_gpu)  # the policy generates, the judge scores
+    def build_preferences(refs: dict) -> dict:
+        refs = stage("build_preferences", refs)
+        event = refs.pop("event")
+        get_current_context()["outlet_events"][PREFERENCES].extra = event
+        print(f"published {PREFERENCES.name}: {event['pairs']} pairs, judge {event['judge']}, margin {event['margin']}, in {event['path']}")
+        return refs
+
+    build_preferences(prepare())
+
+
+ai_feedback_preferences()

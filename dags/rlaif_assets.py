@@ -1,0 +1,190 @@
+"""The Assets that link the preference DAGs, declared once, and the task plumbing those DAGs share.
+
+    ai_feedback_preferences --[rlaif-<name>-preferences]--> reward_model_training --[<policy model>-reward]-->
+                                                        \\-> dpo_alignment (rlaif_nightly's stages, DPO on those pairs)
+
+One preferences Asset per config name: the config is the one $RLAIF_DAG_CONFIG names (as for
+rlaif_nightly's schedule), read when the DAG files are parsed, and the producer refuses a trigger
+whose config has another name. The reward-model Asset stands for the registered model
+`<registered policy name>-reward`; its events carry the version, its models:/ URI and the model's
+folder (which `reward.model` accepts), for whatever DAG is scheduled on it, e.g. a nightly run that
+trains against the newest reward model (rlaif_nightly does not import this module yet).
+
+Not a DAG file: the dag-processor parses it too (it mentions airflow and asset), finds no DAG and
+records none, at the cost of one cheap parse. The DAG files import it as a sibling module: Airflow
+puts the DAG bundle's folder on sys.path when it parses files and runs tasks, and the DAG files
+add it themselves so that a bare DagBag (the tests) resolves it the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, Param
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+
+from rlaif_tasks.config import config_path_pattern, config_roots, load_config, parse_override
+from rlaif_tasks.preference_stages import reward_model_name
+
+PROJECT = Path(__file__).resolve().parent.parent
+DAG_CONFIG = os.environ.get("RLAIF_DAG_CONFIG", "configs/demo.yaml")
+# As rlaif_nightly: a trigger, or an asset event, may name only config files the operator placed.
+CONFIG_PATTERN = config_path_pattern(config_roots(PROJECT), exact=[DAG_CONFIG])
+
+
+def resolve_config_path(path: str) -> str:
+    """Relative config paths are relative to the project folder, wherever the worker process starts."""
+    return str(path if Path(path).is_absolute() else PROJECT / path)
+
+
+def preferences_asset(config_name: str) -> Asset:
+    """The preference pairs of one run config: each event is one published pairs folder."""
+    return Asset(uri=f"rlaif://{config_name}/preferences", name=f"rlaif-{config_name}-preferences")
+
+
+def reward_model_asset(model_name: str, config_name: str) -> Asset:
+    """A registered reward model: each event is one new version."""
+    return Asset(uri=f"rlaif://{config_name}/reward-model", name=model_name)
+
+
+CONFIG = load_config(resolve_config_path(DAG_CONFIG))
+PREFERENCES = preferences_asset(CONFIG.name)
+REWARD_MODEL = reward_model_asset(reward_model_name(CONFIG), CONFIG.name)
+
+orchestration = CONFIG.orchestration
+on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
+eval_timeout = timedelta(minutes=orchestration.eval_timeout_minutes)
+train_timeout = timedelta(minutes=orchestration.train_timeout_minutes)
+
+
+# -- the trigger forms ---------------------------------------------------------------------------
+
+
+def config_param(default: str | None) -> Param:
+    if default is None:
+        return Param(None, type=["null", "string"], minLength=1, pattern=CONFIG_PATTERN,
+                     description="Run config .yaml/.yml, as in rlaif_nightly; empty: the one the triggering preferences were built with.")
+    return Param(default, type="string", minLength=1, pattern=CONFIG_PATTERN,
+                 description="Run config .yaml/.yml: relative to the project folder (no ..), or absolute under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS.")
+
+
+def pairs_param() -> Param:
+    return Param(None, type=["null", "string"], minLength=1,
+                 description="A preferences folder (pairs.parquet + manifest.json); empty: the one the triggering asset event names.")
+
+
+def set_param() -> Param:
+    return Param([], type=["null", "array"], items={"type": "string"}, description="More overrides, one key.sub=value per line, as `rlaif run --set`.")
+
+
+def overrides_from_params(params: dict, mapping: dict[str, str]) -> dict:
+    """Config overrides from a trigger form (`mapping`: param -> config key); unset, null or empty keep the config's value."""
+    overrides = {key: params[name] for name, key in mapping.items() if params.get(name) not in (None, "")}
+    overrides.update(parse_override(item) for item in params.get("set") or [] if item and item.strip())
+    return overrides
+
+
+def logical_date(context) -> str:
+    """A manual or asset-triggered run may have no logical date: its run_after stands in (it seeds an unpinned run)."""
+    return (context.get("logical_date") or context["dag_run"].run_after).isoformat()
+
+
+def trigger_of(context, mapping: dict[str, str]) -> dict:
+    """What a consumer run was started with: the preferences events behind it (plain dicts) and its form."""
+    events = (context.get("triggering_asset_events") or {}).get(PREFERENCES, [])
+    params = context["params"]
+    return {
+        "events": [
+            {"extra": dict(e.extra or {}), "timestamp": e.timestamp.isoformat(), "source_dag_id": e.source_dag_id, "source_run_id": e.source_run_id}
+            for e in events
+        ],
+        "pairs": params.get("pairs"),
+        "config": resolve_config_path(params["config"]) if params.get("config") else None,
+        "overrides": overrides_from_params(params, mapping),
+    }
+
+
+# -- running a stage -------------------------------------------------------------------------------
+
+
+def use_mlflow_connection() -> None:
+    """MLflow URI and credentials from the Airflow connection named by $RLAIF_MLFLOW_CONN_ID, if set (as rlaif_nightly)."""
+    conn_id = os.environ.get("RLAIF_MLFLOW_CONN_ID")
+    if not conn_id:
+        return
+    from airflow.sdk import Connection
+
+    conn = Connection.get(conn_id)
+    scheme = conn.schema or "http"
+    os.environ["MLFLOW_TRACKING_URI"] = conn.host if "://" in (conn.host or "") else f"{scheme}://{conn.host}:{conn.port or 5000}"
+    if conn.login:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+
+
+def stage(name: str, *args, module: str = "preference_stages", **kwargs):
+    """Run one stage of rlaif_tasks.<module>, imported here so that parsing the DAGs stays cheap."""
+    from rlaif_tasks.faults import fault_point
+
+    use_mlflow_connection()
+    refs = getattr(importlib.import_module(f"rlaif_tasks.{module}"), name)(*args, **kwargs)
+    fault_point(f"{name}.end")
+    return refs
+
+
+def record_failure(context) -> None:
+    """Failure callback: say why in the log and mark the DAG run's MLflow run FAILED (found by its run key)."""
+    from rlaif_tasks import nightly, preference_stages
+
+    dag, run_id = context["dag"], context["run_id"]
+    log = logging.getLogger(dag.dag_id)
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        found = RuntimeTaskInstance.get_task_states(dag_id=dag.dag_id, run_ids=[run_id]).get(run_id, {})
+    except Exception as exc:  # the message is still useful without the states
+        log.warning("could not read the task states of %s: %s", run_id, exc)
+        found = {}
+    order = [task.task_id for task in dag.topological_sort()]
+    message = nightly.explain_failure(
+        context.get("reason"), {t: found.get(t) for t in order}, {t: dag.get_task(t).queue for t in order},
+        {t: dag.get_task(t).pool for t in order}, orchestration.dagrun_timeout_minutes,
+    )
+    log.error("%s %s: %s", dag.dag_id, run_id, message)
+    params = {**dag.params.dump(), **(getattr(context.get("dag_run"), "conf", None) or {})}
+    try:
+        use_mlflow_connection()
+        mlflow_run = preference_stages.record_failure(resolve_config_path(params.get("config") or DAG_CONFIG), dag.dag_id, run_id, message)
+        log.error("MLflow run %s marked FAILED", mlflow_run)
+    except Exception as exc:
+        log.warning("could not mark the MLflow run of %s as failed: %s", run_id, exc)
+
+
+# -- what every one of these DAGs sets ---------------------------------------------------------------
+
+
+def dag_settings() -> dict:
+    """Start date, run limits, failure callback, retries and timeouts, as rlaif_nightly sets them (a fresh dict per DAG)."""
+    return dict(
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=orchestration.max_active_runs,
+        dagrun_timeout=timedelta(minutes=orchestration.dagrun_timeout_minutes),
+        on_failure_callback=record_failure,
+        default_args={
+            "owner": "rlaif",
+            "retries": orchestration.retries,
+            "retry_delay": timedelta(minutes=orchestration.retry_delay_minutes),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(hours=2),
+            # A config or data error (RlaifError) fails at once: retrying cannot fix it.
+            "retry_policy": ExceptionRetryPolicy(
+                rules=[RetryRule(exception="rlaif_tasks.errors.RlaifError", action=RetryAction.FAIL, reason="config or data error: fix and re-trigger")]
+            ),
+            "execution_timeout": eval_timeout,
+        },
+    )

@@ -1,0 +1,313 @@
+"""Stage functions of the three DAGs linked by the preferences Asset (dags/rlaif_assets.py):
+
+    ai_feedback_preferences   prepare -> build_preferences            (publishes the pairs: the asset event's extra)
+    reward_model_training     prepare_reward_model -> train_reward_model -> register_reward_model
+    dpo_alignment             prepare_dpo -> rlaif_tasks.nightly's baseline_eval ... report (DPO on the published pairs)
+
+The contract is rlaif_tasks.nightly's, whose stages these reuse: small JSON-able refs between
+stages, one run folder and one MLflow run per DAG run (found again by the DAG run's tags), finished
+work reused, so any task can be retried or cleared. Run folders are `<run_dir>/<DAG id>/<DAG run id>`:
+run ids of different DAGs can coincide (`scheduled__<date>` has no random part), their folders must not.
+
+A consumer takes the pairs folder, the config and its overrides from the newest triggering asset
+event (or from its trigger form when run by hand); the config path in an event must pass the same
+check as a trigger form's, since anyone allowed to post asset events could write one. No Airflow import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from rlaif_tasks.config import RunConfig
+from rlaif_tasks.errors import RlaifError
+
+log = logging.getLogger(__name__)
+
+PRODUCER_DAG = "ai_feedback_preferences"
+REWARD_ARTIFACT = "reward_model"
+TAG_PREFERENCES = "rlaif.preferences_sha256"
+TAG_PREFERENCES_FROM = "rlaif.preferences_from"
+TAG_MODEL_KIND = "rlaif.model_kind"
+
+
+def reward_model_name(config: RunConfig) -> str:
+    """`<registered policy name>-reward`: the registered model the reward-model Asset stands for."""
+    from rlaif_tasks.tracking import registered_model_name
+
+    return f"{registered_model_name(config)}-reward"
+
+
+def per_dag_run_dir(run_dir: str, dag_id: str) -> str:
+    """The config's run_dir with the DAG id appended (`runs/{name}` -> `runs/{name}/dpo_alignment`)."""
+    return f"{run_dir.rstrip('/')}/{dag_id}"
+
+
+# -- producer: ai_feedback_preferences --------------------------------------------------------------
+
+
+def prepare(config_path: str, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *, asset_config: str | None = None) -> dict:
+    """nightly.prepare_dataset in this DAG's own folder; remembers the config and overrides the consumers reuse.
+
+    `asset_config` is the config name of the preferences asset the DAG publishes to: pairs built with a
+    config of another name would be announced as that config's, so such a config is refused.
+    """
+    from rlaif_tasks import nightly
+    from rlaif_tasks.config import load_config
+
+    overrides = dict(overrides or {})
+    config = load_config(config_path, overrides)
+    if asset_config is not None and config.name != asset_config:
+        raise RlaifError(
+            f"the config {config_path} is named {config.name!r}; this DAG publishes the preferences asset of {asset_config!r}",
+            f"trigger with a config named {asset_config!r}, or run the DAG processor with RLAIF_DAG_CONFIG naming {config_path}",
+        )
+    placed = {**overrides, "run_dir": per_dag_run_dir(config.run_dir, dag_id)}
+    refs = nightly.prepare_dataset(config_path, placed, dag_id, dag_run_id, logical_date)
+    return {**refs, "config": config_path, "overrides": overrides}
+
+
+def build_preferences(refs: dict) -> dict:
+    """The run's preference pairs (AI feedback on its train prompts, or an import), logged and announced.
+
+    Returns the refs, the pairs folder and `event`: the asset event's extra (pair count, judge, margin,
+    the folder, its sha256, and the config the consumers should train with). Closes the MLflow run.
+    """
+    from rlaif_tasks import nightly, tracking
+    from rlaif_tasks.data import load_prompts_split
+    from rlaif_tasks.preferences import read_preferences
+    from rlaif_tasks.train import preference_pairs
+
+    config, run_dir = nightly._load(refs)
+    preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))  # reuses run_dir/preferences when a try made it
+    pairs_dir = run_dir / "preferences"
+    _, manifest = read_preferences(pairs_dir)
+    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    tracking.log_metrics_once(client, run_id, {"preferences/pairs": float(manifest["pairs"]), "preferences/prompts": float(manifest["prompts"])})
+    client.set_tag(run_id, TAG_PREFERENCES, manifest["sha256"])
+    client.log_artifacts(run_id, str(pairs_dir), "preferences")
+    _finish(client, run_id)
+    event = {
+        "pairs": int(manifest["pairs"]), "prompts": int(manifest["prompts"]), "source": manifest.get("source"),
+        "judge": manifest.get("judge"), "margin": manifest.get("margin"), "k": manifest.get("k"),
+        "path": str(pairs_dir), "sha256": manifest["sha256"], "name": config.name,
+        "config": refs["config"], "overrides": refs["overrides"], "mlflow_run_id": run_id,
+    }
+    return {**refs, "pairs_dir": str(pairs_dir), "pairs": event["pairs"], "event": event}
+
+
+# -- consumers: where their pairs and config come from ---------------------------------------------
+
+
+def preference_source(trigger: dict, *, default_config: str, config_pattern: str) -> dict:
+    """Pairs folder, config and overrides for a consumer run: its trigger form's, else the newest event's.
+
+    `trigger` holds `events` (each with `extra`, `timestamp`, `source_dag_id`, `source_run_id`), and the
+    form's `pairs`, `config` (None: from the event) and `overrides`, which apply on top of the event's.
+    """
+    events = sorted(trigger.get("events") or [], key=lambda e: str(e.get("timestamp")))
+    newest = events[-1] if events else {}
+    extra = newest.get("extra") or {}
+    pairs_dir = trigger.get("pairs") or extra.get("path")
+    if not pairs_dir:
+        raise RlaifError(
+            "this run has no preference pairs: no preferences asset event triggered it and its `pairs` param is empty",
+            f"trigger {PRODUCER_DAG} (this DAG runs on the pairs it publishes), or set `pairs` to a preferences folder",
+        )
+    config = trigger.get("config") or extra.get("config") or default_config
+    if not re.match(config_pattern, config):
+        raise RlaifError(
+            f"the config {config!r} named by the asset event from {newest.get('source_dag_id') or 'the REST API'} is not one a run may read",
+            "publish preferences with ai_feedback_preferences (whose config param is checked), or name a config "
+            "under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS",
+        )
+    from_event = {} if trigger.get("config") else dict(extra.get("overrides") or {})
+    origin = f"{newest.get('source_dag_id')}/{newest.get('source_run_id')}" if newest else "trigger form"
+    if len(events) > 1:
+        log.info("%d preference events triggered this run; using the newest, from %s", len(events), origin)
+    return {"pairs_dir": str(pairs_dir), "config": config, "overrides": {**from_event, **(trigger.get("overrides") or {})}, "origin": origin}
+
+
+def _checked_pairs(source: dict) -> dict:
+    """The manifest of the source's pairs, refusing a pairs file its manifest does not describe."""
+    from rlaif_tasks.preferences import read_preferences
+
+    return read_preferences(source["pairs_dir"])[1]
+
+
+def _tag_source(refs: dict, source: dict, manifest: dict) -> None:
+    from rlaif_tasks import nightly
+
+    config, _ = nightly._load(refs)
+    client = nightly._client(config)
+    client.set_tag(refs["mlflow_run_id"], TAG_PREFERENCES, manifest["sha256"])
+    client.set_tag(refs["mlflow_run_id"], TAG_PREFERENCES_FROM, source["origin"])
+
+
+# -- consumer: reward_model_training ----------------------------------------------------------------
+
+
+def prepare_reward_model(source: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None) -> dict:
+    """Run folder and MLflow run for a reward model on the source's pairs (checked against their manifest)."""
+    manifest = _checked_pairs(source)
+    refs = prepare(source["config"], source["overrides"], dag_id, dag_run_id, logical_date)
+    _tag_source(refs, source, manifest)
+    refs = {k: v for k, v in refs.items() if k not in ("config", "overrides")}  # the run folder's config.yaml has them
+    return {**refs, "pairs_dir": source["pairs_dir"], "preferences_sha256": manifest["sha256"]}
+
+
+def reward_model_config(config: RunConfig, *, learning_rate: float | None = None, epochs: float | None = None):
+    """RewardModelConfig from the run's policy (the base model), LoRA, batch, seed and device; the rest its defaults."""
+    from rlaif_tasks.train.reward_model import RewardModelConfig
+
+    t = config.train
+    cfg = RewardModelConfig(
+        base_model=config.model.policy, use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+        lora_target_modules=t.lora_target_modules, batch_size=t.batch_size, seed=config.training_seed, device=config.device,
+    )
+    if learning_rate is not None:
+        cfg.learning_rate = float(learning_rate)
+    if epochs is not None:
+        cfg.epochs = float(epochs)
+    return cfg
+
+
+def train_reward_model(refs: dict, *, learning_rate: float | None = None, epochs: float | None = None) -> dict:
+    """Train the reward model into run_dir/reward_model (reused when a try finished it); logs its numbers."""
+    from mlflow.entities import Param
+
+    from rlaif_tasks import nightly, tracking
+    from rlaif_tasks.preferences import read_preferences
+    from rlaif_tasks.train.reward_model import SUMMARY_FILE
+    from rlaif_tasks.train.reward_model import train_reward_model as fit
+
+    config, run_dir = nightly._load(refs)
+    out = run_dir / REWARD_ARTIFACT
+    if (out / SUMMARY_FILE).is_file():
+        log.info("reusing the trained reward model %s", out)
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    else:
+        pairs, manifest = read_preferences(refs["pairs_dir"])
+        if manifest["sha256"] != refs["preferences_sha256"]:
+            raise RlaifError(
+                f"the pairs in {refs['pairs_dir']} changed since this run started (sha256 {manifest['sha256'][:12]}, was {refs['preferences_sha256'][:12]})",
+                "start a new run for the new pairs; a run trains on the pairs it was triggered with",
+            )
+        summary = fit(pairs, out, reward_model_config(config, learning_rate=learning_rate, epochs=epochs))
+    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    keys = ("train_loss", "eval_accuracy", "eval_accuracy_initial", "eval_margin", "eval_margin_initial", "pairs_train", "pairs_eval", "steps")
+    numbers = {k: summary.get(k) for k in keys}
+    tracking.log_metrics_once(client, run_id, {f"reward_model/{k}": float(v) for k, v in numbers.items() if v is not None})
+    existing = client.get_run(run_id).data.params
+    settings = tracking.flatten(summary.get("config", {}), "reward_model")
+    client.log_batch(run_id, params=[Param(k, v) for k, v in settings.items() if k not in existing])
+    return {**refs, "reward_model_dir": str(out)}
+
+
+def register_reward_model(refs: dict) -> dict:
+    """Log the reward-model folder into the MLflow run and register it as `<policy name>-reward`; once per run.
+
+    The folder is a plain transformers sequence classifier (one logit) with reward_model.json: it is
+    logged as the run's artefacts, not as an MLflow flavour, and the version's source is that folder.
+    Returns the refs, the version and `event`: the reward-model asset event's extra.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from rlaif_tasks import nightly, registry
+
+    config, _ = nightly._load(refs)
+    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    name, folder = reward_model_name(config), Path(refs["reward_model_dir"])
+    existing = registry.versions_of_run(client, name, run_id)
+    if existing:
+        version = existing[0]
+        log.info("MLflow run %s already registered %s version %s", run_id, name, version.version)
+    else:
+        if not (folder / "config.json").is_file():
+            raise RlaifError(f"{folder} is not a trained reward model (no config.json)", "run train_reward_model of this DAG run first")
+        client.log_artifacts(run_id, str(folder), REWARD_ARTIFACT)  # a retry before registering uploads it again, whole
+        try:
+            about = f"Reward models (sequence classifiers, 1 logit) trained on preference pairs of the rlaif config {config.name!r}."
+            client.create_registered_model(name, description=about)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        run = client.get_run(run_id)
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")} | {TAG_MODEL_KIND: "reward-model"}
+        version = client.create_model_version(
+            name, source=f"{run.info.artifact_uri.rstrip('/')}/{REWARD_ARTIFACT}", run_id=run_id, tags=tags,
+            description="A transformers folder (AutoModelForSequenceClassification, num_labels=1) with reward_model.json; "
+            "usable as reward.model once downloaded (rlaif_tasks.train.reward_model.RewardModelBackend).",
+        )
+        log.info("registered %s version %s from MLflow run %s", name, version.version, run_id)
+    registry.verify_registered_weights(client, name, version.version, folder)  # catches an upload cut short
+    summary = json.loads((folder / "reward_model.json").read_text(encoding="utf-8"))
+    _finish(client, run_id)
+    event = {
+        "name": name, "version": str(version.version), "model_uri": registry.model_uri(name, version.version), "folder": str(folder),
+        "pairs_sha256": refs["preferences_sha256"], "eval_accuracy": summary.get("eval_accuracy"), "mlflow_run_id": run_id,
+    }
+    return {**refs, "model_name": name, "model_version": str(version.version), "event": event}
+
+
+# -- consumer: dpo_alignment --------------------------------------------------------------------------
+
+
+def prepare_dpo(source: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None) -> dict:
+    """nightly.prepare_dataset for DPO on the source's pairs: the nightly stages then train, gate and register as usual.
+
+    The pairs go in as `preferences.source` (the human-import path reads the parquet and keeps
+    prompt, chosen and rejected; the AI-feedback columns beside them are ignored).
+    """
+    from rlaif_tasks.preferences.ai_feedback import PAIRS_FILE
+
+    manifest = _checked_pairs(source)
+    overrides = {**source["overrides"], "train.algorithm": "dpo", "preferences.source": str(Path(source["pairs_dir"]) / PAIRS_FILE)}
+    refs = prepare(source["config"], overrides, dag_id, dag_run_id, logical_date)
+    _tag_source(refs, source, manifest)
+    return {k: v for k, v in refs.items() if k not in ("config", "overrides")}  # the run folder's config.yaml has them
+
+
+# -- run bookkeeping ----------------------------------------------------------------------------------
+
+
+def _finish(client, run_id: str) -> None:
+    """The DAG run's MLflow run FINISHED, without the failure a retried earlier try recorded."""
+    from rlaif_tasks.nightly import TAG_FAILURE
+
+    run = client.get_run(run_id)
+    if TAG_FAILURE in run.data.tags:
+        client.delete_tag(run_id, TAG_FAILURE)
+    if run.info.status != "FINISHED":
+        client.set_terminated(run_id, "FINISHED")
+
+
+def record_failure(config_path: str | None, dag_id: str, dag_run_id: str, message: str) -> str | None:
+    """Mark this DAG run's MLflow run FAILED with the reason (the DAGs' failure callback); returns its id.
+
+    Looked for by the run's key in every experiment of the store: a consumer's config (hence its
+    experiment) came from an asset event that the callback does not see.
+    """
+    from mlflow.entities import ViewType
+
+    from rlaif_tasks import tracking
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.nightly import TAG_FAILURE
+
+    client = tracking.connect(load_config(config_path) if config_path else None)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(
+        experiments, filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
+        run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+    )
+    if not found:
+        return None
+    run_id = found[0].info.run_id
+    client.set_tag(run_id, TAG_FAILURE, message[:5000])
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
