@@ -1,4 +1,4 @@
-"""The Assets that link the preference DAGs, declared once, and the task plumbing those DAGs share.
+"""The Assets that link the preference DAGs, declared once, and the task plumbing all four DAGs share (rlaif_nightly too).
 
     ai_feedback_preferences --[rlaif-<name>-preferences]--> reward_model_training --[<policy model>-reward]-->
                                                         \\-> dpo_alignment (rlaif_nightly's stages, DPO on those pairs)
@@ -8,7 +8,7 @@ rlaif_nightly's schedule), read when the DAG files are parsed, and the producer 
 whose config has another name. The reward-model Asset stands for the registered model
 `<registered policy name>-reward`; its events carry the version, its models:/ URI and the model's
 folder (which `reward.model` accepts), for whatever DAG is scheduled on it, e.g. a nightly run that
-trains against the newest reward model (rlaif_nightly does not import this module yet).
+trains against the newest reward model (rlaif_nightly is not scheduled on it yet).
 
 Not a DAG file: the dag-processor parses it too (it mentions airflow and asset), finds no DAG and
 records none, at the cost of one cheap parse. The DAG files import it as a sibling module: Airflow
@@ -112,7 +112,11 @@ def trigger_of(context, mapping: dict[str, str]) -> dict:
 
 
 def use_mlflow_connection() -> None:
-    """MLflow URI and credentials from the Airflow connection named by $RLAIF_MLFLOW_CONN_ID, if set (as rlaif_nightly)."""
+    """MLflow URI and credentials from the Airflow connection named by $RLAIF_MLFLOW_CONN_ID, if set.
+
+    Otherwise the worker's MLFLOW_TRACKING_URI / _USERNAME / _PASSWORD apply. The values go to this
+    task process's environment only, where the MLflow client reads them; never to params or logs.
+    """
     conn_id = os.environ.get("RLAIF_MLFLOW_CONN_ID")
     if not conn_id:
         return
@@ -132,13 +136,13 @@ def stage(name: str, *args, module: str = "preference_stages", **kwargs):
 
     use_mlflow_connection()
     refs = getattr(importlib.import_module(f"rlaif_tasks.{module}"), name)(*args, **kwargs)
-    fault_point(f"{name}.end")
+    fault_point(f"{name}.end")  # the reliability suite's kill after the work, before Airflow records it
     return refs
 
 
 def record_failure(context) -> None:
     """Failure callback: say why in the log and mark the DAG run's MLflow run FAILED (found by its run key)."""
-    from rlaif_tasks import nightly, preference_stages
+    from rlaif_tasks import nightly
 
     dag, run_id = context["dag"], context["run_id"]
     log = logging.getLogger(dag.dag_id)
@@ -158,7 +162,7 @@ def record_failure(context) -> None:
     params = {**dag.params.dump(), **(getattr(context.get("dag_run"), "conf", None) or {})}
     try:
         use_mlflow_connection()
-        mlflow_run = preference_stages.record_failure(resolve_config_path(params.get("config") or DAG_CONFIG), dag.dag_id, run_id, message)
+        mlflow_run = nightly.record_failure(resolve_config_path(params.get("config") or DAG_CONFIG), dag.dag_id, run_id, message)
         log.error("MLflow run %s marked FAILED", mlflow_run)
     except Exception as exc:
         log.warning("could not mark the MLflow run of %s as failed: %s", run_id, exc)

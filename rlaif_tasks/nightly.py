@@ -359,23 +359,24 @@ def run_all(config_path: str | None, overrides: dict | None = None, dag_id: str 
     return report(refs)
 
 
-def record_failure(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, message: str) -> str | None:
-    """Mark this DAG run's MLflow run FAILED with the reason (the DAG's failure callback); returns its id.
+def record_failure(config_path: str | None, dag_id: str, dag_run_id: str, message: str) -> str | None:
+    """Mark this DAG run's MLflow run FAILED with the reason (every DAG's failure callback); returns its id.
 
-    Without this a run whose DAG run failed or timed out would stay RUNNING in MLflow forever.
+    Without this a run whose DAG run failed or timed out would stay RUNNING in MLflow forever. Looked
+    for by the run's key in every experiment of the store: overrides may have renamed the experiment,
+    and a consumer DAG's config came from an asset event that the callback does not see.
     """
     from mlflow.entities import ViewType
 
     from rlaif_tasks import tracking
     from rlaif_tasks.config import load_config
 
-    config = load_config(config_path, dict(overrides or {}))
-    client = _client(config)
-    experiment = client.get_experiment_by_name(tracking.experiment_name(config))
-    if experiment is None:
+    client = _client(load_config(config_path) if config_path else None)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
         return None
     found = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
+        experiments, filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
         run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
     )
     if not found:

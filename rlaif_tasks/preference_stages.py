@@ -282,32 +282,3 @@ def _finish(client, run_id: str) -> None:
         client.delete_tag(run_id, TAG_FAILURE)
     if run.info.status != "FINISHED":
         client.set_terminated(run_id, "FINISHED")
-
-
-def record_failure(config_path: str | None, dag_id: str, dag_run_id: str, message: str) -> str | None:
-    """Mark this DAG run's MLflow run FAILED with the reason (the DAGs' failure callback); returns its id.
-
-    Looked for by the run's key in every experiment of the store: a consumer's config (hence its
-    experiment) came from an asset event that the callback does not see.
-    """
-    from mlflow.entities import ViewType
-
-    from rlaif_tasks import tracking
-    from rlaif_tasks.config import load_config
-    from rlaif_tasks.nightly import TAG_FAILURE
-
-    client = tracking.connect(load_config(config_path) if config_path else None)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return None
-    found = client.search_runs(
-        experiments, filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
-        run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
-    )
-    if not found:
-        return None
-    run_id = found[0].info.run_id
-    client.set_tag(run_id, TAG_FAILURE, message[:5000])
-    client.set_terminated(run_id, "FAILED")
-    return run_id
-

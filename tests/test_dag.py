@@ -42,6 +42,7 @@ def dag(tmp_path_factory):
     patch.setenv("RLAIF_DAG_CONFIG", str(config))
     patch.setenv("RLAIF_HOME", str(home / "rlaif"))
     patch.setenv("RLAIF_CONFIG_DIRS", os.pathsep.join([str(home / "team-a"), str(home / "team-b")]))
+    patch.delitem(sys.modules, "rlaif_assets", raising=False)  # the DAGs' shared module reads RLAIF_DAG_CONFIG when imported
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -140,7 +141,7 @@ def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
 
     params = {"config": "configs/demo.yaml", "algorithm": "", "steps": 3, "learning_rate": None, "policy": None,
               "reward": "hatesonar", "set": ["train.batch_size=8", " gate.min_improvement = 0.1", ""]}
-    overrides = module.overrides_from_params(params)
+    overrides = module.overrides_from_params(params, module.OVERRIDE_PARAMS)
     assert overrides == {"train.steps": 3, "reward.model": "hatesonar", "train.batch_size": 8, "gate.min_improvement": 0.1}
     config = load_config(module.resolve_config_path(params["config"]), overrides)
     assert (config.train.steps, config.train.batch_size, config.reward.model, config.train.algorithm) == (3, 8, "hatesonar", "ppo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def bag(tmp_path_factory):
     patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     patch.setenv("RLAIF_DAG_CONFIG", str(config))
     patch.setenv("RLAIF_HOME", str(home / "rlaif"))
+    patch.delitem(sys.modules, "rlaif_assets", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -214,7 +216,7 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
     assert imported["pairs"] == extra["pairs"] and imported["report"]["rows_in"] == extra["pairs"]  # every produced pair kept
 
     failing = ps.prepare_reward_model(source, REWARD, "asset_triggered__2")
-    assert ps.record_failure(config, REWARD, "asset_triggered__2", "train_reward_model failed") == failing["mlflow_run_id"]
+    assert nightly.record_failure(config, REWARD, "asset_triggered__2", "train_reward_model failed") == failing["mlflow_run_id"]
     run = tracking.connect().get_run(failing["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["rlaif.failure"] == "train_reward_model failed"
 
