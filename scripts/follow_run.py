@@ -87,6 +87,21 @@ class LogFollower:
             print(f"{task_id:>17} | {level:<7} {event}", flush=True)
 
 
+NOTE_LIMIT = 1000
+"""Airflow keeps at most this many characters of a DAG run's note."""
+
+
+def run_note(outcome: str, text: str) -> str:
+    """The outcome in bold, then as many whole lines of the report as fit; the full report is report.txt in MLflow."""
+    lines = text.splitlines()
+    for keep in range(len(lines), -1, -1):
+        body = "\n".join(lines[:keep]) + ("" if keep == len(lines) else "\n... (the whole report: report.txt in the MLflow run)")
+        note = f"**{outcome}**\n\n```\n{body}\n```"
+        if len(note) <= NOTE_LIMIT:
+            return note
+    return f"**{outcome}**"[:NOTE_LIMIT]
+
+
 def main() -> int:
     conf = json.loads(sys.argv[1])
     api = client()
@@ -117,7 +132,9 @@ def main() -> int:
         if report.status_code == 200:
             text = report.json()["value"]["text"]
             outcome = text.splitlines()[-1]  # "model NAME version N: promoted ...": what the note's preview shows
-            api.patch(f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"note": f"**{outcome}**\n\n```\n{text}\n```"})
+            noted = api.patch(f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"note": run_note(outcome, text)})
+            if noted.status_code >= 400:
+                print(f"could not set the run's note ({noted.status_code}): {noted.text[:200]}", flush=True)
         print(f"DAG_RUN_ID {run_id}", flush=True)
         return 0 if state == "success" else 1
     finally:
