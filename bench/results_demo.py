@@ -111,6 +111,13 @@ def redecide(summary: dict) -> dict:
     return summary
 
 
+def missing_runs(regular: list[dict]) -> str:
+    """Which of the 3 algorithms x seeds 0-2 have no results yet, said plainly under the tables."""
+    present = {(s["algorithm"], s["seed"]) for s in regular}
+    missing = [f"{a} {seed}" for a in ALGORITHMS for seed in (0, 1, 2) if (a, seed) not in present]
+    return f" Not measured yet: {', '.join(missing)} (`bench/results_demo.py --algorithms ... --seeds ...`)." if missing else ""
+
+
 def spread(values: list[float], fmt: str) -> str:
     """Mean over seeds, with min–max when there is more than one."""
     if len(values) == 1:
@@ -228,16 +235,16 @@ relevance is the MiniLM prompt-response similarity over the base policy's. Train
 
 {table(regular, 'detox-ood') if regular else '(no runs yet)'}
 
-Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regular}))}.""", path=RESULTS)
+Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regular}))}.{missing_runs(regular)}""", path=RESULTS)
 
     if over:
         o = over[0]
         write_section("over-optimised", f"""## An over-optimised run, refused by the gate
 
 `bench/results_demo.py --over-optimised`: PPO as above but with `{', '.join(f'{k}={v}' for k, v in o['overrides'].items())}`
-(no KL term, 10x the learning rate, 20 steps), seed {o['seed']}. Its gate decision against the base policy:
+(no KL term, 10x the learning rate, 20 steps), seed {o['seed']}{'' if 'detox-ood' in o['sets'] else ', measured on the test split only'}. Its gate decision against the base policy:
 
-- failed checks: {', '.join(o['decision']['failed']) or 'none (it passed)'}
+- failed checks: {', '.join(o['decision']['failed']) or 'none (it passed)'}{'' if 'toxicity' in o['decision']['failed'] else ' (its toxicity checks pass: only the KL and quality budgets stop it)'}
 {chr(10).join('- ' + r for r in o['decision']['reasons'])}
 
 {table(over, 'test')}""", path=RESULTS)
