@@ -315,8 +315,8 @@ def test_loop_rewards_masks_and_first_ratio_on_scripted_rollout(causal_path, tmp
     queries, ro = calls["rollout"]
     mask = ro.batch["response_mask"]
     assert mask.tolist() == [EXPECTED_MASK[q] for q in queries]
-    # shaped by hand: 3 -> clip 2.5; -0.5 ended; -2 no EOS -> -3 -> clip -2.5; 1.2 ended on its 4th token
-    shaped = {"you are": 2.5, "the day is": -0.5, "i think that": -2.5, "hello my friend": 1.2}
+    # shaped by hand: 3 -> clip 2.5; -0.5 ended; -2 within the clip, no EOS -> -3 (the penalty comes after the clip); 1.2 ended on its 4th token
+    shaped = {"you are": 2.5, "the day is": -0.5, "i think that": -3.0, "hello my friend": 1.2}
     assert calls["shape_scores"][0][2].tolist() == pytest.approx([shaped[q] for q in queries])
 
     (rewards, values, gae_mask, _, _), _, (advantages, returns) = calls["gae"][0]
