@@ -90,15 +90,12 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None) -> 
             "quality": gate.compare_quality(read_evaluation(run_dir / "eval" / f"baseline{suffix}.json")["quality"], read_evaluation(run_dir / "eval" / f"final{suffix}.json")["quality"]),
         }
     measured = gate.measure_kl(config, run_dir, model_dir)
-    test = sets["test"]
-    decision = gate.decide(test["judges"], gate.gate_judge(config), gate.reward_judge(config), test["quality"], measured["kl"], config.evaluation.samples_per_prompt, config.gate)
     summary = {
         "name": name, "algorithm": algorithm, "seed": seed, "overrides": extra or {}, "steps": config.train.steps,
         "train_seconds": trained - start, "eval_seconds": evaluated - trained, "kl": measured["kl"], "sets": sets,
-        "decision": {k: decision[k] for k in ("passed", "failed", "reasons", "judge", "reward_judge", "improvement", "improvement_lower", "improvement_upper")},
         "train_kl_last5": statistics.fmean([m["kl"] for m in read_metrics(run_dir / "train" / "metrics.jsonl")[-5:] if m.get("kl") is not None] or [float("nan")]),
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")  # the decision is made when the doc is written (redecide)
     return run_dir
 
 

@@ -336,19 +336,6 @@ def comparison_metrics(judges: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def stored_evaluation(client: "MlflowClient", run_id: str, label: str) -> dict | None:
-    """An evaluation summary rebuilt from a run's `eval/<label>/...` metrics, or None when it has none."""
-    metrics = client.get_run(run_id).data.metrics
-    prefix = f"eval/{label}/"
-    judges: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        if key.startswith(prefix):
-            judge, _, stat = key[len(prefix) :].rpartition("/")
-            judges.setdefault(judge, {})[stat] = value
-    judges = {j: s for j, s in judges.items() if {"mean", "std", "frac_toxic"} <= s.keys()}
-    return {"judges": judges} if judges else None
-
-
 # -- artefacts ----------------------------------------------------------------------------------
 
 
