@@ -263,13 +263,17 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
 # -- the reference: champion or base policy ------------------------------------------------------
 
 
-def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: str) -> Path:
-    """Evaluate a registered version on this run's test prompts; returns its samples (cached as eval/champion-v<version>_samples.parquet)."""
-    import mlflow
+def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path, name: str, version: str) -> Path:
+    """Evaluate a registered version on this run's test prompts; returns its samples (cached as eval/champion-v<version>_samples.parquet).
+
+    The version is read back as its save_pretrained folder (`registry.download_policy`), so a
+    causal (transformers flavour) and a seq2seq (pyfunc) champion load alike.
+    """
+    import tempfile
 
     from rlaif_tasks.data import load_prompts_split
     from rlaif_tasks.evaluation import evaluate_policy, write_evaluation
-    from rlaif_tasks.models import resolve_device
+    from rlaif_tasks.models import load_model, resolve_device
     from rlaif_tasks.pipeline import load_judges
 
     label = f"champion-v{version}"
@@ -277,9 +281,10 @@ def evaluate_registered(config: RunConfig, run_dir: Path, name: str, version: st
     if path.is_file() and (run_dir / "eval" / f"{label}.json").is_file():
         return path
     log.info("evaluating %s version %s on this run's test prompts", name, version)
-    parts = mlflow.transformers.load_model(registry.model_uri(name, version), return_type="components")
-    model = parts["model"].to(resolve_device(config.device))
-    evaluation = evaluate_policy(model, parts["tokenizer"], load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation)
+    with tempfile.TemporaryDirectory(prefix="rlaif-champion-") as tmp:
+        folder = registry.download_policy(client, name, version, tmp)
+        champion = load_model(str(folder), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
+        evaluation = evaluate_policy(champion.model, champion.tokenizer, load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation)
     write_evaluation(evaluation, run_dir / "eval", label)
     return path
 
@@ -310,7 +315,7 @@ def reference_samples(client: "MlflowClient", config: RunConfig, run_dir: Path, 
     else:
         log.info("the run of champion %s version %s (%s) is not comparable with this one, so it is evaluated again: %s",
                  name, version, champion.run_id, "; ".join(differences))
-    samples = pd.read_parquet(evaluate_registered(config, run_dir, name, version))
+    samples = pd.read_parquet(evaluate_registered(client, config, run_dir, name, version))
     tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics("champion", read_evaluation(run_dir / "eval" / f"champion-v{version}.json")))
     return {"kind": "champion", "version": version, "source": "evaluated on this run's test prompts"}, samples
 

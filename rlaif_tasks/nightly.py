@@ -109,14 +109,7 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")
     if config.train.steps == 0:
         raise RlaifError("train.steps is 0: the nightly run would have no model to register", "set train.steps to 1 or more (or use `rlaif evaluate` for the base policy)")
-    from rlaif_tasks.models import model_kind
-
-    if model_kind(config.model.policy, revision=config.model.revision, trust_remote_code=config.model.trust_remote_code) == "seq2seq-lm":
-        raise RlaifError(
-            f"the policy {config.model.policy} is a seq2seq model, and the nightly run registers the policy as an MLflow "
-            "text-generation model, which transformers 5 offers for causal LMs only; it would fail at `register`, after training",
-            "choose a causal LM policy for the nightly run, or train and evaluate this one untracked with `rlaif run`",
-        )
+    _require_a_causal_fluency_model(config)
     if config.evaluation.samples_per_prompt < config.gate.min_samples_per_prompt:
         raise RlaifError(
             f"evaluation.samples_per_prompt is {config.evaluation.samples_per_prompt}: the gate needs at least "
@@ -137,7 +130,7 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
         earlier_config = load_config(written)
         if seed_source != "pinned in the config":  # a retry keeps the seed its first try drew
             config.seed = earlier_config.seed
-            recipe = tracking.config_hash(config)
+        recipe = tracking.config_hash(config)
         earlier = tracking.config_hash(earlier_config)
         if earlier != recipe:
             raise RlaifError(
@@ -172,6 +165,25 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
     client.log_artifact(run_id, str(written), "run")
     client.log_artifact(run_id, str(data / "manifest.json"), "run")
     return {"run_dir": str(run_dir), "mlflow_run_id": run_id, "dataset_sha256": manifest["content_sha256"], "config_hash": recipe}
+
+
+def _require_a_causal_fluency_model(config) -> None:
+    """Fluency is a response's perplexity under a causal LM; with evaluation.fluency_model unset that is the policy.
+
+    A seq2seq policy cannot be that model, and the evaluation would find out only after the base
+    policy's generation: refuse it here, before anything is prepared or trained.
+    """
+    if config.evaluation.fluency_model is not None:
+        return
+    from rlaif_tasks.models import model_kind
+
+    m = config.model
+    if model_kind(m.policy, revision=m.revision, trust_remote_code=m.trust_remote_code) == "seq2seq-lm":
+        raise RlaifError(
+            f"the policy {m.policy} is a seq2seq model and evaluation.fluency_model is unset, so fluency would be measured "
+            "under the policy itself, but the perplexity of a response given its prompt needs a causal LM",
+            "set evaluation.fluency_model to a causal LM (configs/seed-flan-t5-base.yaml names Qwen/Qwen2.5-1.5B)",
+        )
 
 
 def baseline_eval(refs: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The model registry: trained policies as MLflow transformers models, promoted by alias.
+"""The model registry: trained policies as MLflow models (transformers flavour, or pyfunc for seq2seq), promoted by alias.
 
 Aliases of a registered model (`tracking.registered_model`, default `rlaif-<name>-policy`):
 
@@ -146,15 +146,20 @@ def inference_defaults(config: RunConfig) -> dict:
 
 
 def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32", defaults: dict | None = None) -> str:
-    """Log the policy folder as a transformers text-generation model of the run; returns the logged model id.
+    """Log the policy folder as a model of the run; returns the logged model id.
 
-    A model this run logged before (a retry that failed before registering) is reused. `defaults`
-    become the served model's inference config and its signature's params, so `mlflow models serve`
-    answers with the run's response length and a caller can override any of them per request.
+    A causal LM is logged with the transformers flavour (a text-generation pipeline), a seq2seq LM
+    as a pyfunc model (models/seq2seq_pyfunc.py: transformers 5 has no text2text pipeline); both
+    answer a list of prompts with their continuations. A model this run logged before (a retry
+    that failed before registering) is reused. `defaults` become the served model's inference
+    config and its signature's params, so `mlflow models serve` answers with the run's response
+    length and a caller can override any of them per request.
     """
     import mlflow
-
     from mlflow.entities import LoggedModelStatus
+    from mlflow.models import infer_signature
+
+    from rlaif_tasks.models import load_model
 
     run = client.get_run(run_id)
     logged = client.search_logged_models(
@@ -163,6 +168,9 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     ready = [m for m in logged if str(m.status) == str(LoggedModelStatus.READY)]
     if ready:
         return ready[0].model_id
+    loaded = load_model(str(model_dir), kind="auto", dtype=dtype, device="cpu")
+    if loaded.kind not in ("causal-lm", "seq2seq-lm"):
+        raise RlaifError(f"{model_dir} holds a {loaded.kind}; the registry stores language-model policies (causal or seq2seq)", "register the policy that training wrote (train/final)")
     for unfinished in logged:  # an attempt killed mid-upload: its files may be partial, so it is never registered
         if str(unfinished.status) != str(LoggedModelStatus.FAILED):
             log.warning("logged model %s of run %s was never finalised (%s); marking it FAILED and logging afresh", unfinished.model_id, run_id, unfinished.status)
@@ -170,29 +178,42 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")}
     # created here, in the run's experiment: left to itself MLflow files it under the active (default) experiment
     model = mlflow.initialize_logged_model(name=ARTIFACT_NAME, source_run_id=run_id, tags=tags, experiment_id=run.info.experiment_id)
-
-    import transformers
-
-    from rlaif_tasks.models import load_model
-
-    loaded = load_model(str(model_dir), kind="auto", dtype=dtype, device="cpu")
-    if loaded.kind != "causal-lm":
-        raise RlaifError(
-            f"{model_dir} holds a {loaded.kind}; the registry stores text-generation (causal LM) policies",
-            "register a causal LM policy (transformers 5 has no text2text pipeline for MLflow's transformers flavour)",
-        )
-    from mlflow.models import infer_signature
-
-    pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
     defaults = dict(defaults or {})
-    mlflow.transformers.log_model(
-        pipeline, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, pip_requirements=pip_requirements(),
-        model_config={**defaults, "return_full_text": False},  # answer with the continuation, as the evaluation scores it
-        signature=infer_signature(["a prompt"], ["its continuation"], params=defaults or None),
-    )
+    common = {
+        "name": ARTIFACT_NAME, "run_id": run_id, "model_id": model.model_id, "pip_requirements": pip_requirements(),
+        "signature": infer_signature(["a prompt"], ["its continuation"], params=defaults or None),
+    }
+    if loaded.kind == "seq2seq-lm":
+        _log_seq2seq(loaded, defaults, common)
+    else:
+        import transformers
+
+        pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
+        # return_full_text: answer with the continuation, as the evaluation scores it
+        mlflow.transformers.log_model(pipeline, model_config={**defaults, "return_full_text": False}, **common)
     if str(client.get_logged_model(model.model_id).status) != str(LoggedModelStatus.READY):
         mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+def _log_seq2seq(loaded, defaults: dict, common: dict) -> None:
+    """Log a seq2seq policy as the pyfunc model of models/seq2seq_pyfunc.py, from code, with its folder in the run's dtype.
+
+    `Model.log` rather than `mlflow.pyfunc.log_model`, which takes no run id: the run is not active
+    here, and the model must be an output of that run, as the transformers flavour's is.
+    """
+    import importlib.util
+    import tempfile
+
+    import mlflow
+    from mlflow.models import Model
+
+    code = importlib.util.find_spec("rlaif_tasks.models.seq2seq_pyfunc").origin  # not imported: it would set MLflow's model-from-code global here
+    with tempfile.TemporaryDirectory(prefix="rlaif-seq2seq-") as tmp:
+        folder = Path(tmp) / ARTIFACT_NAME
+        loaded.model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        Model.log(artifact_path=None, flavor=mlflow.pyfunc, python_model=code, artifacts={ARTIFACT_NAME: str(folder)}, model_config=defaults, **common)
 
 
 def register_policy(
@@ -405,6 +426,30 @@ def _float_dtype(folder: Path) -> str | None:
     return None
 
 
+def download_policy(client: "MlflowClient", name: str, version: str | int, dst: str | Path) -> Path:
+    """Download a registered version under `dst`; returns its save_pretrained folder (config, weights, tokenizer).
+
+    Whatever the flavour: a seq2seq policy (pyfunc) keeps that folder as its artifact `policy`; a
+    causal one (transformers flavour) splits it into model/ and components/tokenizer/, which are
+    put back together here.
+    """
+    import mlflow
+
+    uri = model_uri(name, version)
+    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri))
+    pyfunc_folder = root / "artifacts" / ARTIFACT_NAME
+    if (pyfunc_folder / "config.json").is_file():
+        return pyfunc_folder
+    folder = root / "model"
+    if not (folder / "config.json").is_file():
+        raise RlaifError(f"{uri} holds no transformers checkpoint (no model/config.json or artifacts/{ARTIFACT_NAME}/config.json)", "register policies with `register_policy` (the nightly register stage)")
+    tokenizer = root / "components" / "tokenizer"
+    if tokenizer.is_dir():
+        for file in tokenizer.iterdir():
+            file.replace(folder / file.name)
+    return folder
+
+
 def verify_registered_weights(client: "MlflowClient", name: str, version: str | int, model_dir: str | Path) -> str:
     """Download the registered version and check that its weights are the trained folder's; returns their hash.
 
@@ -413,10 +458,8 @@ def verify_registered_weights(client: "MlflowClient", name: str, version: str | 
     """
     import tempfile
 
-    import mlflow
-
     with tempfile.TemporaryDirectory(prefix="rlaif-verify-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(model_uri(name, version), dst_path=tmp, tracking_uri=client._tracking_client.tracking_uri))
+        local = download_policy(client, name, version, tmp)
         registered = weights_sha256(local)
         dtype = _float_dtype(local)
     trained = weights_sha256(model_dir, dtype)

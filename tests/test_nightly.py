@@ -149,14 +149,84 @@ def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):
     assert nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
 
 
-def test_a_seq2seq_policy_is_refused_before_anything_is_prepared_or_trained(home, config_path, tmp_path):
-    """The registry cannot store a seq2seq policy: say so at the first task, not after hours of training."""
+def test_a_seq2seq_policy_without_a_fluency_model_is_refused_before_anything_is_prepared(home, config_path, tmp_path):
+    """Fluency needs a causal LM, and an unset evaluation.fluency_model means the policy: say so at the first task."""
     from tiny_models import tiny_seq2seq_lm
 
     seq2seq = tiny_seq2seq_lm(tmp_path / "t5")
-    with pytest.raises(RlaifError, match="seq2seq model.*fail at `register`, after training"):
+    with pytest.raises(RlaifError) as raised:
         nightly.prepare_dataset(str(config_path), {"model.policy": str(seq2seq)}, "rlaif_nightly", "manual__t5")
+    assert "seq2seq model and evaluation.fluency_model is unset" in raised.value.problem
+    assert "set evaluation.fluency_model to a causal LM" in raised.value.fix
     assert not (home / "runs").exists() or not list((home / "runs").rglob("manifest.json"))
+
+
+def test_the_flan_t5_seed_config_names_a_causal_fluency_model(monkeypatch):
+    """The shipped seq2seq config passes the check; without its fluency_model it would not (no hub access needed)."""
+    from rlaif_tasks import models
+    from rlaif_tasks.config import load_config
+
+    seed = Path(__file__).parents[1] / "configs" / "seed-flan-t5-base.yaml"
+    asked = []
+
+    def a_seq2seq_hub_model(spec, **_):
+        asked.append(spec)
+        return "seq2seq-lm"
+
+    monkeypatch.setattr(models, "model_kind", a_seq2seq_hub_model)
+    nightly._require_a_causal_fluency_model(load_config(seed))
+    assert asked == []  # a named fluency model needs no look-up of the policy
+    with pytest.raises(RlaifError, match="evaluation.fluency_model is unset"):
+        nightly._require_a_causal_fluency_model(load_config(seed, {"evaluation.fluency_model": None}))
+    assert asked == ["google/flan-t5-base"]
+
+
+def test_a_seq2seq_policy_runs_the_nightly_stages_and_is_registered_as_pyfunc(home, config_path, tmp_path, monkeypatch):
+    """A tiny T5 from prepare to report: registered as a pyfunc model that generates, its weights checked, promoted."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow import MlflowClient
+
+    from rlaif_tasks import gate, registry
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.models import load_model
+    from tiny_models import tiny_seq2seq_lm
+
+    t5 = tiny_seq2seq_lm(tmp_path / "t5")
+    overrides = {
+        "model.policy": str(t5), "evaluation.fluency_model": str(tmp_path / "policy"),  # the fixture's tiny causal LM
+        "evaluation.relevance_model": None, "train.steps": 2,
+    }
+    refs = nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", "manual__t5")
+    for stage in (nightly.baseline_eval, nightly.train, nightly.evaluate, nightly.register, nightly.promote_if_better):
+        refs = stage(refs)
+    result = nightly.report(refs)
+
+    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")
+    name, version = result["model_name"], result["model_version"]
+    assert (name, version, result["promoted"]) == ("rlaif-tiny-policy", "1", True)
+    assert "promoted to champion" in result["text"] and f"model {name} version 1" in result["text"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    info = mlflow.models.get_model_info(f"models:/{name}/1")
+    assert set(info.flavors) == {"python_function"} and info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert {p.name: p.default for p in info.signature.params.params} == registry.inference_defaults(load_config(Path(refs["run_dir"]) / "config.yaml"))
+    assert client.get_model_version(name, "1").tags[registry.TAG_WEIGHTS] == registry.weights_sha256(refs["model_dir"])
+
+    served = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    answers = served.predict(["you are a good friend", "the day is"])
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers) and any(answers)
+    assert served.predict(pd.DataFrame({"prompt": ["hello"]}), params={"max_new_tokens": 2, "do_sample": False}) == served.predict(["hello"], params={"max_new_tokens": 2, "do_sample": False})
+    assert all(len(a.split()) <= 2 for a in served.predict(["you are", "the day is", "what"], params={"max_new_tokens": 2}))  # one word a token
+
+    # read back the other ways: a models:/ spec, and the gate's evaluation of a registered champion
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    champion, trained = load_model(f"models:/{name}@champion"), load_model(refs["model_dir"])
+    assert champion.kind == "seq2seq-lm"
+    assert all(torch.equal(a, b) for a, b in zip(champion.model.state_dict().values(), trained.model.state_dict().values()))
+    config, run_dir = load_config(Path(refs["run_dir"]) / "config.yaml"), Path(refs["run_dir"])
+    again = pd.read_parquet(gate.evaluate_registered(client, config, run_dir, name, "1"))
+    assert again["response"].tolist() == pd.read_parquet(run_dir / "eval" / "final_samples.parquet")["response"].tolist()
 
 
 def test_a_worker_that_cannot_see_the_run_folder_says_to_share_rlaif_home(home, tmp_path):
