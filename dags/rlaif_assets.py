@@ -7,8 +7,8 @@ One preferences Asset per config name: the config is the one $RLAIF_DAG_CONFIG n
 rlaif_nightly's schedule), read when the DAG files are parsed, and the producer refuses a trigger
 whose config has another name. The reward-model Asset stands for the registered model
 `<registered policy name>-reward`; its events carry the version, its models:/ URI and the model's
-folder (which `reward.model` accepts), for whatever DAG is scheduled on it, e.g. a nightly run that
-trains against the newest reward model (rlaif_nightly is not scheduled on it yet).
+folder (which `reward.model` accepts); with `orchestration.retrain_on_reward_model` rlaif_nightly is
+scheduled on it too and trains against the new version (`nightly_schedule`, `reward_model_of`).
 
 Not a DAG file: the dag-processor parses it too (it mentions airflow and asset), finds no DAG and
 records none, at the cost of one cheap parse. The DAG files import it as a sibling module: Airflow
@@ -59,6 +59,23 @@ orchestration = CONFIG.orchestration
 on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}
 eval_timeout = timedelta(minutes=orchestration.eval_timeout_minutes)
 train_timeout = timedelta(minutes=orchestration.train_timeout_minutes)
+
+
+def nightly_schedule(cron: str | None):
+    """rlaif_nightly's schedule: the cron (None: no clock), and with orchestration.retrain_on_reward_model each new reward model."""
+    if not orchestration.retrain_on_reward_model:
+        return cron
+    if cron is None:
+        return [REWARD_MODEL]
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[REWARD_MODEL])
+
+
+def reward_model_of(context) -> str | None:
+    """The `models:/NAME/VERSION` of the newest reward model whose registration started this run, if one did."""
+    events = (context.get("triggering_asset_events") or {}).get(REWARD_MODEL, [])
+    return dict(events[-1].extra or {}).get("model_uri") if events else None
 
 
 # -- the trigger forms ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Trigger with a config file and optional overrides; an empty override means "as i
 The schedule, queue, pool, retries and timeouts come from the `orchestration` section of the
 config named by $RLAIF_DAG_CONFIG (default configs/demo.yaml), read when the file is parsed;
 $RLAIF_DAG_SCHEDULE overrides the schedule (`none`: manual runs only, as `make run` and `make up`
-store it). The trigger form's "Unpause on trigger" is ticked by Airflow: on a DAG with a schedule,
+store it). With `orchestration.retrain_on_reward_model` a new version of the reward model that
+reward_model_training registers also starts a run, which trains against that version (RLHF). The trigger form's "Unpause on trigger" is ticked by Airflow: on a DAG with a schedule,
 untick it unless this trigger should also start the nightly runs.
 """
 
@@ -28,8 +29,8 @@ from airflow.sdk import Param, dag, get_current_context, result, task
 if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
     sys.path.append(str(Path(__file__).resolve().parent))
 from rlaif_assets import (  # noqa: E402
-    CONFIG_PATTERN, DAG_CONFIG, dag_settings, eval_timeout, logical_date, on_gpu, orchestration, overrides_from_params,
-    resolve_config_path, set_param, stage, train_timeout,
+    CONFIG_PATTERN, DAG_CONFIG, dag_settings, eval_timeout, logical_date, nightly_schedule, on_gpu, orchestration,
+    overrides_from_params, resolve_config_path, reward_model_of, set_param, stage, train_timeout,
 )
 
 # Trigger-form param -> config key it overrides.
@@ -45,7 +46,7 @@ nightly = partial(stage, module="nightly")
 # `make run` stores the DAG without a schedule (RLAIF_DAG_SCHEDULE=none) while it unpauses it for one
 # manual run, so that run does not also start the nightly schedule's latest missed run.
 schedule = os.environ.get("RLAIF_DAG_SCHEDULE", orchestration.schedule)
-schedule = None if schedule.strip().lower() == "none" else schedule
+schedule = nightly_schedule(None if schedule.strip().lower() == "none" else schedule)
 
 
 @dag(
@@ -76,10 +77,12 @@ def rlaif_nightly():
     def prepare_dataset() -> dict:
         context = get_current_context()
         params = context["params"]
-        return nightly(
-            "prepare_dataset", resolve_config_path(params["config"]), overrides_from_params(params, OVERRIDE_PARAMS), context["dag"].dag_id,
-            context["run_id"], logical_date=logical_date(context),
-        )
+        overrides = overrides_from_params(params, OVERRIDE_PARAMS)
+        new_reward_model = reward_model_of(context)
+        if new_reward_model and "reward.model" not in overrides:
+            print(f"started by a new reward model: training against {new_reward_model}")
+            overrides["reward.model"] = new_reward_model
+        return nightly("prepare_dataset", resolve_config_path(params["config"]), overrides, context["dag"].dag_id, context["run_id"], logical_date=logical_date(context))
 
     @task(execution_timeout=eval_timeout, **on_gpu)
     def baseline_eval(refs: dict) -> dict:

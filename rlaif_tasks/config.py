@@ -243,6 +243,9 @@ class OrchestrationConfig:
     """The whole DAG run fails after this long, so a task queued where no worker listens cannot wait forever."""
     max_active_runs: int = 1
     """DAG runs in flight at once; the pool still lets only its slots' worth of GPU tasks run together."""
+    retrain_on_reward_model: bool = False
+    """Also start rlaif_nightly whenever reward_model_training registers a new reward model, and train that run against
+    it (`reward.model: models:/<policy name>-reward/<new version>`): RLHF on the newest preferences."""
 
 
 @dataclass

@@ -30,6 +30,8 @@ from rlaif_tasks.faults import fault_point
 log = logging.getLogger(__name__)
 
 TAG_FAILURE = "rlaif.failure"
+TAG_REWARD_MODEL = "rlaif.reward_model"
+"""The registered reward model version a run trains against, when reward.model names one (`models:/NAME/N`)."""
 """Why the DAG run failed, set on its MLflow run by `record_failure`."""
 
 
@@ -124,12 +126,16 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
         config.seed, seed_source = seed_for_logical_date(logical_date), f"logical date {logical_date}"
     run_dir = nightly_run_dir(config, dag_run_id)
     config.run_dir = str(run_dir)
+    requested_reward = config.reward.model
+    config.reward.model = _pinned_reward_model(requested_reward)
     recipe = tracking.config_hash(config)
     written = run_dir / "config.yaml"
     if written.is_file():
         earlier_config = load_config(written)
         if seed_source != "pinned in the config":  # a retry keeps the seed its first try drew
             config.seed = earlier_config.seed
+        if config.reward.model != requested_reward:  # and the reward model version its first try found under the alias
+            config.reward.model = _same_registered_model(requested_reward, earlier_config.reward.model) or config.reward.model
         recipe = tracking.config_hash(config)
         earlier = tracking.config_hash(earlier_config)
         if earlier != recipe:
@@ -153,6 +159,7 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             tracking.TAG_RUN_DIR: str(run_dir),
             "rlaif.seed": str(config.seed),
             "rlaif.seed_source": seed_source,
+            **({TAG_REWARD_MODEL: config.reward.model} if requested_reward.startswith("models:/") else {}),
         },
     )
     airflow_url = tracking.airflow_run_url(dag_id, dag_run_id)
@@ -184,6 +191,28 @@ def _require_a_causal_fluency_model(config) -> None:
             "under the policy itself, but the perplexity of a response given its prompt needs a causal LM",
             "set evaluation.fluency_model to a causal LM (configs/seed-flan-t5-base.yaml names Qwen/Qwen2.5-1.5B)",
         )
+
+
+def _pinned_reward_model(spec: str) -> str:
+    """A registered reward model named by alias becomes the version the alias names now, so every stage scores alike."""
+    from rlaif_tasks.models import registry_spec
+
+    if not registry_spec.is_registry_spec(spec):
+        return spec
+    try:
+        name, version = registry_spec.resolve_version(spec)
+    except RlaifError as exc:
+        raise RlaifError(f"reward.model {spec}: {exc.problem}", "run the reward_model_training DAG first, or name a registered version that exists") from exc
+    return f"models:/{name}/{version}"
+
+
+def _same_registered_model(requested: str, earlier: str) -> str | None:
+    """`earlier` when it is a version of the registered model `requested` names (what a retry must keep)."""
+    from rlaif_tasks.models import registry_spec
+
+    if registry_spec.is_registry_spec(earlier) and registry_spec.parse(earlier)[0] == registry_spec.parse(requested)[0]:
+        return earlier
+    return None
 
 
 def baseline_eval(refs: dict) -> dict:

@@ -20,7 +20,7 @@ from rlaif_tasks.errors import RlaifError
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
-PRODUCER, REWARD, DPO = "ai_feedback_preferences", "reward_model_training", "dpo_alignment"
+PRODUCER, REWARD, DPO, NIGHTLY = "ai_feedback_preferences", "reward_model_training", "dpo_alignment", "rlaif_nightly"
 NIGHTLY_STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
 ORCHESTRATION = """
 name: assettest
@@ -76,6 +76,37 @@ def test_consumers_are_scheduled_on_the_producers_outlet(bag):
         assert (asset.name, asset.uri) == (outlet.name, outlet.uri)
     [reward] = bag.dags[REWARD].get_task("register").outlets
     assert (reward.name, reward.uri) == ("rlaif-assettest-policy-reward", "rlaif://assettest/reward-model")
+
+
+def test_the_nightly_can_also_be_scheduled_on_each_new_reward_model(tmp_path, monkeypatch):
+    """orchestration.retrain_on_reward_model: the cron or a reward-model event; without a clock, the event alone."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "retrain.yaml"
+    config.write_text(ORCHESTRATION + "  retrain_on_reward_model: true\n  schedule: '0 3 * * *'\n")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.setenv("RLAIF_DAG_CONFIG", str(config))
+    monkeypatch.setenv("RLAIF_HOME", str(tmp_path / "rlaif"))
+    for schedule, kind in ((None, "AssetOrTimeSchedule"), ("none", "AssetTriggeredTimetable")):
+        if schedule:
+            monkeypatch.setenv("RLAIF_DAG_SCHEDULE", schedule)
+        monkeypatch.delitem(sys.modules, "rlaif_assets", raising=False)
+        nightly = DagBag(dag_folder=str(DAGS / "rlaif_nightly.py")).dags["rlaif_nightly"]
+        assert type(nightly.timetable).__name__ == kind
+        [asset] = assets_of(nightly)
+        assert (asset.name, asset.uri) == ("rlaif-assettest-policy-reward", "rlaif://assettest/reward-model")
+        if kind == "AssetOrTimeSchedule":
+            assert nightly.timetable.timetable.expression == "0 3 * * *"
+    monkeypatch.delitem(sys.modules, "rlaif_assets", raising=False)
+
+
+def test_a_reward_model_event_names_the_version_a_nightly_run_trains_against(bag):
+    import rlaif_assets
+    from types import SimpleNamespace
+
+    event = lambda version: SimpleNamespace(extra={"model_uri": f"models:/rlaif-assettest-policy-reward/{version}"})  # noqa: E731
+    assert rlaif_assets.reward_model_of({"triggering_asset_events": {rlaif_assets.REWARD_MODEL: [event(1), event(2)]}}) == "models:/rlaif-assettest-policy-reward/2"
+    assert rlaif_assets.reward_model_of({"triggering_asset_events": {}}) is None and rlaif_assets.reward_model_of({}) is None
 
 
 def test_tasks_read_like_the_diagrams(bag):
@@ -227,18 +258,19 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
 @pytest.mark.slow
 def test_producer_run_starts_the_reward_model_dag_by_itself(tmp_path_factory):
     """Trigger ai_feedback_preferences on the tiny config; the scheduler starts reward_model_training from its asset
-    event (dpo_alignment stays paused, so it gets no run), which registers `<policy>-reward` and publishes its version."""
+    event (dpo_alignment stays paused, so it gets no run), which registers `<policy>-reward` and publishes its version;
+    that event starts rlaif_nightly (retrain_on_reward_model), which trains against the version and finishes."""
     from mlflow import MlflowClient
     from production_stack import ProductionStack, write_tiny_project
 
     home = tmp_path_factory.mktemp("assets_home")
-    config = write_tiny_project(home, name="assets")
+    config = write_tiny_project(home, name="assets", orchestration=", retrain_on_reward_model: true")
     stack = ProductionStack(home, config, executor="LocalExecutor")
     try:
         stack.start_all()
-        for dag_id in (PRODUCER, REWARD, DPO):
+        for dag_id in (PRODUCER, REWARD, DPO, NIGHTLY):
             stack.wait_until(lambda: stack.api.get(f"/dags/{dag_id}").status_code == 200, 120, f"{dag_id} to be parsed")
-        for dag_id in (PRODUCER, REWARD):
+        for dag_id in (PRODUCER, REWARD, NIGHTLY):
             assert stack.api.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
         response = stack.api.post(f"/dags/{PRODUCER}/dagRuns", json={"logical_date": None, "conf": {"config": str(config), "margin": 0.001}})
         assert response.status_code == 200, response.text
@@ -277,5 +309,17 @@ def test_producer_run_starts_the_reward_model_dag_by_itself(tmp_path_factory):
         assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["rlaif.preferences_sha256"] == extra["sha256"]
         assert mlflow_run.data.tags["rlaif.dag_id"] == REWARD and "reward_model/eval_accuracy" in mlflow_run.data.metrics
         assert client.get_run(extra["mlflow_run_id"]).data.metrics["preferences/pairs"] == extra["pairs"]
+
+        [started] = stack.wait_until(lambda: stack.get(f"/dags/{NIGHTLY}/dagRuns")["dag_runs"], 60, f"{NIGHTLY} to be started by the reward model", every=2)
+        assert started["run_type"] == "asset_triggered"
+        nightly_run = started["dag_run_id"]
+        state = stack.wait_until(lambda: finished(NIGHTLY, nightly_run), 300, f"{NIGHTLY} {nightly_run}", every=3)
+        tis = {ti["task_id"]: ti["state"] for ti in stack.get(f"/dags/{NIGHTLY}/dagRuns/{nightly_run}/taskInstances")["task_instances"]}
+        assert state == "success", tis
+        report = stack.get(f"/dags/{NIGHTLY}/dagRuns/{nightly_run}/taskInstances/report/xcomEntries/return_value", deserialize=True)["value"]
+        rlhf_run = client.get_run(report["mlflow_run_id"])
+        assert rlhf_run.data.tags["rlaif.reward_model"] == "models:/rlaif-assets-policy-reward/1"
+        assert rlhf_run.data.params["reward.model"] == "models:/rlaif-assets-policy-reward/1"
+        assert len(client.get_metric_history(rlhf_run.info.run_id, "train/reward/mean")) == 2
     finally:
         stack.stop_all()

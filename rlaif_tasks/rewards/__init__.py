@@ -53,10 +53,11 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
         from rlaif_tasks.rewards.llm_judge import LLMJudge
 
         return LLMJudge(**{"device": device, **cfg.llm_judge})
-    if (Path(spec) / "reward_model.json").is_file():
+    folder = _reward_model_folder(spec)
+    if folder is not None:
         from rlaif_tasks.train.reward_model import RewardModelBackend
 
-        return RewardModelBackend(spec, device=device)
+        return RewardModelBackend(folder, device=device)
     if spec == "profanity-check":
         from rlaif_tasks.rewards.profanity import ProfanityCheckBackend
 
@@ -64,6 +65,14 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
     from rlaif_tasks.rewards.hf_classifier import HFClassifierBackend
 
     return HFClassifierBackend(cfg, device=device)
+
+
+def _reward_model_folder(spec: str) -> Path | None:
+    """The folder of a trained reward model (reward_model.json beside the weights), local or registered (`models:/NAME/N`)."""
+    from rlaif_tasks.models import registry_spec
+
+    folder = registry_spec.local_folder(spec) if registry_spec.is_registry_spec(spec) else Path(spec)
+    return folder if (folder / "reward_model.json").is_file() else None
 
 
 def build_scorer(cfg: ScorerConfig, purpose: Purpose, device: str = "cpu") -> Scorer:

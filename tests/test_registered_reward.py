@@ -1,0 +1,91 @@
+"""A registered reward model (`models:/<name>-reward@alias`) as reward.model: pinned once per DAG run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from rlaif_tasks import nightly
+from rlaif_tasks.errors import RlaifError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NAME = "rlaif-tiny-policy-reward"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAIF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    from tiny_models import WORDS, tiny_causal_lm
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{WORDS[i % len(WORDS)]} {WORDS[(3 * i) % len(WORDS)]}"}) + "\n" for i in range(30)))
+    config = {
+        "name": "tiny", "device": "cpu", "seed": 0, "model": {"policy": str(tiny_causal_lm(tmp_path / "policy"))},
+        "data": {"source": str(prompts), "use_chat_template": False, "test_size": 10},
+        "reward": {"model": "profanity-check"}, "evaluation": {"judges": [{"model": "profanity-check"}]},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _register_reward_model(client, folder, seed: int) -> str:
+    """A one-logit classifier folder with reward_model.json, logged and registered as the reward_model_training DAG does."""
+    from tiny_models import tiny_classifier
+
+    tiny_classifier(folder, id2label={0: "reward"}, seed=seed)
+    (folder / "reward_model.json").write_text(json.dumps({"max_length": 64}))
+    run = client.create_run(client.create_experiment(f"reward-model-{seed}"))
+    client.log_artifacts(run.info.run_id, str(folder), "reward_model")
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        client.create_registered_model(NAME)
+    version = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/reward_model", run_id=run.info.run_id)
+    client.set_registered_model_alias(NAME, "champion", version.version)
+    return str(version.version)
+
+
+def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_path, tmp_path):
+    from mlflow import MlflowClient
+
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.rewards import build_backend
+    from rlaif_tasks.train.reward_model import RewardModelBackend
+
+    (home / ".mlflow").mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")
+    nightly.prepare_dataset(str(config_path), {}, "rlaif_nightly", "manual__store")  # creates the embedded store's tables
+    assert _register_reward_model(client, tmp_path / "rm1", seed=1) == "1"
+
+    uri = f"models:/{NAME}@champion"
+    refs = nightly.prepare_dataset(str(config_path), {"reward.model": uri}, "rlaif_nightly", "manual__first")
+    config = load_config(f"{refs['run_dir']}/config.yaml")
+    assert config.reward.model == f"models:/{NAME}/1"
+    assert client.get_run(refs["mlflow_run_id"]).data.tags[nightly.TAG_REWARD_MODEL] == f"models:/{NAME}/1"
+    texts = ["alpha beta", "gamma delta epsilon", "zeta"]
+    pinned = build_backend(config.reward).reward(texts)
+    assert pinned == pytest.approx(RewardModelBackend(tmp_path / "rm1").reward(texts))
+
+    # the alias moves to a new version: a retry of the same DAG run keeps version 1, a new DAG run takes version 2
+    assert _register_reward_model(client, tmp_path / "rm2", seed=2) == "2"
+    retried = nightly.prepare_dataset(str(config_path), {"reward.model": uri}, "rlaif_nightly", "manual__first")
+    assert retried["mlflow_run_id"] == refs["mlflow_run_id"]
+    assert load_config(f"{refs['run_dir']}/config.yaml").reward.model == config.reward.model
+    assert build_backend(load_config(f"{refs['run_dir']}/config.yaml").reward).reward(texts) == pytest.approx(pinned)
+    second = nightly.prepare_dataset(str(config_path), {"reward.model": uri}, "rlaif_nightly", "manual__second")
+    assert client.get_run(second["mlflow_run_id"]).data.tags[nightly.TAG_REWARD_MODEL] == f"models:/{NAME}/2"
+    new = build_backend(load_config(f"{second['run_dir']}/config.yaml").reward).reward(texts)
+    assert new == pytest.approx(RewardModelBackend(tmp_path / "rm2").reward(texts)) and new != pytest.approx(pinned)
+
+
+def test_a_missing_registered_reward_model_is_refused_with_the_fix(home, config_path):
+    with pytest.raises(RlaifError, match="reward_model_training"):
+        nightly.prepare_dataset(str(config_path), {"reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__none")
