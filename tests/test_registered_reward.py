@@ -44,7 +44,7 @@ def _register_reward_model(client, folder, seed: int) -> str:
 
     tiny_classifier(folder, id2label={0: "reward"}, seed=seed)
     (folder / "reward_model.json").write_text(json.dumps({"max_length": 64}))
-    run = client.create_run(client.create_experiment(f"reward-model-{seed}"))
+    run = client.create_run(client.create_experiment(f"reward-model-{seed}", artifact_location=(folder.parent / "artifacts").as_uri()))
     client.log_artifacts(run.info.run_id, str(folder), "reward_model")
     if not client.search_registered_models(f"name = '{NAME}'"):
         client.create_registered_model(NAME)
