@@ -431,12 +431,14 @@ def download_policy(client: "MlflowClient", name: str, version: str | int, dst: 
 
     Whatever the flavour: a seq2seq policy (pyfunc) keeps that folder as its artifact `policy`; a
     causal one (transformers flavour) splits it into model/ and components/tokenizer/, which are
-    put back together here.
+    put back together here; a reward model is registered as the plain folder itself.
     """
     import mlflow
 
     uri = model_uri(name, version)
     root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri))
+    if (root / "config.json").is_file():
+        return root
     pyfunc_folder = root / "artifacts" / ARTIFACT_NAME
     if (pyfunc_folder / "config.json").is_file():
         return pyfunc_folder
