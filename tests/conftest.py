@@ -11,6 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty $RLAIF_HOME: the embedded MLflow store and the run folders live under it."""
+    monkeypatch.setenv("RLAIF_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a shared CPU the thread pool's spinning costs seconds."""

@@ -16,13 +16,6 @@ NAME = "rlaif-tiny-policy-reward"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLAIF_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def config_path(tmp_path):
     from tiny_models import WORDS, tiny_causal_lm
 
