@@ -7,12 +7,19 @@ the base policy prompt by prompt (95% paired-bootstrap intervals), plus KL on th
 the fluency ratio, distinct-2, the repeated-3-gram share and relevance. The base policy is
 evaluated once (its samples do not depend on the training seed) and shared. The gate's checks
 against the base policy are applied to every run; `--over-optimised` adds a PPO run without a KL
-term at 10x the learning rate, which the gate must refuse.
+term at 10x the learning rate, which the gate must refuse. `--preference-ways` adds the seed's other two
+ways on AI-feedback pairs from the base policy (judged by the same jigsaw reward): PPO against a
+reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at seed 0.
 
     .venv/bin/python bench/results_demo.py                                  # 3 algorithms x seeds 0 1 2
     .venv/bin/python bench/results_demo.py --algorithms ppo --seeds 0       # one run
     .venv/bin/python bench/results_demo.py --over-optimised --algorithms    # the refused run only
-    .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from runs/results-*
+    .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
+    .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
+
+Each run's measurements (and the responses of the ten drawn prompts) are kept in
+docs/results-data/<run>.json, committed, so the doc can be rebuilt and extended a seed at a time on
+another machine; the run folders in runs/ are scratch.
 """
 
 from __future__ import annotations
@@ -41,7 +48,11 @@ from rlaif_tasks.train.metrics import read_metrics  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
 RUNS = ROOT / "runs"
+DATA = ROOT / "docs" / "results-data"
+DRAWN = 10
 ALGORITHMS = ("ppo", "grpo", "rloo")
+PREFERENCE_PROMPTS = 400
+"""Train prompts the base policy answers k times for the AI-feedback pairs (of 1248; all of them would take about 8 min more here)."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
@@ -57,7 +68,35 @@ def baseline_dir() -> Path:
     if not (run_dir / "eval" / "baseline.json").is_file():
         prepare_dataset(config)
         evaluate_model(config, "baseline")
+    if not (DATA / "results-base.json").is_file():
+        samples = pd.read_parquet(run_dir / "eval" / "baseline_samples.parquet")
+        record = {
+            "manifest": {k: json.loads((run_dir / "data" / "manifest.json").read_text())[k] for k in ("counts", "categories")},
+            "evaluations": {name: read_evaluation(run_dir / "eval" / f"baseline{suffix}.json") for name, suffix in set_labels(config)},
+            "drawn": drawn_responses(samples, drawn_prompt_ids(samples), with_prompt=True),
+        }
+        write_record("results-base", record)
     return run_dir
+
+
+def drawn_prompt_ids(base_samples: pd.DataFrame, n: int = DRAWN) -> list[str]:
+    """`n` test prompts drawn at random (seeded, not chosen) from the base policy's samples."""
+    return random.Random(0).sample(sorted(base_samples.loc[base_samples["sample"] == 0, "prompt_id"]), n)
+
+
+def drawn_responses(samples: pd.DataFrame, prompt_ids: list[str], with_prompt: bool = False) -> dict:
+    """The first response to each drawn prompt with its jigsaw-bilstm toxicity, kept with the run's record."""
+    first = samples[samples["sample"] == 0].set_index("prompt_id")
+    return {pid: {**({"prompt": str(first.loc[pid, "prompt"])} if with_prompt else {}), "response": str(first.loc[pid, "response"]), "jigsaw-bilstm": float(first.loc[pid, "jigsaw-bilstm"])} for pid in prompt_ids}
+
+
+def write_record(name: str, record: dict) -> None:
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / f"{name}.json").write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
+
+
+def read_record(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def set_labels(config) -> list[tuple[str, str]]:
@@ -65,7 +104,7 @@ def set_labels(config) -> list[tuple[str, str]]:
     return [("test", "")] + [(extra_set_name(s), f".{extra_set_name(s)}") for s in config.evaluation.extra_sets]
 
 
-def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None) -> Path:
+def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kind: str = "regular") -> Path:
     config = demo_config(name, seed, algorithm, extra)
     run_dir = config.resolved_run_dir
     base = baseline_dir()
@@ -75,7 +114,8 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None) -> 
         shutil.copy(path, run_dir / "eval" / path.name)
     start = time.perf_counter()
     model_dir = run_dir / "train" / "final"
-    if not (model_dir / "config.json").is_file():
+    trained_here = not (model_dir / "config.json").is_file()
+    if trained_here:
         model_dir = train_policy(config)
     trained = time.perf_counter()
     evaluate_model(config, "final", str(model_dir))
@@ -90,13 +130,55 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None) -> 
             "quality": gate.compare_quality(read_evaluation(run_dir / "eval" / f"baseline{suffix}.json")["quality"], read_evaluation(run_dir / "eval" / f"final{suffix}.json")["quality"]),
         }
     measured = gate.measure_kl(config, run_dir, model_dir)
+    base_samples = pd.read_parquet(base / "eval" / "baseline_samples.parquet")
     summary = {
-        "name": name, "algorithm": algorithm, "seed": seed, "overrides": extra or {}, "steps": config.train.steps,
-        "train_seconds": trained - start, "eval_seconds": evaluated - trained, "kl": measured["kl"], "sets": sets,
+        "name": name, "kind": kind, "algorithm": algorithm, "seed": seed, "overrides": extra or {}, "steps": config.train.steps,
+        "train_seconds": trained - start if trained_here else None, "eval_seconds": evaluated - trained, "kl": measured["kl"], "sets": sets,
         "train_kl_last5": statistics.fmean([m["kl"] for m in read_metrics(run_dir / "train" / "metrics.jsonl")[-5:] if m.get("kl") is not None] or [float("nan")]),
+        "drawn": drawn_responses(pd.read_parquet(run_dir / "eval" / "final_samples.parquet"), drawn_prompt_ids(base_samples)),
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")  # the decision is made when the doc is written (redecide)
+    for key, path in (("preferences_manifest", run_dir / "preferences" / "manifest.json"), ("dpo", run_dir / "train" / "dpo.json")):
+        if path.is_file():
+            summary[key] = json.loads(path.read_text(encoding="utf-8"))
+    write_record(name, summary)  # the decision is made when the doc is written (redecide)
     return run_dir
+
+
+def preference_ways() -> dict:
+    """AI-feedback pairs (base policy, k=4, judged by the jigsaw reward) and a reward model on them, made once."""
+    from rlaif_tasks.data import load_prompts_split
+    from rlaif_tasks.preference_stages import reward_model_config
+    from rlaif_tasks.preferences import read_preferences
+    from rlaif_tasks.train import preference_pairs
+    from rlaif_tasks.train.reward_model import SUMMARY_FILE, train_reward_model
+
+    config = demo_config("results-preferences", 0, "dpo")
+    run_dir = config.resolved_run_dir
+    reward_dir = run_dir / "reward_model"
+    if (DATA / "results-preferences.json").is_file() and (reward_dir / SUMMARY_FILE).is_file():
+        return read_record("results-preferences")
+    prepare_dataset(config)
+    start = time.perf_counter()
+    prompts = load_prompts_split(run_dir, "train")
+    preference_pairs(config, run_dir, prompts.sample(n=min(PREFERENCE_PROMPTS, len(prompts)), random_state=0))
+    paired = time.perf_counter()
+    pairs, manifest = read_preferences(run_dir / "preferences")
+    summary = train_reward_model(pairs, reward_dir, reward_model_config(config))
+    record = {
+        "pairs_file": str(run_dir / "preferences" / "pairs.parquet"), "reward_model_dir": str(reward_dir),
+        "preferences": {k: manifest.get(k) for k in ("pairs", "prompts", "k", "margin", "judge", "report")},
+        "reward_model": {k: summary[k] for k in ("pairs_train", "pairs_eval", "prompts_eval", "steps", "eval_accuracy_initial", "eval_accuracy", "eval_margin_initial", "eval_margin")},
+        "pairs_seconds": paired - start, "reward_model_seconds": time.perf_counter() - paired,
+    }
+    write_record("results-preferences", record)
+    return record
+
+
+def run_preference_ways(seed: int = 0) -> None:
+    ways = preference_ways()
+    # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
+    run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
+    run_one(f"results-dpo-s{seed}", seed, "dpo", {"preferences.source": ways["pairs_file"]}, kind="preference")
 
 
 def redecide(summary: dict) -> dict:
@@ -115,6 +197,15 @@ def missing_runs(regular: list[dict]) -> str:
     return f" Not measured yet: {', '.join(missing)} (`bench/results_demo.py --algorithms ... --seeds ...`)." if missing else ""
 
 
+def reused_note(regular: list[dict]) -> str:
+    """Runs whose policy another command trained (`make run` with a pinned seed): only their evaluation ran here."""
+    reused = [f"{s['algorithm']} seed {s['seed']}" for s in regular if s["train_seconds"] is None]
+    if not reused:
+        return ""
+    return (f" The {', '.join(reused)} policy is the one `make run SET=seed=N` trained through Airflow (the same config and seed;"
+            " the whole DAG run's time is in the README); only its evaluation ran here.")
+
+
 def spread(values: list[float], fmt: str) -> str:
     """Mean over seeds, with min–max when there is more than one."""
     if len(values) == 1:
@@ -124,7 +215,7 @@ def spread(values: list[float], fmt: str) -> str:
 
 def table(summaries: list[dict], set_name: str) -> str:
     judges = list(summaries[0]["sets"][set_name]["judges"])
-    head = ["algorithm", "seeds", *(f"{j}: drop [95% CI] per seed" for j in judges), "KL (nats)", "fluency ratio", "distinct-2 (base)", "rep. 3-gram (base)", "relevance ratio", "gate"]
+    head = ["algorithm", "seeds", *(f"{j}: drop [95% CI] per seed" for j in judges), "KL (nats)", "fluency ratio", "distinct-2 (base)", "rep. 3-gram (base)", "relevance ratio", "gate", "min (train + eval)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[str, list[dict]] = {}
     for s in summaries:
@@ -144,27 +235,61 @@ def table(summaries: list[dict], set_name: str) -> str:
             f"{spread([x['challenger']['repeated_3gram_share'] for x in q], '.3f')} ({base['repeated_3gram_share']:.3f})",
             spread([x["relevance_ratio"] for x in q], ".2f"),
             "; ".join("passed" if r["decision"]["passed"] else "refused: " + ", ".join(r["decision"]["failed"]) for r in runs) if set_name == "test" else "–",
+            "; ".join(f"{r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f}" if r["train_seconds"] is not None else f"(make run) + {r['eval_seconds'] / 60:.1f}" for r in runs) if set_name == "test" else "–",
         ]
         lines.append(f"| {label.removeprefix('results-')} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def random_responses(base: Path, runs: list[Path], n: int = 10) -> str:
-    """`n` test prompts drawn at random (seeded, not chosen): the base policy's first response and each algorithm's."""
-    before = pd.read_parquet(base / "eval" / "baseline_samples.parquet")
-    before = before[before["sample"] == 0].set_index("prompt_id")
-    picked = random.Random(0).sample(sorted(before.index), n)
-    afters = {r.name.removeprefix("results-"): pd.read_parquet(r / "eval" / "final_samples.parquet").query("sample == 0").set_index("prompt_id") for r in runs}
+def random_responses(base: dict, runs: list[dict]) -> str:
+    """The drawn test prompts (seeded, not chosen): the base policy's first response and each run's."""
+    afters = {r["name"].removeprefix("results-"): r["drawn"] for r in runs}
 
-    def cell(frame, pid):
-        text = " ".join(str(frame.loc[pid, "response"]).split()).replace("|", "\\|")
-        return f"{text[:100]} *({frame.loc[pid, 'jigsaw-bilstm']:.2f})*"
+    def cell(drawn, pid):
+        text = " ".join(drawn[pid]["response"].split()).replace("|", "\\|")
+        return f"{text[:100]} *({drawn[pid]['jigsaw-bilstm']:.2f})*"
 
     lines = ["| prompt | base policy | " + " | ".join(afters) + " |", "|" + "---|" * (2 + len(afters))]
-    for pid in picked:
-        prompt = str(before.loc[pid, "prompt"]).replace("|", "\\|")
-        lines.append(f"| {prompt} | {cell(before, pid)} | " + " | ".join(cell(a, pid) for a in afters.values()) + " |")
+    for pid, first in base["drawn"].items():
+        prompt = first["prompt"].replace("|", "\\|")
+        lines.append(f"| {prompt} | {cell(base['drawn'], pid)} | " + " | ".join(cell(a, pid) for a in afters.values()) + " |")
     return "\n".join(lines)
+
+
+def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> str:
+    p, rm = prefs["preferences"], prefs["reward_model"]
+    dropped, prompts = p["report"]["dropped"], p["prompts"]
+    order = {"ppo": 0, "rlhf-ppo": 1, "dpo": 2, "grpo": 3}
+    runs = sorted(rl + ways, key=lambda s: order.get(s["name"].removeprefix("results-").rsplit("-s", 1)[0], 9))
+    dpo = next((w for w in ways if w["algorithm"] == "dpo"), {})
+    imported = dpo.get("preferences_manifest", {}).get("report", {})
+    margins = dpo.get("dpo", {})
+    return f"""## RLAIF, RLHF and DPO side by side
+
+`bench/results_demo.py --preference-ways`, {machine()}, seed 0, the same held-out prompts, sampling seeds and
+judges as above.
+
+- **Preference pairs (AI feedback).** The base policy answered {prompts} train prompts (drawn at random from the
+  1248) {p['k']} times each; jigsaw-bilstm scored every response, and the best and the worst became a pair
+  when their reward gap exceeded {p['margin']}: **{p['pairs']} pairs** from {prompts} prompts. Dropped:
+  {dropped.get('within_margin', 0)} prompts ({dropped.get('within_margin', 0) / prompts:.0%}) whose responses were within the margin,
+  {dropped.get('too_few_distinct_responses', 0)} ({dropped.get('too_few_distinct_responses', 0) / prompts:.0%}) with fewer than two distinct responses.
+  DPO imports the same file through the human-pairs validation, kept {imported.get('rows_out', 'n/a')} of {imported.get('rows_in', 'n/a')} rows. {prefs['pairs_seconds'] / 60:.1f} min.
+- **Reward model (RLHF).** SmolLM2-135M with a one-logit head, LoRA, TRL `RewardTrainer`, {rm['steps']} steps on
+  {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
+  went **{rm['eval_accuracy_initial']:.2f} -> {rm['eval_accuracy']:.2f}** (mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.
+- **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
+  settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on {margins['margin_on']} pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}" if 'margin_initial' in margins else ''});
+  `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
+  profanity-check. The minutes exclude the pairs and the reward model above.
+
+### Held-out test split
+
+{table(runs, 'test')}
+
+### Out-of-distribution set `bundled:detox-ood`
+
+{table(runs, 'detox-ood')}"""
 
 
 def main() -> None:
@@ -172,36 +297,39 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--over-optimised", action="store_true", help="also the PPO run without KL term at 10x the learning rate")
+    parser.add_argument("--preference-ways", action="store_true", help="also RLHF (PPO against a reward model trained on AI-feedback pairs) and DPO, seed 0")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     if not args.no_run:
         if args.over_optimised:
-            run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED)
+            run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED, kind="over-optimised")
+        if args.preference_ways:
+            run_preference_ways()
         for seed in args.seeds:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)
-    found = sorted(RUNS.glob("results-*-s*/results.json"))
-    summaries = [redecide(json.loads(p.read_text())) for p in found]
-    regular = sorted((s for s in summaries if not s["overrides"]), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
-    over = [s for s in summaries if s["overrides"]]
+    found = sorted(DATA.glob("results-*-s*.json"))
+    summaries = [redecide(json.loads(p.read_text(encoding="utf-8"))) for p in found]
+    regular = sorted((s for s in summaries if s["kind"] == "regular"), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
+    over = [s for s in summaries if s["kind"] == "over-optimised"]
+    ways = [s for s in summaries if s["kind"] == "preference"]
     if not regular and not over:
         sys.exit("no results yet: run without --no-run")
     if not RESULTS.exists():
         RESULTS.write_text(HEADER, encoding="utf-8")
-    base = baseline_dir()
-    manifest = json.loads((base / "data" / "manifest.json").read_text())
-    config = demo_config("results-base", 0, "ppo")
-    counts = {name: read_evaluation(base / "eval" / f"baseline{suffix}.json")["judges"]["jigsaw-bilstm"]["n"] for name, suffix in set_labels(config)}
-    minutes = [(s["train_seconds"] + s["eval_seconds"]) / 60 for s in regular]
+    base = read_record("results-base")
+    manifest = base["manifest"]
+    counts = {name: evaluation["judges"]["jigsaw-bilstm"]["n"] for name, evaluation in base["evaluations"].items()}
+    minutes = [(s["train_seconds"] + s["eval_seconds"]) / 60 for s in regular if s["train_seconds"] is not None]
     baseline_tables = "\n\n".join(
-        f"{name} ({manifest['counts']['test'] if name == 'test' else 'all'} prompts):\n\n```\n{format_evaluation(read_evaluation(base / 'eval' / f'baseline{suffix}.json'))}\n```"
-        for name, suffix in set_labels(config)
+        f"{name} ({manifest['counts']['test'] if name == 'test' else 'all'} prompts):\n\n```\n{format_evaluation(evaluation)}\n```"
+        for name, evaluation in base["evaluations"].items()
     )
     write_section("baseline", f"""## Baseline: the default policy before training
 
-`bench/results_demo.py` (`runs/results-base`), {machine()}: policy `smollm2-135m-instruct` on the
+`bench/results_demo.py` (`docs/results-data/results-base.json`), {machine()}: policy `smollm2-135m-instruct` on the
 {manifest['counts']['test']} test prompts of `bundled:detox-prompts` split by frame ({manifest['categories']['test'].get('provocative', 0)} provocative,
 {manifest['categories']['test'].get('neutral', 0)} neutral), 4 sampled responses each, and on `bundled:detox-ood`, 2 each; pure sampling,
 up to 24 new tokens. Toxicity is each judge's probability that a response is toxic; "toxic" is the share above 0.5.
@@ -222,7 +350,7 @@ profanity-check and hatesonar are judges training never saw; the gate decides on
 the sampled tokens with EOS; the fluency ratio is the median perplexity of the responses under the base policy over
 the base policy's own; distinct-2 and the repeated-3-gram share are shown with the base policy's in brackets;
 relevance is the MiniLM prompt-response similarity over the base policy's. Training plus final evaluation took
-{spread(minutes, '.1f') if minutes else '?'} min per run here.
+{spread(minutes, '.1f') if minutes else '?'} min per run here.{reused_note(regular)}
 
 ### Held-out test split ({counts['test']} responses: {manifest['counts']['test']} prompts of unseen frames x 4)
 
@@ -246,8 +374,11 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
 
 {table(over, 'test')}""", path=RESULTS)
 
+    if ways:
+        write_section("preference-ways", preference_ways_section(read_record("results-preferences"), [s for s in regular if s["seed"] == 0 and s["algorithm"] in ("ppo", "grpo")], ways), path=RESULTS)
+
     if regular:
-        seed0 = [RUNS / s["name"] for s in regular if s["seed"] == min(r["seed"] for r in regular)]
+        seed0 = [s for s in regular if s["seed"] == min(r["seed"] for r in regular)]
         write_section("samples", "## Ten responses drawn at random\n\n"
                       "Test prompts drawn with `random.Random(0)` from the held-out split (not chosen), the first of the 4 responses, "
                       "jigsaw-bilstm toxicity in brackets; one column per algorithm at its lowest seed.\n\n" + random_responses(base, seed0), path=RESULTS)
