@@ -40,7 +40,7 @@ test: $(STAMP)
 faults: $(STAMP)
 	RLAIF_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m faults
 
-# Benchmarks and demo results, written to docs/benchmarks.md and docs/results.md (about an hour here).
+# Benchmarks and demo results, written to docs/benchmarks.md and docs/results.md (results: about 2 hours here).
 bench: $(STAMP)
 	$(PY) bench/bench_generation.py
 	$(PY) bench/bench_ppo_vs_trl.py --steps 6 --rounds 2
