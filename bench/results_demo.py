@@ -258,7 +258,7 @@ def random_responses(base: dict, runs: list[dict]) -> str:
 
 def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> str:
     p, rm = prefs["preferences"], prefs["reward_model"]
-    dropped, prompts = p["report"]["dropped"], p["prompts"]
+    dropped, prompts = p["report"]["dropped"], p["report"]["prompts"]
     order = {"ppo": 0, "rlhf-ppo": 1, "dpo": 2, "grpo": 3}
     runs = sorted(rl + ways, key=lambda s: order.get(s["name"].removeprefix("results-").rsplit("-s", 1)[0], 9))
     dpo = next((w for w in ways if w["algorithm"] == "dpo"), {})
@@ -271,17 +271,17 @@ judges as above.
 
 - **Preference pairs (AI feedback).** The base policy answered {prompts} train prompts (drawn at random from the
   1248) {p['k']} times each; jigsaw-bilstm scored every response, and the best and the worst became a pair
-  when their reward gap exceeded {p['margin']}: **{p['pairs']} pairs** from {prompts} prompts. Dropped:
+  when their reward gap exceeded {p['margin']}: **{p['pairs']} pairs**. Dropped:
   {dropped.get('within_margin', 0)} prompts ({dropped.get('within_margin', 0) / prompts:.0%}) whose responses were within the margin,
   {dropped.get('too_few_distinct_responses', 0)} ({dropped.get('too_few_distinct_responses', 0) / prompts:.0%}) with fewer than two distinct responses.
-  DPO imports the same file through the human-pairs validation, kept {imported.get('rows_out', 'n/a')} of {imported.get('rows_in', 'n/a')} rows. {prefs['pairs_seconds'] / 60:.1f} min.
+  {f"DPO imports the same file through the human-pairs validation, which kept {imported['rows_out']} of {imported['rows_in']} rows. " if imported else ""}{prefs['pairs_seconds'] / 60:.1f} min.
 - **Reward model (RLHF).** SmolLM2-135M with a one-logit head, LoRA, TRL `RewardTrainer`, {rm['steps']} steps on
   {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
   went **{rm['eval_accuracy_initial']:.2f} -> {rm['eval_accuracy']:.2f}** (mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
   settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on {margins['margin_on']} pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}" if 'margin_initial' in margins else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
-  profanity-check. The minutes exclude the pairs and the reward model above.
+  profanity-check. The minutes exclude the pairs and the reward model above.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways --algorithms`)."}
 
 ### Held-out test split
 
