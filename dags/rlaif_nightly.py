@@ -13,8 +13,9 @@ The schedule, queue, pool, retries and timeouts come from the `orchestration` se
 config named by $RLAIF_DAG_CONFIG (default configs/demo.yaml), read when the file is parsed;
 $RLAIF_DAG_SCHEDULE overrides the schedule (`none`: manual runs only, as `make run` and `make up`
 store it). With `orchestration.retrain_on_reward_model` a new version of the reward model that
-reward_model_training registers also starts a run, which trains against that version (RLHF). The trigger form's "Unpause on trigger" is ticked by Airflow: on a DAG with a schedule,
-untick it unless this trigger should also start the nightly runs.
+reward_model_training registers also starts a run, which trains against that version (RLHF).
+The trigger form's "Unpause on trigger" is ticked by Airflow: on a DAG with a schedule, untick it
+unless this trigger should also start the nightly runs.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ from rlaif_tasks.faults import fault_point
 log = logging.getLogger(__name__)
 
 TAG_FAILURE = "rlaif.failure"
+"""Why the DAG run failed, set on its MLflow run by `record_failure`."""
 TAG_REWARD_MODEL = "rlaif.reward_model"
 """The registered reward model version a run trains against, when reward.model names one (`models:/NAME/N`)."""
-"""Why the DAG run failed, set on its MLflow run by `record_failure`."""
 
 
 def safe_run_id(dag_run_id: str) -> str:
