@@ -174,11 +174,16 @@ def preference_ways() -> dict:
     return record
 
 
-def run_preference_ways(seed: int = 0) -> None:
+PREFERENCE_WAYS = ("rlhf-ppo", "dpo")
+
+
+def run_preference_ways(which: list[str], seed: int = 0) -> None:
     ways = preference_ways()
-    # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
-    run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
-    run_one(f"results-dpo-s{seed}", seed, "dpo", {"preferences.source": ways["pairs_file"]}, kind="preference")
+    if "rlhf-ppo" in which:
+        # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
+        run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
+    if "dpo" in which:
+        run_one(f"results-dpo-s{seed}", seed, "dpo", {"preferences.source": ways["pairs_file"]}, kind="preference")
 
 
 def redecide(summary: dict) -> dict:
@@ -281,7 +286,7 @@ judges as above.
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
   settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on {margins['margin_on']} pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}" if 'margin_initial' in margins else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
-  profanity-check. The minutes exclude the pairs and the reward model above.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways --algorithms`)."}
+  profanity-check. The minutes exclude the pairs and the reward model above.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
 
 ### Held-out test split
 
@@ -297,7 +302,10 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--over-optimised", action="store_true", help="also the PPO run without KL term at 10x the learning rate")
-    parser.add_argument("--preference-ways", action="store_true", help="also RLHF (PPO against a reward model trained on AI-feedback pairs) and DPO, seed 0")
+    parser.add_argument(
+        "--preference-ways", nargs="*", choices=PREFERENCE_WAYS,
+        help="also RLHF (PPO against a reward model trained on AI-feedback pairs) and DPO on those pairs, seed 0; no names: both",
+    )
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -305,8 +313,8 @@ def main() -> None:
     if not args.no_run:
         if args.over_optimised:
             run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED, kind="over-optimised")
-        if args.preference_ways:
-            run_preference_ways()
+        if args.preference_ways is not None:
+            run_preference_ways(args.preference_ways or list(PREFERENCE_WAYS))
         for seed in args.seeds:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)

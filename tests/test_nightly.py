@@ -53,7 +53,8 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert set(first["toxicity"]) == {"profanity-check"}
     assert "promoted to champion" in first["text"] and first["mlflow_run_id"] in first["text"]
 
-    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")  # the embedded store under $RLAIF_HOME
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)  # the embedded store under $RLAIF_HOME
     assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
@@ -196,7 +197,8 @@ def test_a_seq2seq_policy_runs_the_nightly_stages_and_is_registered_as_pyfunc(ho
         refs = stage(refs)
     result = nightly.report(refs)
 
-    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
     name, version = result["model_name"], result["model_version"]
     assert (name, version, result["promoted"]) == ("rlaif-tiny-policy", "1", True)
     assert "promoted to champion" in result["text"] and f"model {name} version 1" in result["text"]

@@ -54,7 +54,8 @@ def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_
     from rlaif_tasks.train.reward_model import RewardModelBackend
 
     (home / ".mlflow").mkdir(parents=True)
-    client = MlflowClient(f"sqlite:///{home / '.mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
     nightly.prepare_dataset(str(config_path), {}, "rlaif_nightly", "manual__store")  # creates the embedded store's tables
     assert _register_reward_model(client, tmp_path / "rm1", seed=1) == "1"
 
