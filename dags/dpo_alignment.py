@@ -7,6 +7,8 @@ config from the newest triggering event (or from this run's form), and sets `tra
 and `preferences.source=<that pairs.parquet>`; every later task is rlaif_nightly's stage as it is
 (rlaif_tasks.nightly), so the policy is registered under the nightly run's model name and promoted
 only if the same gate passes. Retries, pools, timeouts and idempotent re-runs as in rlaif_nightly.
+With `rounds` >= 2 the train task runs iterative DPO: the published pairs are round 1, and each later
+round samples and labels new pairs from the last round's policy.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rlaif_assets import (  # noqa: E402
 nightly = partial(stage, module="nightly")
 
 # Trigger-form param -> config key it overrides (on top of the triggering event's overrides).
-OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate", "beta": "train.dpo_beta"}
+OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate", "beta": "train.dpo_beta", "rounds": "train.dpo_rounds"}
 
 
 @dag(
@@ -42,6 +44,7 @@ OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate
         "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, DPO optimiser steps; empty: from the config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),
         "beta": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.dpo_beta, the pull towards the base policy; empty: from the config."),
+        "rounds": Param(None, type=["null", "integer"], minimum=1, description="train.dpo_rounds; 2 or more: iterative DPO on pairs sampled from each round's policy; empty: from the config."),
         "set": set_param(),
     },
     **dag_settings(),

@@ -163,8 +163,18 @@ class TrainConfig:
     merge_adapter: bool = True
     dpo_beta: float = 0.1
     """DPO only: strength of the pull towards the base policy (higher stays closer)."""
+    dpo_rounds: int = 1
+    """DPO only: rounds of iterative (on-policy) DPO. Each round after the first samples new AI-feedback pairs
+    from the previous round's policy, labelled by `reward` (k and margin from `preferences`), and trains
+    `steps` more steps from that policy with it as the reference."""
     num_processes: int = 1
     """Processes for `accelerate launch` (data-parallel, `batch_size` is split over them); 1 trains in this process."""
+
+    def describe(self) -> str:
+        """What trained the policy, as reports say it: `ppo, 45 steps` or `dpo, 3 rounds of 45 steps`."""
+        if self.algorithm == "dpo" and self.dpo_rounds > 1:
+            return f"dpo, {self.dpo_rounds} rounds of {self.steps} steps"
+        return f"{self.algorithm}, {self.steps} steps"
 
 
 @dataclass
@@ -411,6 +421,8 @@ def validate(config: RunConfig) -> None:
         )
     if t.num_processes < 1:
         raise RlaifError(f"train.num_processes must be >= 1, got {t.num_processes}", "set train.num_processes to 1 (this process) or the number of processes to launch")
+    if t.dpo_rounds < 1:
+        raise RlaifError(f"train.dpo_rounds must be >= 1, got {t.dpo_rounds}", "set train.dpo_rounds to 1 (plain DPO) or more (iterative DPO)")
     if t.steps < 0:
         raise RlaifError(f"train.steps must be >= 0 (0 evaluates the base policy only), got {t.steps}", "set train.steps to 0 or more")
     if t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:

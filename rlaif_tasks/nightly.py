@@ -368,7 +368,7 @@ def report(refs: dict) -> dict:
     client = _client(config)
     mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
     text = "\n".join([
-        f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.algorithm}, {config.train.steps} steps)",
+        f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.describe()})",
         format_comparison(comparison),
         *(f"out-of-distribution set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
         *([gate.format_decision(decision)] if decision.get("judges") else []),

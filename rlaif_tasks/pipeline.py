@@ -140,5 +140,5 @@ def run_pipeline(config: RunConfig) -> dict:
     evaluate_model(config, "final", str(model_dir))
     report = compare_evaluations(config, "baseline", "final")
     report["model_dir"] = str(model_dir)
-    report["text"] = f"toxicity before -> after training ({config.train.algorithm}, {config.train.steps} steps)\n" + format_comparison(report["judges"])
+    report["text"] = f"toxicity before -> after training ({config.train.describe()})\n" + format_comparison(report["judges"])
     return report

@@ -436,7 +436,7 @@ def download_policy(client: "MlflowClient", name: str, version: str | int, dst: 
     import mlflow
 
     uri = model_uri(name, version)
-    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri))
+    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri, registry_uri=client._registry_uri))
     if (root / "config.json").is_file():
         return root
     pyfunc_folder = root / "artifacts" / ARTIFACT_NAME

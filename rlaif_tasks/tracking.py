@@ -360,23 +360,29 @@ def log_samples_table(client: "MlflowClient", run_id: str, samples: "pd.DataFram
 
 
 def training_figure(rows: list[dict]) -> "Figure":
-    """Reward (mean +- std) and KL to the reference per training step."""
+    """Reward (mean +- std) and KL to the reference per training step; for DPO its implicit reward margin and loss."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     FigureCanvasAgg(fig)
     steps = [r["step"] for r in rows]
-    reward_ax, kl_ax = fig.subplots(1, 2)
-    mean = [r.get("reward/mean") for r in rows]
-    std = [r.get("reward/std") or 0.0 for r in rows]
-    reward_ax.plot(steps, mean, marker=".", color="tab:blue")
-    if all(m is not None for m in mean):
-        reward_ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2, color="tab:blue")
-    reward_ax.set(title="reward (mean ± std)", xlabel="step")
-    kl_ax.plot(steps, [r.get("kl") for r in rows], marker=".", color="tab:red")
-    kl_ax.set(title="KL to the reference (nats / sequence)", xlabel="step")
-    for ax in (reward_ax, kl_ax):
+    reward_ax, right_ax = fig.subplots(1, 2)
+    if any("dpo/reward_margin" in r for r in rows):
+        reward_ax.plot(steps, [r.get("dpo/reward_margin") for r in rows], marker=".", color="tab:blue")
+        reward_ax.set(title="implicit reward margin, chosen - rejected", xlabel="step")
+        right_ax.plot(steps, [r.get("loss") for r in rows], marker=".", color="tab:red")
+        right_ax.set(title="DPO loss", xlabel="step")
+    else:
+        mean = [r.get("reward/mean") for r in rows]
+        std = [r.get("reward/std") or 0.0 for r in rows]
+        reward_ax.plot(steps, mean, marker=".", color="tab:blue")
+        if all(m is not None for m in mean):
+            reward_ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2, color="tab:blue")
+        reward_ax.set(title="reward (mean ± std)", xlabel="step")
+        right_ax.plot(steps, [r.get("kl") for r in rows], marker=".", color="tab:red")
+        right_ax.set(title="KL to the reference (nats / sequence)", xlabel="step")
+    for ax in (reward_ax, right_ax):
         ax.grid(alpha=0.3)
     return fig
 

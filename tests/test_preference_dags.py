@@ -142,7 +142,7 @@ def test_trigger_forms(bag):
 
     expected = {PRODUCER: {"config", "policy", "reward", "k", "margin", "set"},
                 REWARD: {"pairs", "config", "learning_rate", "epochs", "set"},
-                DPO: {"pairs", "config", "steps", "learning_rate", "beta", "set"}}
+                DPO: {"pairs", "config", "steps", "learning_rate", "beta", "rounds", "set"}}
     for dag_id, names in expected.items():
         params = bag.dags[dag_id].params
         assert set(params) == names
@@ -243,6 +243,8 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
         dpo = stage(dpo)
     summary = nightly.report(dpo)
     assert (summary["model_name"], summary["model_version"]) == ("rlaif-stages-policy", "1") and "(dpo, 2 steps)" in summary["text"]
+    margins = tracking.connect().get_metric_history(dpo["mlflow_run_id"], "train/dpo/reward_margin")
+    assert sorted(m.step for m in margins) == [1, 2]  # DPO's per-step curves reach the run as PPO's do
     imported = json.loads((Path(dpo["run_dir"]) / "preferences" / "manifest.json").read_text())
     assert imported["pairs"] == extra["pairs"] and imported["report"]["rows_in"] == extra["pairs"]  # every produced pair kept
 

@@ -41,6 +41,16 @@ def tiny_config(policy, tmp_path, prompts) -> RunConfig:
     return config
 
 
+def ai_feedback_config(policy, tmp_path, new_tokens: int) -> RunConfig:
+    """40 three-word prompts whose pairs come from the policy's own samples, k=6, labelled by `kind_words`."""
+    rng = random.Random(0)
+    config = tiny_config(policy, tmp_path, [" ".join(rng.sample(["you", "are", "the", "day", "people", "friend", "my"], 3)) for _ in range(40)])
+    config.generation.max_new_tokens = config.generation.min_new_tokens = new_tokens
+    config.reward = ScorerConfig(model="python:test_preference_training:kind_words")
+    config.preferences.k, config.preferences.margin = 6, 0.5
+    return config
+
+
 def test_dpo_run_on_imported_human_pairs_raises_the_margin_and_reports_drops(policy, tmp_path):
     from rlaif_tasks.pipeline import prepare_dataset
     from rlaif_tasks.train import train
@@ -68,11 +78,7 @@ def test_ai_feedback_pairs_come_from_the_policy_and_the_reward(policy, tmp_path)
     from rlaif_tasks.pipeline import prepare_dataset
     from rlaif_tasks.train import preference_pairs as run_pairs
 
-    rng = random.Random(0)
-    config = tiny_config(policy, tmp_path, [" ".join(rng.sample(["you", "are", "the", "day", "people", "friend", "my"], 3)) for _ in range(40)])
-    config.generation.max_new_tokens = config.generation.min_new_tokens = 12
-    config.reward = ScorerConfig(model="python:test_preference_training:kind_words")
-    config.preferences.k, config.preferences.margin = 6, 0.5
+    config = ai_feedback_config(policy, tmp_path, new_tokens=12)
     prepare_dataset(config)
     pairs = run_pairs(config, config.resolved_run_dir, load_prompts_split(config.resolved_run_dir, "train"))
     assert len(pairs) >= 3
@@ -116,3 +122,38 @@ def test_an_llm_judge_is_a_configured_scorer(monkeypatch):
         assert scorer.name == "gpt-judge"
         assert scorer(["you idiot", "thanks a lot"]) == pytest.approx([0.9, 0.1])
         assert "sk-test-secret" not in repr(cfg)
+
+
+def test_iterative_dpo_samples_each_round_from_the_last_policy_which_says_kinder_things(policy, tmp_path):
+    """dpo_rounds=2: round 2's pairs come from round 1's policy, whose samples the reward already scores higher."""
+    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.preferences import read_preferences
+    from rlaif_tasks.train import train
+    from rlaif_tasks.train.metrics import read_metrics
+
+    config = ai_feedback_config(policy, tmp_path, new_tokens=8)
+    config.train.dpo_rounds, config.train.steps, config.train.batch_size, config.train.learning_rate = 2, 30, 16, 1e-2
+    prepare_dataset(config)
+    seen = []
+    final = train(config, config.resolved_run_dir, on_step=seen.append)
+
+    run_dir = config.resolved_run_dir
+    logged = read_metrics(run_dir / "train" / "metrics.jsonl")
+    assert [(r["round"], r["step"]) for r in seen] == [(1, s) for s in range(1, 31)] + [(2, s) for s in range(31, 61)]
+    assert logged == seen and all(r["loss"] is not None and r["dpo/reward_margin"] is not None for r in logged)
+    first, first_manifest = read_preferences(run_dir / "preferences")
+    second, second_manifest = read_preferences(run_dir / "train" / "rounds" / "round-2" / "preferences")
+    round_one_policy = run_dir / "train" / "rounds" / "round-1" / "policy"
+    assert second_manifest["policy"] == str(round_one_policy) and (round_one_policy / "config.json").is_file()
+    assert not set(zip(second["prompt"], second["chosen"])) <= set(zip(first["prompt"], first["chosen"]))  # new samples, not round 1's
+    assert second_manifest["report"]["mean_score"] > first_manifest["report"]["mean_score"] + 0.1, (first_manifest["report"], second_manifest["report"])
+
+    summary = json.loads((run_dir / "train" / "dpo.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["rounds"][1]["policy"] == str(round_one_policy)
+    assert all(r["train_margin_final"] > r["train_margin_initial"] + 1 for r in summary["rounds"]), summary["rounds"]  # 3 held-out pairs are too few to judge
+    assert summary["rounds"][1]["sample_reward_mean"] == second_manifest["report"]["mean_score"]
+
+    # a retried train task keeps both finished rounds instead of training them again
+    written = {path: path.stat().st_mtime_ns for path in (final / "model.safetensors", round_one_policy / "model.safetensors")}
+    assert train(config, run_dir) == final
+    assert {path: path.stat().st_mtime_ns for path in written} == written and read_metrics(run_dir / "train" / "metrics.jsonl") == logged

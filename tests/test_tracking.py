@@ -102,6 +102,10 @@ def test_training_metrics_are_logged_once_per_step(store, tmp_path):
     tracking.log_figure(client, run_id, fig, "plots/training.png")
     png = client.download_artifacts(run_id, "plots/training.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert [ax.get_title() for ax in fig.axes] == ["reward (mean ± std)", "KL to the reference (nats / sequence)"]
+    dpo = tracking.training_figure([{"step": 1, "loss": 0.69, "dpo/reward_margin": 0.0}, {"step": 2, "loss": 0.6, "dpo/reward_margin": 0.3}])
+    assert [ax.get_title() for ax in dpo.axes] == ["implicit reward margin, chosen - rejected", "DPO loss"]
+    assert list(dpo.axes[0].lines[0].get_ydata()) == [0.0, 0.3]
 
 
 def test_evaluation_metrics_and_samples_table_once(store, tmp_path):

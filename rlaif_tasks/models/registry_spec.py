@@ -80,20 +80,14 @@ def local_folder(spec: str) -> Path:
 
 
 def _download(name: str, version: str, folder: Path) -> None:
-    """Fetch the logged model and flatten MLflow's transformers layout (model/, components/tokenizer/)."""
-    import mlflow.artifacts
+    """Fetch the registered version into `folder` as one save_pretrained folder, whatever flavour it was logged with."""
+    from mlflow import MlflowClient
 
     from rlaif_tasks.atomic import atomic_dir
+    from rlaif_tasks.registry import download_policy
 
+    uri = default_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="rlaif-registry-") as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=default_tracking_uri(), registry_uri=default_tracking_uri()))
-        weights = next((p.parent for p in sorted(root.rglob("config.json")) if "components" not in p.parts), None)
-        if weights is None:
-            raise RlaifError(
-                f"models:/{name}/{version} holds no transformers checkpoint (no config.json among its artefacts)",
-                "register a policy logged with the transformers flavour (rlaif_tasks.registry.register_policy does)",
-            )
+        checkpoint = download_policy(MlflowClient(tracking_uri=uri, registry_uri=uri), name, version, tmp)
         with atomic_dir(folder) as out:
-            for source in (weights, root / "components" / "tokenizer"):
-                if source.is_dir():
-                    shutil.copytree(source, out, dirs_exist_ok=True)
+            shutil.copytree(checkpoint, out, dirs_exist_ok=True)

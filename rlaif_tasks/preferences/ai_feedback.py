@@ -106,7 +106,8 @@ def build_ai_feedback_pairs(
         rows.append(dict(prompt=prompt, query=query, chosen=chosen, rejected=rejected, score_chosen=scored[chosen], score_rejected=scored[rejected], margin=gap))
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     pairs.attrs["report"] = {
-        "prompts": len(prompts), "responses": len(out.responses), "pairs": len(pairs), "k": k, "margin": margin, "seed": seed,
+        "prompts": len(prompts), "responses": len(out.responses), "mean_score": sum(scores) / len(scores) if scores else None,
+        "pairs": len(pairs), "k": k, "margin": margin, "seed": seed,
         "dropped": {"too_few_distinct_responses": too_few, "within_margin": below},
     }
     log.info("AI feedback: %d pairs from %d prompts (k=%d; %d within margin %.3g, %d with < 2 distinct responses)", len(pairs), len(prompts), k, below, margin, too_few)

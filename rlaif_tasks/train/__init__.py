@@ -3,7 +3,8 @@
     ppo         our own PPO (rlaif_tasks.train.ppo): TRL 1.16 has no PPOTrainer
     grpo, rloo  TRL's online trainers (rlaif_tasks.train.trl_online)
     dpo         TRL's DPOTrainer (rlaif_tasks.train.dpo) on preference pairs: AI feedback from the
-                policy and `reward`, or human pairs (`preferences`), kept in run_dir/preferences/
+                policy and `reward`, or human pairs (`preferences`), kept in run_dir/preferences/;
+                `dpo_rounds` > 1 iterates, sampling new pairs from each round's policy
 
 With `train.num_processes` > 1 the training runs in that many processes started by `accelerate
 launch` (rlaif_tasks.train.distributed), the global batch split between them.
@@ -52,7 +53,7 @@ def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[
     queries = split["query"].astype(str).tolist()
     prompts = split["prompt"].astype(str).tolist() if "prompt" in split.columns else queries
     if config.train.algorithm == "dpo":
-        return train_dpo_on_preferences(config, run_dir, split)
+        return train_dpo_on_preferences(config, run_dir, split, on_step=on_step)
     if config.train.algorithm == "ppo":
         from rlaif_tasks.train.ppo import train_ppo
 
@@ -64,46 +65,96 @@ def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[
 
 def preference_pairs(config: RunConfig, run_dir: Path, split) -> "pd.DataFrame":
     """The run's preference pairs (run_dir/preferences/pairs.parquet, made once): AI feedback on `split`, or imported."""
-    from rlaif_tasks.preferences import build_ai_feedback_pairs, load_human_preferences, read_preferences, write_preferences
+    from rlaif_tasks.preferences import load_human_preferences, read_preferences, write_preferences
 
     out = run_dir / "preferences"
     if (out / "pairs.parquet").is_file():
         return read_preferences(out)[0]
     p = config.preferences
     if p.source == "ai-feedback":
-        from rlaif_tasks.models import load_model, resolve_device
-        from rlaif_tasks.rewards import build_scorer
+        return ai_feedback_pairs(config, config.model.policy, split, out, seed=config.training_seed)
+    pairs, report = load_human_preferences(p.source, column_mapping=p.column_mapping, max_chars=p.max_chars)
+    write_preferences(pairs, out, manifest_extra={"source": p.source, "report": report})
+    return read_preferences(out)[0]
 
-        m = config.model
-        policy = load_model(m.policy, kind="causal-lm", revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=resolve_device(config.device))
-        scorer = build_scorer(config.reward, purpose="reward", device=str(next(policy.model.parameters()).device))
-        pairs = build_ai_feedback_pairs(policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=config.training_seed)
-        extra = {"source": "ai-feedback", "judge": config.reward.display_name, "k": p.k, "margin": p.margin, "report": pairs.attrs.get("report", {})}
-    else:
-        pairs, report = load_human_preferences(p.source, column_mapping=p.column_mapping, max_chars=p.max_chars)
-        extra = {"source": p.source, "report": report}
+
+def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Path, seed: int) -> "pd.DataFrame":
+    """Pairs from `policy_path`'s own samples on `split`, labelled by `reward`, written to `out` (read back if there)."""
+    from rlaif_tasks.models import load_model, resolve_device
+    from rlaif_tasks.preferences import build_ai_feedback_pairs, read_preferences, write_preferences
+    from rlaif_tasks.rewards import build_scorer
+
+    if (out / "pairs.parquet").is_file():
+        return read_preferences(out)[0]
+    m, p = config.model, config.preferences
+    policy = load_model(str(policy_path), kind="causal-lm", revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=resolve_device(config.device))
+    scorer = build_scorer(config.reward, purpose="reward", device=str(next(policy.model.parameters()).device))
+    pairs = build_ai_feedback_pairs(policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=seed)
+    extra = {"source": "ai-feedback", "policy": str(policy_path), "judge": config.reward.display_name, "k": p.k, "margin": p.margin, "report": pairs.attrs.get("report", {})}
     write_preferences(pairs, out, manifest_extra=extra)
     return read_preferences(out)[0]
 
 
-def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split) -> Path:
-    """DPO with the run's train settings: `steps` optimiser steps of `batch_size` pairs, LoRA as configured."""
-    import json
+def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: Callable[[dict], None] | None = None) -> Path:
+    """DPO with the run's train settings: `steps` optimiser steps of `batch_size` pairs, LoRA as configured.
 
+    With `dpo_rounds` > 1, iterative DPO: round r (r >= 2) samples pairs from round r-1's policy and
+    trains from it, with it as the reference, so each round learns from what the policy now says.
+    Rounds are kept in run_dir/train/rounds/round-R/ (pairs, policy) and a finished round is not
+    trained again when the task is retried. Each step's loss and implicit rewards go to
+    train/metrics.jsonl (steps counted across rounds) and to `on_step`.
+    """
+    import json
+    from functools import partial
+
+    from rlaif_tasks.atomic import write_json
+    from rlaif_tasks.preferences import read_preferences
     from rlaif_tasks.train.dpo import DPOTrainConfig, train_dpo
+    from rlaif_tasks.train.metrics import MetricsWriter
 
     t = config.train
     if t.num_processes > 1:
         raise RlaifError("DPO runs in one process here", "set train.num_processes=1 for train.algorithm=dpo (multi-process DPO is not wired yet)")
-    pairs = preference_pairs(config, run_dir, split)
     cfg = DPOTrainConfig(
         beta=t.dpo_beta, learning_rate=t.learning_rate, max_steps=t.steps, batch_size=t.batch_size, use_lora=t.use_lora,
         lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, lora_target_modules=t.lora_target_modules,
         seed=config.training_seed, device=config.device,
     )
     final = run_dir / "train" / "final"
-    metrics = train_dpo(config.model.policy, pairs, final, cfg)
-    (run_dir / "train" / "dpo.json").write_text(json.dumps(metrics, indent=1, default=str), encoding="utf-8")
+    policy: str | Path = config.model.policy
+    rounds: list[dict] = []
+    writer, finished_rows = MetricsWriter(run_dir / "train" / "metrics.jsonl"), []
+
+    def across_rounds(number: int, row: dict) -> dict:
+        return {**row, "step": (number - 1) * t.steps + row["step"], "round": number}
+
+    def live(number: int, row: dict) -> None:
+        row = across_rounds(number, row)
+        writer.append(row)
+        if on_step is not None:
+            on_step(row)
+
+    for number in range(1, t.dpo_rounds + 1):
+        round_dir = run_dir / "train" / "rounds" / f"round-{number}"
+        if number == 1:
+            pairs_dir, pairs = run_dir / "preferences", preference_pairs(config, run_dir, split)
+        else:
+            pairs_dir = round_dir / "preferences"
+            pairs = ai_feedback_pairs(config, policy, split, pairs_dir, seed=config.training_seed + number - 1)
+        sampled = read_preferences(pairs_dir)[1].get("report", {}).get("mean_score")
+        out = final if number == t.dpo_rounds else round_dir / "policy"
+        summary = round_dir / "dpo.json"
+        if summary.is_file() and (out / "config.json").is_file():
+            metrics = json.loads(summary.read_text(encoding="utf-8"))
+        else:
+            writer.reset(finished_rows)  # drops the rows of a round cut short
+            metrics = train_dpo(policy, pairs, out, cfg, on_step=partial(live, number))
+            write_json(summary, metrics)
+        rounds.append({"round": number, "policy": str(policy), "pairs": len(pairs), "sample_reward_mean": sampled, **{k: metrics[k] for k in ("margin_on", "margin_initial", "margin_final", "preferred_initial", "preferred_final", "train_margin_initial", "train_margin_final")}})
+        finished_rows += [across_rounds(number, row) for row in metrics["history"]]
+        policy = out
+    writer.reset(finished_rows)
+    write_json(run_dir / "train" / "dpo.json", {**metrics, "rounds": rounds})
     return final
 
 

@@ -17,6 +17,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -109,8 +110,35 @@ def _margin_stats(model, tokenizer, pairs: pd.DataFrame, batch_size: int) -> tup
     return sum(margins) / len(margins), sum(m > 0 for m in margins) / len(margins)
 
 
-def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Path, cfg: DPOTrainConfig) -> dict:
-    """DPO-train the causal LM at `policy_path` on `pairs_df`; saves it to `out_dir` and returns the metrics."""
+def step_row(step: int, logs: dict) -> dict:
+    """One optimiser step of DPOTrainer's log as a metrics row: its loss and implicit rewards (beta * log-ratio)."""
+    return {
+        "step": step,
+        "loss": logs.get("loss"),
+        "grad_norm": logs.get("grad_norm"),
+        "dpo/reward_margin": logs.get("rewards/margins"),
+        "dpo/reward_accuracy": logs.get("rewards/accuracies"),
+        "dpo/reward_chosen": logs.get("rewards/chosen"),
+        "dpo/reward_rejected": logs.get("rewards/rejected"),
+    }
+
+
+def _step_callback(on_step: Callable[[dict], None]):
+    from transformers import TrainerCallback
+
+    class StepCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_loss" not in logs and state.is_world_process_zero:
+                on_step(step_row(state.global_step, logs))
+
+    return StepCallback()
+
+
+def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Path, cfg: DPOTrainConfig, on_step: Callable[[dict], None] | None = None) -> dict:
+    """DPO-train the causal LM at `policy_path` on `pairs_df`; saves it to `out_dir` and returns the metrics.
+
+    `on_step(row)` gets each optimiser step's `step_row` as it is logged.
+    """
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
@@ -142,6 +170,8 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
             peft_config=lora_config(cfg, "CAUSAL_LM") if cfg.use_lora else None,
         )
         trainer.remove_callback(PrinterCallback)
+        if on_step is not None:
+            trainer.add_callback(_step_callback(on_step))
         if len(trainer.train_dataset) == 0:
             raise RlaifError(f"every training prompt fills max_length={cfg.max_length} tokens", "raise max_length or shorten the prompts")
         result = trainer.train()
@@ -171,6 +201,7 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "reward_accuracy_last": history[-1].get("rewards/accuracies") if history else None,
+        "history": [step_row(row["step"], row) for row in history],
         "model_dir": str(out_dir),
     }
     log.info(
