@@ -258,10 +258,11 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
 
 
 @pytest.mark.slow
-def test_producer_run_starts_the_reward_model_dag_by_itself(tmp_path_factory):
+def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp_path_factory):
     """Trigger ai_feedback_preferences on the tiny config; the scheduler starts reward_model_training from its asset
     event (dpo_alignment stays paused, so it gets no run), which registers `<policy>-reward` and publishes its version;
-    that event starts rlaif_nightly (retrain_on_reward_model), which trains against the version and finishes."""
+    that event starts rlaif_nightly (retrain_on_reward_model), which trains against the version and finishes. Then,
+    the other way round, a second set of pairs starts dpo_alignment alone, which runs two rounds of DPO."""
     from mlflow import MlflowClient
     from production_stack import ProductionStack, write_tiny_project
 
@@ -323,5 +324,27 @@ def test_producer_run_starts_the_reward_model_dag_by_itself(tmp_path_factory):
         assert rlhf_run.data.tags["rlaif.reward_model"] == "models:/rlaif-assets-policy-reward/1"
         assert rlhf_run.data.params["reward.model"] == "models:/rlaif-assets-policy-reward/1"
         assert len(client.get_metric_history(rlhf_run.info.run_id, "train/reward/mean")) == 2
+
+        # the other consumer: with reward_model_training paused, new pairs start dpo_alignment, which runs iterative
+        # DPO (rounds set in the producer's form travel with the event) and registers the next policy version
+        assert stack.api.patch(f"/dags/{REWARD}", json={"is_paused": True}).status_code == 200
+        assert stack.api.patch(f"/dags/{DPO}", json={"is_paused": False}).status_code == 200
+        conf = {"config": str(config), "margin": 0.001, "set": ["train.dpo_rounds=2"]}
+        response = stack.api.post(f"/dags/{PRODUCER}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert response.status_code == 200, response.text
+        second = response.json()["dag_run_id"]
+        assert stack.wait_until(lambda: finished(PRODUCER, second), 300, f"{PRODUCER} {second}", every=3) == "success"
+        [dpo_run] = stack.wait_until(lambda: stack.get(f"/dags/{DPO}/dagRuns")["dag_runs"], 60, f"{DPO} to be started by the new pairs", every=2)
+        state = stack.wait_until(lambda: finished(DPO, dpo_run["dag_run_id"]), 420, f"{DPO} {dpo_run['dag_run_id']}", every=3)
+        tis = {ti["task_id"]: ti["state"] for ti in stack.get(f"/dags/{DPO}/dagRuns/{dpo_run['dag_run_id']}/taskInstances")["task_instances"]}
+        assert state == "success" and dpo_run["run_type"] == "asset_triggered", tis
+        [consumed] = stack.get(f"/dags/{DPO}/dagRuns/{dpo_run['dag_run_id']}/upstreamAssetEvents")["asset_events"]
+        assert consumed["source_run_id"] == second and stack.get(f"/dags/{REWARD}/dagRuns")["total_entries"] == 1
+        report = stack.get(f"/dags/{DPO}/dagRuns/{dpo_run['dag_run_id']}/taskInstances/report/xcomEntries/return_value", deserialize=True)["value"]
+        assert (report["model_name"], report["model_version"]) == ("rlaif-assets-policy", "2") and "(dpo, 2 rounds of 2 steps)" in report["text"]
+        dpo_mlflow = client.get_run(report["mlflow_run_id"])
+        assert dpo_mlflow.data.params["train.algorithm"] == "dpo" and dpo_mlflow.data.params["train.dpo_rounds"] == "2"
+        assert dpo_mlflow.data.params["preferences.source"] == str(Path(consumed["extra"]["path"]) / "pairs.parquet")
+        assert sorted(m.step for m in client.get_metric_history(dpo_mlflow.info.run_id, "train/dpo/reward_margin")) == [1, 2, 3, 4]
     finally:
         stack.stop_all()
