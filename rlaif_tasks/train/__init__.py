@@ -65,34 +65,39 @@ def train_in_process(config: RunConfig, run_dir: str | Path, on_step: Callable[[
 
 def preference_pairs(config: RunConfig, run_dir: Path, split) -> "pd.DataFrame":
     """The run's preference pairs (run_dir/preferences/pairs.parquet, made once): AI feedback on `split`, or imported."""
+    return _run_pairs(config, run_dir, split)[0]
+
+
+def _run_pairs(config: RunConfig, run_dir: Path, split) -> tuple["pd.DataFrame", dict]:
+    """`preference_pairs` with the manifest that describes them."""
     from rlaif_tasks.preferences import load_human_preferences, read_preferences, write_preferences
 
     out = run_dir / "preferences"
     if (out / "pairs.parquet").is_file():
-        return read_preferences(out)[0]
+        return read_preferences(out)
     p = config.preferences
     if p.source == "ai-feedback":
         return ai_feedback_pairs(config, config.model.policy, split, out, seed=config.training_seed)
     pairs, report = load_human_preferences(p.source, column_mapping=p.column_mapping, max_chars=p.max_chars)
     write_preferences(pairs, out, manifest_extra={"source": p.source, "report": report})
-    return read_preferences(out)[0]
+    return read_preferences(out)
 
 
-def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Path, seed: int) -> "pd.DataFrame":
-    """Pairs from `policy_path`'s own samples on `split`, labelled by `reward`, written to `out` (read back if there)."""
+def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Path, seed: int) -> tuple["pd.DataFrame", dict]:
+    """Pairs from `policy_path`'s own samples on `split`, labelled by `reward`, written to `out` (read back if there), with their manifest."""
     from rlaif_tasks.models import load_model, resolve_device
     from rlaif_tasks.preferences import build_ai_feedback_pairs, read_preferences, write_preferences
     from rlaif_tasks.rewards import build_scorer
 
     if (out / "pairs.parquet").is_file():
-        return read_preferences(out)[0]
+        return read_preferences(out)
     m, p = config.model, config.preferences
     policy = load_model(str(policy_path), kind="causal-lm", revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=resolve_device(config.device))
     scorer = build_scorer(config.reward, purpose="reward", device=str(next(policy.model.parameters()).device))
     pairs = build_ai_feedback_pairs(policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=seed)
     extra = {"source": "ai-feedback", "policy": str(policy_path), "judge": config.reward.display_name, "k": p.k, "margin": p.margin, "report": pairs.attrs.get("report", {})}
     write_preferences(pairs, out, manifest_extra=extra)
-    return read_preferences(out)[0]
+    return read_preferences(out)
 
 
 def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: Callable[[dict], None] | None = None) -> Path:
@@ -108,7 +113,6 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     from functools import partial
 
     from rlaif_tasks.atomic import write_json
-    from rlaif_tasks.preferences import read_preferences
     from rlaif_tasks.train.dpo import DPOTrainConfig, train_dpo
     from rlaif_tasks.train.metrics import MetricsWriter
 
@@ -137,11 +141,9 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     for number in range(1, t.dpo_rounds + 1):
         round_dir = run_dir / "train" / "rounds" / f"round-{number}"
         if number == 1:
-            pairs_dir, pairs = run_dir / "preferences", preference_pairs(config, run_dir, split)
+            pairs, manifest = _run_pairs(config, run_dir, split)
         else:
-            pairs_dir = round_dir / "preferences"
-            pairs = ai_feedback_pairs(config, policy, split, pairs_dir, seed=config.training_seed + number - 1)
-        sampled = read_preferences(pairs_dir)[1].get("report", {}).get("mean_score")
+            pairs, manifest = ai_feedback_pairs(config, policy, split, round_dir / "preferences", seed=config.training_seed + number - 1)
         out = final if number == t.dpo_rounds else round_dir / "policy"
         summary = round_dir / "dpo.json"
         if summary.is_file() and (out / "config.json").is_file():
@@ -150,7 +152,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
             writer.reset(finished_rows)  # drops the rows of a round cut short
             metrics = train_dpo(policy, pairs, out, cfg, on_step=partial(live, number))
             write_json(summary, metrics)
-        rounds.append({"round": number, "policy": str(policy), "pairs": len(pairs), "sample_reward_mean": sampled, **{k: metrics[k] for k in ("margin_on", "margin_initial", "margin_final", "preferred_initial", "preferred_final", "train_margin_initial", "train_margin_final")}})
+        rounds.append({"round": number, "policy": str(policy), "pairs": len(pairs), "sample_reward_mean": manifest.get("report", {}).get("mean_score"), **{k: metrics[k] for k in ("margin_on", "margin_initial", "margin_final", "preferred_initial", "preferred_final", "train_margin_initial", "train_margin_final")}})
         finished_rows += [across_rounds(number, row) for row in metrics["history"]]
         policy = out
     writer.reset(finished_rows)
