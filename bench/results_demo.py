@@ -261,6 +261,14 @@ def random_responses(base: dict, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def share_with_interval(share: float, n: int) -> str:
+    """A share of `n` pairs with its 95% Wilson interval: 40 held-out pairs leave about +-0.15."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(share * n), n).proportion_ci(method="wilson")
+    return f"{share:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
+
+
 def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> str:
     p, rm = prefs["preferences"], prefs["reward_model"]
     dropped, prompts = p["report"]["dropped"], p["report"]["prompts"]
@@ -282,9 +290,9 @@ judges as above.
   {f"DPO imports the same file through the human-pairs validation, which kept {imported['rows_out']} of {imported['rows_in']} rows. " if imported else ""}{prefs['pairs_seconds'] / 60:.1f} min.
 - **Reward model (RLHF).** SmolLM2-135M with a one-logit head, LoRA, TRL `RewardTrainer`, {rm['steps']} steps on
   {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
-  went **{rm['eval_accuracy_initial']:.2f} -> {rm['eval_accuracy']:.2f}** (mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.
+  went **{share_with_interval(rm['eval_accuracy_initial'], rm['pairs_eval'])} -> {share_with_interval(rm['eval_accuracy'], rm['pairs_eval'])}** (95% Wilson intervals; mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
-  settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on {margins['margin_on']} pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}" if 'margin_initial' in margins else ''});
+  settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
   profanity-check. The minutes exclude the pairs and the reward model above.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
 
