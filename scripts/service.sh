@@ -50,19 +50,21 @@ if [[ "$component" == mlflow ]]; then
     : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI, e.g. postgresql+psycopg2://mlflow:PASS@HOST:5432/mlflow}"
     : "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION: a folder or s3://bucket/prefix the server writes artefacts to}"
     port="${MLFLOW_PORT:-5000}"
-    # The auth app's own config: users and permissions live in a database next to the store.
+    # The auth app's own config: users and permissions live in a database next to the store. It is
+    # mlflow/basic_auth.ini.template with each ${MLFLOW_AUTH_...} filled in (defaults here), written
+    # private: the database URI holds its password. See mlflow/README.md.
     if [[ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
         export MLFLOW_AUTH_CONFIG_PATH="${MLFLOW_AUTH_CONFIG_DIR:-${TMPDIR:-/tmp}}/mlflow-basic-auth-$port.ini"
-        (umask 077 && cat >"$MLFLOW_AUTH_CONFIG_PATH" <<EOF
-[mlflow]
-default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
-database_uri = ${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}
-admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-grant_default_workspace_access = false
-auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-30}
-EOF
-)
+        (umask 077 && MLFLOW_AUTH_DEFAULT_PERMISSION="${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}" \
+            MLFLOW_AUTH_DATABASE_URI="${MLFLOW_AUTH_DATABASE_URI:-$MLFLOW_BACKEND_STORE_URI}" \
+            MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+            MLFLOW_AUTH_CACHE_TTL_SECONDS="${MLFLOW_AUTH_CACHE_TTL_SECONDS:-30}" \
+            python -c '
+import os, string, sys
+values = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_AUTH_")}
+text = string.Template(open(sys.argv[1], encoding="utf-8").read()).substitute(values)  # a placeholder without a value fails
+sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+' "$here/../mlflow/basic_auth.ini.template" >"$MLFLOW_AUTH_CONFIG_PATH")
     fi
     if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
         echo "mlflow: MLFLOW_FLASK_SERVER_SECRET_KEY is not set; using a random one (UI sessions end at each restart; set it, the same on every server)" >&2
