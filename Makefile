@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 # Re-install whenever the pinned requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run up test faults bench results clean-venv
+.PHONY: install run up test lint faults bench results clean-venv
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ up: $(STAMP)
 	VENV=$(VENV) AIRFLOW_PORT=$(AIRFLOW_PORT) MLFLOW_PORT=$(MLFLOW_PORT) bash scripts/up.sh $(CONFIG)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The linter alone (make test runs it first).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Only the fault-injection scenarios (also part of `make test`); writes docs/reliability.md.
 faults: $(STAMP)

@@ -31,7 +31,7 @@ from common import machine, write_section  # noqa: E402
 
 from rlaif_tasks.config import RunConfig, load_config  # noqa: E402
 from rlaif_tasks.errors import RlaifError  # noqa: E402
-from rlaif_tasks.pipeline import prepare_dataset  # noqa: E402
+from rlaif_tasks.stages.local import prepare_dataset  # noqa: E402
 from rlaif_tasks.train import distributed  # noqa: E402
 from rlaif_tasks.train.metrics import read_metrics  # noqa: E402
 

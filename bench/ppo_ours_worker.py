@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlaif_tasks.config import GenerationConfig, ModelConfig, RunConfig, TrainConfig
 from rlaif_tasks.train import ppo
+from rlaif_tasks.train.common import lora_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import worker_arguments  # noqa: E402
@@ -47,7 +48,7 @@ def trainable_params(config: RunConfig) -> int:
 
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.model.policy))
-        model = ppo.PolicyWithValueHead(get_peft_model(base, ppo.lora_config(config.train, is_seq2seq=False)), is_seq2seq=False)
+        model = ppo.PolicyWithValueHead(get_peft_model(base, lora_config(config.train, "CAUSAL_LM")), is_seq2seq=False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+import trl.experimental.ppo.ppo_trainer as ppo_module
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-
-import trl.experimental.ppo.ppo_trainer as ppo_module
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -42,8 +42,9 @@ from common import machine, write_section  # noqa: E402
 
 from rlaif_tasks import gate  # noqa: E402
 from rlaif_tasks.config import load_config  # noqa: E402
-from rlaif_tasks.evaluation import format_evaluation, read_evaluation  # noqa: E402
-from rlaif_tasks.pipeline import evaluate_model, extra_set_name, prepare_dataset, train_policy  # noqa: E402
+from rlaif_tasks.evaluation.runner import evaluate_model, extra_set_name  # noqa: E402
+from rlaif_tasks.evaluation.toxicity import format_evaluation, read_evaluation  # noqa: E402
+from rlaif_tasks.stages.local import prepare_dataset, train_policy  # noqa: E402
 from rlaif_tasks.train.metrics import read_metrics  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
@@ -147,10 +148,11 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
 def preference_ways() -> dict:
     """AI-feedback pairs (base policy, k=4, judged by the jigsaw reward) and a reward model on them, made once."""
     from rlaif_tasks.data import load_prompts_split
-    from rlaif_tasks.preference_stages import reward_model_config
     from rlaif_tasks.preferences import read_preferences
-    from rlaif_tasks.train import preference_pairs
-    from rlaif_tasks.train.reward_model import SUMMARY_FILE, train_reward_model
+    from rlaif_tasks.preferences.run_pairs import preference_pairs
+    from rlaif_tasks.rewards.reward_model import SUMMARY_FILE
+    from rlaif_tasks.stages.preferences import reward_model_config
+    from rlaif_tasks.train.reward_model import train_reward_model
 
     config = demo_config("results-preferences", 0, "dpo")
     run_dir = config.resolved_run_dir

@@ -10,24 +10,30 @@ exactly these pairs. No schedule: trigger it when new pairs are wanted, e.g.
 
     airflow dags trigger ai_feedback_preferences -c '{"config": "configs/demo.yaml", "margin": 0.3}'
 
-Retries, pools, timeouts and the failure callback are rlaif_nightly's (dags/rlaif_assets.py); a
+Retries, pools, timeouts and the failure callback are rlaif_nightly's (rlaif_tasks/orchestration.py); a
 cleared task reuses the run folder and MLflow run, but a cleared build_preferences announces its
 pairs again, and the consumers run again on them, as Airflow does for any producer task that succeeds.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from airflow.sdk import Param, dag, get_current_context, result, task
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
-    sys.path.append(str(Path(__file__).resolve().parent))
-from rlaif_assets import (  # noqa: E402
-    CONFIG, DAG_CONFIG, PREFERENCES, config_param, dag_settings, eval_timeout, logical_date, on_gpu, overrides_from_params,
-    resolve_config_path, set_param, stage,
+from rlaif_tasks.orchestration import (
+    CONFIG,
+    DAG_CONFIG,
+    PREFERENCES,
+    config_param,
+    dag_settings,
+    eval_timeout,
+    logical_date,
+    on_gpu,
+    overrides_from_params,
+    resolve_config_path,
+    run_stage,
+    set_param,
 )
+from rlaif_tasks.stages import preferences
 
 # Trigger-form param -> config key it overrides.
 OVERRIDE_PARAMS = {"policy": "model.policy", "reward": "reward.model", "k": "preferences.k", "margin": "preferences.margin"}
@@ -54,15 +60,15 @@ def ai_feedback_preferences():
     def prepare() -> dict:
         context = get_current_context()
         params = context["params"]
-        return stage(
-            "prepare", resolve_config_path(params["config"]), overrides_from_params(params, OVERRIDE_PARAMS), context["dag"].dag_id,
+        return run_stage(
+            preferences.prepare, resolve_config_path(params["config"]), overrides_from_params(params, OVERRIDE_PARAMS), context["dag"].dag_id,
             context["run_id"], logical_date(context), asset_config=CONFIG.name,
         )
 
     @result
     @task(outlets=[PREFERENCES], execution_timeout=eval_timeout, **on_gpu)  # the policy generates, the judge scores
     def build_preferences(refs: dict) -> dict:
-        refs = stage("build_preferences", refs)
+        refs = run_stage(preferences.build_preferences, refs)
         event = refs.pop("event")
         get_current_context()["outlet_events"][PREFERENCES].extra = event
         print(f"published {PREFERENCES.name}: {event['pairs']} pairs, judge {event['judge']}, margin {event['margin']}, in {event['path']}")

@@ -4,29 +4,33 @@
 
 Runs when ai_feedback_preferences publishes pairs. prepare_dataset takes the pairs folder and the
 config from the newest triggering event (or from this run's form), and sets `train.algorithm=dpo`
-and `preferences.source=<that pairs.parquet>`; every later task is rlaif_nightly's stage as it is
-(rlaif_tasks.nightly), so the policy is registered under the nightly run's model name and promoted
-only if the same gate passes. Retries, pools, timeouts and idempotent re-runs as in rlaif_nightly.
-With `rounds` >= 2 the train task runs iterative DPO: the published pairs are round 1, and each later
-round samples and labels new pairs from the last round's policy.
+and `preferences.source=<that pairs.parquet>`; every later task is rlaif_nightly's
+(`evaluate_train_and_gate`, the stages of rlaif_tasks.stages.nightly), so the policy is registered
+under the nightly run's model name and promoted only if the same gate passes. Retries, pools,
+timeouts and idempotent re-runs as in rlaif_nightly. With `rounds` >= 2 the train task runs
+iterative DPO: the published pairs are round 1, and each later round samples and labels new pairs
+from the last round's policy.
 """
 
 from __future__ import annotations
 
-import sys
-from functools import partial
-from pathlib import Path
+from airflow.sdk import Param, dag, get_current_context, task
 
-from airflow.sdk import Param, dag, get_current_context, result, task
-
-if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
-    sys.path.append(str(Path(__file__).resolve().parent))
-from rlaif_assets import (  # noqa: E402
-    CONFIG_PATTERN, DAG_CONFIG, PREFERENCES, config_param, dag_settings, eval_timeout, logical_date, on_gpu, pairs_param,
-    resolve_config_path, set_param, stage, train_timeout, trigger_of,
+from rlaif_tasks.orchestration import (
+    CONFIG_PATTERN,
+    DAG_CONFIG,
+    PREFERENCES,
+    config_param,
+    dag_settings,
+    evaluate_train_and_gate,
+    logical_date,
+    pairs_param,
+    resolve_config_path,
+    run_stage,
+    set_param,
+    trigger_of,
 )
-
-nightly = partial(stage, module="nightly")
+from rlaif_tasks.stages import preferences
 
 # Trigger-form param -> config key it overrides (on top of the triggering event's overrides).
 OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate", "beta": "train.dpo_beta", "rounds": "train.dpo_rounds"}
@@ -53,44 +57,14 @@ def dpo_alignment():
     @task
     def prepare_dataset() -> dict:
         context = get_current_context()
-        source = stage("preference_source", trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN)
+        source = run_stage(
+            preferences.preference_source, trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG),
+            config_pattern=CONFIG_PATTERN,
+        )
         print(f"pairs {source['pairs_dir']} from {source['origin']}, config {source['config']}")
-        return stage("prepare_dpo", source, context["dag"].dag_id, context["run_id"], logical_date(context))
+        return run_stage(preferences.prepare_dpo, source, context["dag"].dag_id, context["run_id"], logical_date(context))
 
-    @task(execution_timeout=eval_timeout, **on_gpu)
-    def baseline_eval(refs: dict) -> dict:
-        return nightly("baseline_eval", refs)
-
-    @task(execution_timeout=train_timeout, **on_gpu)
-    def train(refs: dict) -> dict:
-        return nightly("train", refs)
-
-    @task(execution_timeout=eval_timeout, **on_gpu)
-    def evaluate(refs: dict) -> dict:
-        return nightly("evaluate", refs)
-
-    @task
-    def register(refs: dict) -> dict:
-        return nightly("register", refs)
-
-    @task(execution_timeout=eval_timeout, **on_gpu)  # the gate loads the trained and the base policy
-    def promote_if_better(refs: dict) -> dict:
-        return nightly("promote_if_better", refs)
-
-    @result
-    @task
-    def report(refs: dict) -> dict:
-        summary = nightly("report", refs)
-        print(summary["text"])
-        return summary
-
-    refs = prepare_dataset()
-    refs = baseline_eval(refs)
-    refs = train(refs)
-    refs = evaluate(refs)
-    refs = register(refs)
-    refs = promote_if_better(refs)
-    report(refs)
+    evaluate_train_and_gate(prepare_dataset())
 
 
 dpo_alignment()

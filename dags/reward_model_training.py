@@ -13,17 +13,25 @@ task reuses the run folder, the MLflow run and the registered version.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from airflow.sdk import Param, dag, get_current_context, result, task
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
-    sys.path.append(str(Path(__file__).resolve().parent))
-from rlaif_assets import (  # noqa: E402
-    CONFIG_PATTERN, DAG_CONFIG, PREFERENCES, REWARD_MODEL, config_param, dag_settings, logical_date, on_gpu, pairs_param,
-    resolve_config_path, set_param, stage, train_timeout, trigger_of,
+from rlaif_tasks.orchestration import (
+    CONFIG_PATTERN,
+    DAG_CONFIG,
+    PREFERENCES,
+    REWARD_MODEL,
+    config_param,
+    dag_settings,
+    logical_date,
+    on_gpu,
+    pairs_param,
+    resolve_config_path,
+    run_stage,
+    set_param,
+    train_timeout,
+    trigger_of,
 )
+from rlaif_tasks.stages import preferences
 
 OVERRIDE_PARAMS: dict[str, str] = {}  # the reward model's own settings are params of train_reward_model, not config keys
 
@@ -47,19 +55,19 @@ def reward_model_training():
     @task
     def prepare() -> dict:
         context = get_current_context()
-        source = stage("preference_source", trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN)
+        source = run_stage(preferences.preference_source, trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN)
         print(f"pairs {source['pairs_dir']} from {source['origin']}, config {source['config']}")
-        return stage("prepare_reward_model", source, context["dag"].dag_id, context["run_id"], logical_date(context))
+        return run_stage(preferences.prepare_reward_model, source, context["dag"].dag_id, context["run_id"], logical_date(context))
 
     @task(execution_timeout=train_timeout, **on_gpu)
     def train_reward_model(refs: dict) -> dict:
         params = get_current_context()["params"]
-        return stage("train_reward_model", refs, learning_rate=params.get("learning_rate"), epochs=params.get("epochs"))
+        return run_stage(preferences.train_reward_model, refs, learning_rate=params.get("learning_rate"), epochs=params.get("epochs"))
 
     @result
     @task(outlets=[REWARD_MODEL])
     def register(refs: dict) -> dict:
-        refs = stage("register_reward_model", refs)
+        refs = run_stage(preferences.register_reward_model, refs)
         event = refs.pop("event")
         get_current_context()["outlet_events"][REWARD_MODEL].extra = event
         print(f"published {REWARD_MODEL.name} version {event['version']} ({event['model_uri']}, folder {event['folder']})")

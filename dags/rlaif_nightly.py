@@ -1,9 +1,11 @@
 """Nightly alignment run: data, baseline evaluation, RL training, evaluation, registry, gate, report.
 
-Each task is one stage of `rlaif_tasks.nightly`, imported inside the task so that parsing this file
-stays cheap (no torch, transformers or mlflow in the DAG processor). Tasks hand each other only a
-small dict of references (run directory, MLflow run id, model version) through XCom; the stages
-are idempotent, so a retried or cleared task reuses the MLflow run and the registered version.
+    prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> report
+
+Each task runs one stage of `rlaif_tasks.stages.nightly` (run_stage); the stages import torch,
+transformers and mlflow inside their functions, so parsing this file stays cheap. Tasks hand each
+other only a small dict of references (run directory, MLflow run id, model version) through XCom;
+the stages are idempotent, so a retried or cleared task reuses the MLflow run and the registered version.
 
 Trigger with a config file and optional overrides; an empty override means "as in the config":
 
@@ -21,18 +23,24 @@ unless this trigger should also start the nightly runs.
 from __future__ import annotations
 
 import os
-import sys
-from functools import partial
-from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, result, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # Airflow adds the DAG bundle's folder; a bare DagBag does not
-    sys.path.append(str(Path(__file__).resolve().parent))
-from rlaif_assets import (  # noqa: E402
-    CONFIG_PATTERN, DAG_CONFIG, dag_settings, eval_timeout, logical_date, nightly_schedule, on_gpu, orchestration,
-    overrides_from_params, resolve_config_path, reward_model_of, set_param, stage, train_timeout,
+from rlaif_tasks.orchestration import (
+    CONFIG_PATTERN,
+    DAG_CONFIG,
+    dag_settings,
+    evaluate_train_and_gate,
+    logical_date,
+    nightly_schedule,
+    orchestration,
+    overrides_from_params,
+    resolve_config_path,
+    reward_model_of,
+    run_stage,
+    set_param,
 )
+from rlaif_tasks.stages import nightly
 
 # Trigger-form param -> config key it overrides.
 OVERRIDE_PARAMS = {
@@ -43,7 +51,6 @@ OVERRIDE_PARAMS = {
     "reward": "reward.model",
 }
 
-nightly = partial(stage, module="nightly")
 # `make run` stores the DAG without a schedule (RLAIF_DAG_SCHEDULE=none) while it unpauses it for one
 # manual run, so that run does not also start the nightly schedule's latest missed run.
 schedule = os.environ.get("RLAIF_DAG_SCHEDULE", orchestration.schedule)
@@ -83,42 +90,12 @@ def rlaif_nightly():
         if new_reward_model and "reward.model" not in overrides:
             print(f"started by a new reward model: training against {new_reward_model}")
             overrides["reward.model"] = new_reward_model
-        return nightly("prepare_dataset", resolve_config_path(params["config"]), overrides, context["dag"].dag_id, context["run_id"], logical_date=logical_date(context))
+        return run_stage(
+            nightly.prepare_dataset, resolve_config_path(params["config"]), overrides, context["dag"].dag_id, context["run_id"],
+            logical_date=logical_date(context),
+        )
 
-    @task(execution_timeout=eval_timeout, **on_gpu)
-    def baseline_eval(refs: dict) -> dict:
-        return nightly("baseline_eval", refs)
-
-    @task(execution_timeout=train_timeout, **on_gpu)
-    def train(refs: dict) -> dict:
-        return nightly("train", refs)
-
-    @task(execution_timeout=eval_timeout, **on_gpu)
-    def evaluate(refs: dict) -> dict:
-        return nightly("evaluate", refs)
-
-    @task
-    def register(refs: dict) -> dict:
-        return nightly("register", refs)
-
-    @task(execution_timeout=eval_timeout, **on_gpu)  # the gate loads the trained and the base policy
-    def promote_if_better(refs: dict) -> dict:
-        return nightly("promote_if_better", refs)
-
-    @result
-    @task
-    def report(refs: dict) -> dict:
-        summary = nightly("report", refs)
-        print(summary["text"])
-        return summary
-
-    refs = prepare_dataset()
-    refs = baseline_eval(refs)
-    refs = train(refs)
-    refs = evaluate(refs)
-    refs = register(refs)
-    refs = promote_if_better(refs)
-    report(refs)
+    evaluate_train_and_gate(prepare_dataset())
 
 
 rlaif_nightly()

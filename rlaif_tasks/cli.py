@@ -20,8 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from rlaif_tasks.config import RunConfig, load_config
+from rlaif_tasks import registry
+from rlaif_tasks.config import RunConfig, load_config, parse_override
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import BUNDLED_MODELS
+from rlaif_tasks.rewards import build_scorer
+from rlaif_tasks.stages.nightly import run_all
+from rlaif_tasks.tracking import registered_model_name
 
 log = logging.getLogger("rlaif")
 
@@ -39,9 +44,7 @@ def cmd_config_show(args) -> int:
 
 def cmd_models_bootstrap(args) -> int:
     """Load (and convert/cache where needed) every model the config names, so later stages start fast."""
-    from rlaif_tasks.models import BUNDLED_MODELS
-    from rlaif_tasks.pipeline import load_judges, load_policy
-    from rlaif_tasks.rewards import build_scorer
+    from rlaif_tasks.evaluation.runner import load_judges, load_policy
 
     config = _config(args)
     start = time.perf_counter()
@@ -56,7 +59,7 @@ def cmd_models_bootstrap(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
 
     manifest_path = prepare_dataset(_config(args))
     manifest = json.loads(manifest_path.read_text())
@@ -83,8 +86,7 @@ def _read_texts(args) -> list[str]:
 
 def cmd_score(args) -> int:
     """Score texts with the training reward and every evaluation judge."""
-    from rlaif_tasks.pipeline import load_judges
-    from rlaif_tasks.rewards import build_scorer
+    from rlaif_tasks.evaluation.runner import load_judges
 
     config = _config(args)
     texts = _read_texts(args)
@@ -101,8 +103,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from rlaif_tasks.evaluation import format_comparison, format_evaluation, read_evaluation
-    from rlaif_tasks.pipeline import compare_evaluations, evaluate_model
+    from rlaif_tasks.evaluation.runner import compare_evaluations, evaluate_model
+    from rlaif_tasks.evaluation.toxicity import format_comparison, format_evaluation, read_evaluation
 
     config = _config(args)
     path = evaluate_model(config, args.label, args.model)
@@ -115,7 +117,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_run(args) -> int:
     """One alignment run in one process: prepare data, evaluate the base policy, train, evaluate again."""
-    from rlaif_tasks.pipeline import run_pipeline
+    from rlaif_tasks.stages.local import run_pipeline
 
     config = _config(args)
     report = run_pipeline(config)
@@ -124,14 +126,12 @@ def cmd_run(args) -> int:
 
 
 def _model_name(args) -> str:
-    from rlaif_tasks.tracking import registered_model_name
 
     return args.name or registered_model_name(_config(args))
 
 
 def cmd_registry_show(args) -> int:
     """Aliases and versions of a registered policy."""
-    from rlaif_tasks import registry
 
     info = registry.describe(_model_name(args), config=_config(args))
     print(json.dumps(info, indent=2) if args.json else registry.format_description(info))
@@ -140,7 +140,6 @@ def cmd_registry_show(args) -> int:
 
 def cmd_registry_promote(args) -> int:
     """Make a version the champion by hand (the gate is not consulted)."""
-    from rlaif_tasks import registry
 
     result = registry.promote(args.name, args.version, config=_config(args))
     if result["changed"]:
@@ -152,7 +151,6 @@ def cmd_registry_promote(args) -> int:
 
 def cmd_registry_rollback(args) -> int:
     """Restore the previous champion."""
-    from rlaif_tasks import registry
 
     result = registry.rollback(_model_name(args), config=_config(args))
     print(
@@ -164,8 +162,6 @@ def cmd_registry_rollback(args) -> int:
 
 def cmd_nightly(args) -> int:
     """The nightly DAG's stages in one process: data, baseline, training, evaluation, registration, gate."""
-    from rlaif_tasks.config import parse_override
-    from rlaif_tasks.nightly import run_all
 
     overrides = dict(parse_override(o) for o in args.overrides)
     result = run_all(args.config, overrides, dag_id=args.dag_id, dag_run_id=args.dag_run_id)

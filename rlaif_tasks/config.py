@@ -19,6 +19,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
+from rlaif_tasks.atomic import write_text
 from rlaif_tasks.errors import RlaifError
 
 
@@ -127,8 +128,27 @@ class EvaluationConfig:
     """Sentence encoder for prompt-response cosine similarity (`all-minilm-l6-v2`: the bundled one), or a hub id / folder; null: off."""
 
 
+@dataclass(kw_only=True)
+class LoraSettings:
+    """The LoRA fields every trainer's config carries (flat, as in TRL's configs): declared once here.
+
+    `train.common.lora_config` turns them into peft's LoraConfig.
+    """
+
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None
+    """None: peft's default modules for the architecture; ["all-linear"]: every linear layer but the output head."""
+
+    def lora_settings(self) -> dict[str, Any]:
+        """These fields alone, to hand on to another trainer's config (`DPOTrainConfig(**t.lora_settings(), ...)`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LoraSettings)}
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(LoraSettings):
     """RL training; defaults are the seed's PPO hyper-parameters where they make sense."""
 
     algorithm: Literal["ppo", "grpo", "rloo", "dpo"] = "ppo"
@@ -152,11 +172,6 @@ class TrainConfig:
     reward_clip: float | None = None
     missing_eos_penalty: float | None = None
     max_grad_norm: float = 1.0
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
     num_generations: int = 4
     """Completions per prompt for GRPO/RLOO."""
     save_every: int = 5
@@ -291,12 +306,25 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """Content hash of the effective config: equal configs give equal hashes."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Hash of the run's recipe: the whole effective config except where it is written (`run_dir`).
+
+        The `rlaif.config_hash` tag of every MLflow run and `rlaif config show` print this one value.
+        """
+        data = self.to_dict()
+        data.pop("run_dir", None)
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def open_run_dir(config: RunConfig) -> Path:
+    """The run's folder (`resolved_run_dir`), made, with the effective config written into it as config.yaml."""
+    run_dir = config.resolved_run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    return run_dir
 
 
 def _type_name(tp) -> str:

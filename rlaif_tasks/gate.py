@@ -4,7 +4,7 @@ The challenger and the reference (the champion, or the base policy while nothing
 answer the same held-out prompts, evaluation.samples_per_prompt times each, with the same
 per-response sampling seeds (evaluation.py), so every judge's scores compare prompt by prompt:
 per judge, the relative drop in mean toxicity and its paired-bootstrap interval over prompts
-(evaluation_stats.py). Promotion needs every check:
+(evaluation/stats.py). Promotion needs every check:
 
     samples       at least gate.min_samples_per_prompt responses per prompt
     toxicity      under gate.judge (default: an evaluation judge that is not the training reward
@@ -38,10 +38,14 @@ from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import GATE_CHECKS as CHECKS
 from rlaif_tasks.config import GateConfig, RunConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.evaluation import read_evaluation
+from rlaif_tasks.evaluation.kl import sampled_token_kl
+from rlaif_tasks.evaluation.toxicity import read_evaluation
+from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES
 
 if TYPE_CHECKING:
     import pandas as pd
+
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,7 @@ def gate_judge(config: RunConfig) -> str:
 
 def compare_judges(reference: "pd.DataFrame", challenger: "pd.DataFrame", judges: list[str], gate: GateConfig, seed: int) -> dict[str, dict]:
     """Per judge, the paired bootstrap of the challenger's per-prompt mean toxicity against the reference's."""
-    from rlaif_tasks.evaluation_stats import paired_bootstrap, paired_differences, per_prompt_means, significantly_worse
+    from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means, significantly_worse
 
     out = {}
     for judge in judges:
@@ -231,9 +235,7 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
     """`evaluation_kl.sampled_token_kl` of the trained policy against `model.policy` on its final samples (cached in gate/)."""
     import pandas as pd
 
-    from rlaif_tasks.evaluation_kl import sampled_token_kl
-    from rlaif_tasks.models import load_model, resolve_device
-    from rlaif_tasks.pipeline import load_policy
+    from rlaif_tasks.evaluation.runner import load_policy
 
     cache = run_dir / "gate" / "kl.json"
     if cache.is_file():
@@ -272,9 +274,8 @@ def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path
     import tempfile
 
     from rlaif_tasks.data import load_prompts_split
-    from rlaif_tasks.evaluation import evaluate_policy, write_evaluation
-    from rlaif_tasks.models import load_model, resolve_device
-    from rlaif_tasks.pipeline import load_judges
+    from rlaif_tasks.evaluation.runner import load_judges
+    from rlaif_tasks.evaluation.toxicity import evaluate_policy, write_evaluation
 
     label = f"champion-v{version}"
     path = run_dir / "eval" / f"{label}_samples.parquet"
@@ -289,7 +290,7 @@ def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path
     return path
 
 
-COMPARABLE_TAGS = (tracking.TAG_DATASET, tracking.TAG_EVAL_SETTINGS, tracking.TAG_CODE_VERSION, tracking.TAG_JUDGES)
+COMPARABLE_TAGS = (TAG_DATASET, TAG_EVAL_SETTINGS, TAG_CODE_VERSION, TAG_JUDGES)
 """Run tags that must all be set and equal before the champion's stored samples stand for tonight's:
 the same prompts, sampling, evaluation seed and judge settings, code, and judge revisions."""
 
@@ -338,8 +339,8 @@ def _differences(mine: dict, theirs: dict) -> list[str]:
         if mine.get(tag) and mine.get(tag) == theirs.get(tag):
             continue
         line = f"{tag}: {theirs.get(tag)} -> {mine.get(tag)}"
-        if tag == tracking.TAG_JUDGES:
-            before, after = (_json_tag(t, tracking.TAG_JUDGE_REVISIONS) for t in (theirs, mine))
+        if tag == TAG_JUDGES:
+            before, after = (_json_tag(t, TAG_JUDGE_REVISIONS) for t in (theirs, mine))
             changed = [f"{j} {before.get(j)} -> {after.get(j)}" for j in sorted(before.keys() | after.keys()) if before.get(j) != after.get(j)]
             line += f" ({', '.join(changed)})" if changed else ""
         out.append(line)
@@ -426,10 +427,10 @@ def log_decision(client: "MlflowClient", run_id: str, decision: dict) -> None:
     client.log_dict(run_id, decision, DECISION_ARTIFACT)
     outcome = "passed" if decision["passed"] else "refused"
     reason = "; ".join(decision["reasons"]) or "all checks passed"
-    client.set_tag(run_id, "rlaif.gate", outcome)
-    client.set_tag(run_id, "rlaif.gate_reference", f"{decision['reference']['kind']} {decision['reference']['version'] or ''}".strip())
-    client.set_tag(run_id, "rlaif.gate_reason", reason[:5000])
-    client.set_tag(run_id, "rlaif.gate_failed", ",".join(decision["failed"]) or "none")
+    client.set_tag(run_id, TAG_GATE, outcome)
+    client.set_tag(run_id, TAG_GATE_REFERENCE, f"{decision['reference']['kind']} {decision['reference']['version'] or ''}".strip())
+    client.set_tag(run_id, TAG_GATE_REASON, reason[:5000])
+    client.set_tag(run_id, TAG_GATE_FAILED, ",".join(decision["failed"]) or "none")
     name, version = decision["model_name"], decision["challenger_version"]
-    client.set_model_version_tag(name, version, "rlaif.gate", outcome)
-    client.set_model_version_tag(name, version, "rlaif.gate_reason", reason[:5000])
+    client.set_model_version_tag(name, version, TAG_GATE, outcome)
+    client.set_model_version_tag(name, version, TAG_GATE_REASON, reason[:5000])

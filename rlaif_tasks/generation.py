@@ -7,11 +7,12 @@ Evaluation passes one seed per response (`row_seeds`): each row then samples wit
 stream (Gumbel-max: argmax of the warped logits plus Gumbel noise drawn from the row's seed and the
 step, which is exactly a draw from the softmax), so a response does not depend on which other
 prompts share its batch, and two policies answer a prompt with the same randomness (a paired
-comparison, evaluation_stats.py).
+comparison, evaluation/stats.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -160,3 +161,52 @@ def generate(
         done = min(b + batch_size, len(expanded))
         log.info("generated %d/%d responses (%.1f tok/s)", done, len(expanded), new_tokens / max(time.perf_counter() - start, 1e-9))
     return Generated(responses, [i for i, _ in expanded], new_tokens, time.perf_counter() - start, token_ids)
+
+
+# -- log-probabilities of sampled tokens (PPO's loss and the evaluation's KL) -------------------------
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`, without materialising the full log-softmax."""
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def lm_forward(model, batch: dict[str, torch.Tensor], is_seq2seq: bool, want_hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits that predict each response token, and the last hidden state at those positions.
+
+    Causal: the input is query (left-padded) + response (right-padded); position ids skip the
+    left padding exactly as `generate` does, and only the last T+1 positions' logits are computed.
+    Seq2seq: the query is the encoder input and the response tokens are the decoder's actions.
+    """
+    query, query_mask, response, response_mask = batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"]
+    length = response.shape[1]
+    if is_seq2seq:
+        decoder_ids = torch.cat([batch["decoder_start"], response[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        out = model(
+            input_ids=query, attention_mask=query_mask, decoder_input_ids=decoder_ids,
+            decoder_attention_mask=decoder_mask, output_hidden_states=want_hidden,
+        )
+        return out.logits, (out.decoder_hidden_states[-1] if want_hidden else None)
+    input_ids = torch.cat([query, response], dim=1)
+    attention = torch.cat([query_mask, response_mask], dim=1).long()
+    kwargs = {}
+    params = _forward_params(model)
+    if "position_ids" in params:
+        kwargs["position_ids"] = (attention.cumsum(1) - 1).clamp(min=0)
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = length + 1
+    out = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=want_hidden, **kwargs)
+    logits = out.logits[:, -(length + 1) : -1]
+    hidden = out.hidden_states[-1][:, -(length + 1) : -1] if want_hidden else None
+    return logits, hidden
+
+
+def _forward_params(model) -> set[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cached = getattr(base, "_ppo_forward_params", None)
+    if cached is None:
+        cached = set(inspect.signature(base.forward).parameters)
+        base._ppo_forward_params = cached
+    return cached

@@ -34,18 +34,18 @@ from rlaif_tasks import tracking
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError, TransientError, mlflow_not_found
 from rlaif_tasks.faults import fault_point
+from rlaif_tasks.models import load_model
+from rlaif_tasks.models.registry_spec import ARTIFACT_NAME, download_policy, model_uri
+from rlaif_tasks.tags import TAG_DAG_RUN_ID, TAG_GATE, TAG_PREFIX, TAG_PROMOTED_AT, TAG_PROMOTION_LOCK, TAG_REJECTED_REASON, TAG_REPLACED, TAG_ROLLED_BACK_AT, TAG_STATUS, TAG_WEIGHTS
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS, ROLLED_BACK = "champion", "challenger", "previous", "rolled_back"
-TAG_STATUS = "rlaif.status"
-TAG_REPLACED = "rlaif.replaced_version"
-TAG_LOCK = "rlaif.promotion_lock"
-TAG_WEIGHTS = "rlaif.weights_sha256"
 ANY = object()
 """`promote(expected_champion=ANY)`: promote whatever the champion is now (the CLI's explicit move)."""
 
@@ -56,14 +56,7 @@ class ChampionMoved(Exception):
     def __init__(self, name: str, expected: str | None, actual: str | None):
         self.expected, self.actual = expected, actual
         super().__init__(f"{name}: the champion is version {actual or 'none'}, not {expected or 'none'} as the decision assumed")
-ARTIFACT_NAME = "policy"
 _RUNTIME_PACKAGES = ("transformers", "torch", "accelerate", "tokenizers", "safetensors")
-
-
-def model_uri(name: str, alias_or_version: str | int) -> str:
-    """`models:/name@alias` for an alias, `models:/name/3` for a version number."""
-    ref = str(alias_or_version)
-    return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
 
 
 def pip_requirements() -> list[str]:
@@ -155,11 +148,10 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     config and its signature's params, so `mlflow models serve` answers with the run's response
     length and a caller can override any of them per request.
     """
-    import mlflow
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import infer_signature
 
-    from rlaif_tasks.models import load_model
+    import mlflow
 
     run = client.get_run(run_id)
     logged = client.search_logged_models(
@@ -175,7 +167,7 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
         if str(unfinished.status) != str(LoggedModelStatus.FAILED):
             log.warning("logged model %s of run %s was never finalised (%s); marking it FAILED and logging afresh", unfinished.model_id, run_id, unfinished.status)
             mlflow.finalize_logged_model(unfinished.model_id, LoggedModelStatus.FAILED)
-    tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")}
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(TAG_PREFIX)}
     # created here, in the run's experiment: left to itself MLflow files it under the active (default) experiment
     model = mlflow.initialize_logged_model(name=ARTIFACT_NAME, source_run_id=run_id, tags=tags, experiment_id=run.info.experiment_id)
     defaults = dict(defaults or {})
@@ -205,8 +197,9 @@ def _log_seq2seq(loaded, defaults: dict, common: dict) -> None:
     import importlib.util
     import tempfile
 
-    import mlflow
     from mlflow.models import Model
+
+    import mlflow
 
     code = importlib.util.find_spec("rlaif_tasks.models.seq2seq_pyfunc").origin  # not imported: it would set MLflow's model-from-code global here
     with tempfile.TemporaryDirectory(prefix="rlaif-seq2seq-") as tmp:
@@ -223,8 +216,6 @@ def register_policy(
 
     Idempotent per MLflow run: when the run already registered a version, that version is returned.
     """
-    from mlflow.exceptions import MlflowException
-
     client = _client(client, config)
     name = tracking.registered_model_name(config)
     model_dir = Path(model_dir)
@@ -239,17 +230,34 @@ def register_policy(
         raise RlaifError(f"{model_dir} is not a trained model folder (no config.json)", "run the train stage of this run first")
     model_id = _log_policy(client, run_id, model_dir, config.model.dtype, inference_defaults(config))
     fault_point("register.logged")
+    mv = create_version(
+        client, name, run_id, f"models:/{model_id}", model_id=model_id, tags=tags,
+        about=f"Policies aligned by the rlaif run config {config.name!r}.",
+    )
+    _set_challenger(client, name, mv.version)
+    log.info("registered %s version %s from MLflow run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
+    return _summary(name, client.get_model_version(name, mv.version), reused=False)
+
+
+def create_version(
+    client: "MlflowClient", name: str, run_id: str, source: str, *, about: str, tags: dict[str, str] | None = None,
+    model_id: str | None = None, description: str | None = None,
+) -> "ModelVersion":
+    """A new version of `name` (the registered model made with description `about` if it is new) from `source`.
+
+    The version carries the run's `rlaif.*` tags (dataset, config hash, DAG run...) and `tags`, so a
+    version can be traced to what made it without opening the run.
+    """
+    from mlflow.exceptions import MlflowException
+
     try:
-        client.create_registered_model(name, description=f"Policies aligned by the rlaif run config {config.name!r}.")
+        client.create_registered_model(name, description=about)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     run_tags = client.get_run(run_id).data.tags
-    version_tags = {k: v for k, v in run_tags.items() if k.startswith("rlaif.")} | dict(tags or {})
-    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=version_tags, model_id=model_id)
-    _set_challenger(client, name, mv.version)
-    log.info("registered %s version %s from MLflow run %s (alias %s)", name, mv.version, run_id, CHALLENGER)
-    return _summary(name, client.get_model_version(name, mv.version), reused=False)
+    version_tags = {k: v for k, v in run_tags.items() if k.startswith(TAG_PREFIX)} | dict(tags or {})
+    return client.create_model_version(name, source=source, run_id=run_id, tags=version_tags, model_id=model_id, description=description)
 
 
 def _set_challenger(client: "MlflowClient", name: str, version: str) -> None:
@@ -275,16 +283,16 @@ def promotion_lock(client: "MlflowClient", name: str, *, lease_s: float = 120.0,
     token = f"{uuid.uuid4().hex} {socket_name()}"
     deadline = time.monotonic() + wait_s
     while True:
-        held = client.get_registered_model(name).tags.get(TAG_LOCK, "")
+        held = client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "")
         if not held or _lease_expired(held):
             try:
-                client.set_registered_model_tag(name, TAG_LOCK, f"{token} {time.time() + lease_s:.0f}")
+                client.set_registered_model_tag(name, TAG_PROMOTION_LOCK, f"{token} {time.time() + lease_s:.0f}")
             except MlflowException as exc:  # two first writes at once can collide in the store (a UNIQUE constraint)
                 if mlflow_not_found(exc):
                     raise
                 log.info("the promotion lease write for %s collided with another (%s); reading who holds it", name, exc.message[:200])
             time.sleep(settle_s)
-            if client.get_registered_model(name).tags.get(TAG_LOCK, "").startswith(token):
+            if client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "").startswith(token):
                 break
         if time.monotonic() > deadline:
             raise TransientError(f"{name}: another promotion holds the registry lease ({held}) for longer than {wait_s:.0f} s")
@@ -292,8 +300,8 @@ def promotion_lock(client: "MlflowClient", name: str, *, lease_s: float = 120.0,
     try:
         yield
     finally:
-        if client.get_registered_model(name).tags.get(TAG_LOCK, "").startswith(token):
-            client.delete_registered_model_tag(name, TAG_LOCK)
+        if client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "").startswith(token):
+            client.delete_registered_model_tag(name, TAG_PROMOTION_LOCK)
 
 
 def socket_name() -> str:
@@ -333,7 +341,7 @@ def promote(
             raise ChampionMoved(name, None if expected_champion is None else str(expected_champion), current)
         fault_point("promote.locked")
         client.set_model_version_tag(name, version, TAG_REPLACED, current or "")
-        client.set_model_version_tag(name, version, "rlaif.promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_model_version_tag(name, version, TAG_PROMOTED_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         client.set_registered_model_alias(name, CHAMPION, version)
         _finish_promotion(client, name, version, current)
     log.info("%s: version %s is the champion (previous: %s)", name, version, current or "none")
@@ -370,7 +378,7 @@ def rollback(name: str, *, client: "MlflowClient | None" = None, config: RunConf
             )
         demoted, restored = str(champion.version), str(previous.version)
         client.set_registered_model_alias(name, ROLLED_BACK, demoted)
-        client.set_model_version_tag(name, demoted, "rlaif.rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_model_version_tag(name, demoted, TAG_ROLLED_BACK_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         client.set_registered_model_alias(name, CHAMPION, restored)
         client.set_model_version_tag(name, restored, TAG_STATUS, CHAMPION)
         client.set_model_version_tag(name, demoted, TAG_STATUS, ROLLED_BACK)
@@ -426,32 +434,6 @@ def _float_dtype(folder: Path) -> str | None:
     return None
 
 
-def download_policy(client: "MlflowClient", name: str, version: str | int, dst: str | Path) -> Path:
-    """Download a registered version under `dst`; returns its save_pretrained folder (config, weights, tokenizer).
-
-    Whatever the flavour: a seq2seq policy (pyfunc) keeps that folder as its artifact `policy`; a
-    causal one (transformers flavour) splits it into model/ and components/tokenizer/, which are
-    put back together here; a reward model is registered as the plain folder itself.
-    """
-    import mlflow
-
-    uri = model_uri(name, version)
-    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri, registry_uri=client._registry_uri))
-    if (root / "config.json").is_file():
-        return root
-    pyfunc_folder = root / "artifacts" / ARTIFACT_NAME
-    if (pyfunc_folder / "config.json").is_file():
-        return pyfunc_folder
-    folder = root / "model"
-    if not (folder / "config.json").is_file():
-        raise RlaifError(f"{uri} holds no transformers checkpoint (no model/config.json or artifacts/{ARTIFACT_NAME}/config.json)", "register policies with `register_policy` (the nightly register stage)")
-    tokenizer = root / "components" / "tokenizer"
-    if tokenizer.is_dir():
-        for file in tokenizer.iterdir():
-            file.replace(folder / file.name)
-    return folder
-
-
 def verify_registered_weights(client: "MlflowClient", name: str, version: str | int, model_dir: str | Path) -> str:
     """Download the registered version and check that its weights are the trained folder's; returns their hash.
 
@@ -477,7 +459,7 @@ def verify_registered_weights(client: "MlflowClient", name: str, version: str | 
 def mark_rejected(client: "MlflowClient", name: str, version: str | int, reason: str) -> None:
     """Tag a version the gate refused; it keeps alias `challenger` until a newer one is registered."""
     client.set_model_version_tag(name, str(version), TAG_STATUS, "rejected")
-    client.set_model_version_tag(name, str(version), "rlaif.rejected_reason", reason[:5000])
+    client.set_model_version_tag(name, str(version), TAG_REJECTED_REASON, reason[:5000])
 
 
 def _alias_version(client: "MlflowClient", name: str, alias: str) -> str | None:
@@ -502,9 +484,9 @@ def describe(name: str, *, client: "MlflowClient | None" = None, config: RunConf
                 "version": str(mv.version),
                 "aliases": aliases_of.get(str(mv.version), []),
                 "status": mv.tags.get(TAG_STATUS, ""),
-                "gate": mv.tags.get("rlaif.gate", ""),
+                "gate": mv.tags.get(TAG_GATE, ""),
                 "run_id": mv.run_id,
-                "dag_run_id": mv.tags.get(tracking.TAG_DAG_RUN_ID, ""),
+                "dag_run_id": mv.tags.get(TAG_DAG_RUN_ID, ""),
                 "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000)),
             }
             for mv in versions

@@ -25,28 +25,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from rlaif_tasks import __version__, stores
 from rlaif_tasks.config import RunConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.stores import default_tracking_uri, embedded_mlflow_root, rlaif_home  # noqa: F401 (rlaif_home: re-exported)
+from rlaif_tasks.models.fingerprint import fingerprint
+from rlaif_tasks.tags import TAG_CONFIG_HASH, TAG_DAG_ID, TAG_DAG_RUN_ID, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_RUN_KEY
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
-TAG_DAG_ID = "rlaif.dag_id"
-TAG_DAG_RUN_ID = "rlaif.dag_run_id"
-TAG_RUN_KEY = "rlaif.run_key"
-TAG_CONFIG_HASH = "rlaif.config_hash"
-TAG_DATASET = "rlaif.dataset_sha256"
-TAG_CODE_VERSION = "rlaif.code_version"
-TAG_EVAL_SETTINGS = "rlaif.eval_settings"
-TAG_JUDGES = "rlaif.judges_sha256"
-TAG_JUDGE_REVISIONS = "rlaif.judges"
-TAG_RUN_DIR = "rlaif.run_dir"
-TAG_AIRFLOW_URL = "rlaif.airflow_url"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_VIEW = "custom_model_development"
 """The MLflow UI opens an experiment with this kind on its runs table, not on traces."""
@@ -67,7 +59,7 @@ def _tracking_config(config: RunConfig | TrackingConfig | None) -> TrackingConfi
 
 
 def resolve_tracking_uri(config: RunConfig | TrackingConfig | None = None) -> str:
-    return _tracking_config(config).tracking_uri or default_tracking_uri()
+    return stores.tracking_uri(_tracking_config(config).tracking_uri)
 
 
 def resolve_artifact_location(config: RunConfig | TrackingConfig | None = None) -> str | None:
@@ -76,8 +68,8 @@ def resolve_artifact_location(config: RunConfig | TrackingConfig | None = None) 
     if cfg.artifact_location:
         location = cfg.artifact_location
         return location if "://" in location else Path(location).expanduser().resolve().as_uri()
-    if resolve_tracking_uri(cfg) == f"sqlite:///{embedded_mlflow_root() / 'mlflow.db'}":
-        artifacts = embedded_mlflow_root() / "artifacts"
+    if resolve_tracking_uri(cfg) == stores.embedded_tracking_uri():
+        artifacts = stores.embedded_mlflow_root() / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         return artifacts.as_uri()
     return None
@@ -88,7 +80,9 @@ def connect(config: RunConfig | TrackingConfig | None = None) -> "MlflowClient":
     import mlflow
     from mlflow import MlflowClient
 
-    uri = resolve_tracking_uri(config)
+    configured = _tracking_config(config).tracking_uri
+    stores.use_tracking_uri(configured)
+    uri = stores.tracking_uri(configured)
     user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -134,13 +128,6 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_hash(config: RunConfig) -> str:
-    """Hash of the run recipe: the whole config except where it is written (`run_dir`)."""
-    data = config.to_dict()
-    data.pop("run_dir", None)
-    return _hash(data)
-
-
 def eval_settings_hash(config: RunConfig) -> str:
     """What makes two evaluations comparable, besides the prompts: sampling, judges, evaluation seed (not the training seed)."""
     d = config.to_dict()
@@ -149,7 +136,6 @@ def eval_settings_hash(config: RunConfig) -> str:
 
 def judge_fingerprints(config: RunConfig) -> dict[str, str | None]:
     """Each evaluation judge's resolved revision (models/fingerprint.py): equal names can be different models."""
-    from rlaif_tasks.models.fingerprint import fingerprint
 
     return {j.display_name: fingerprint(j.model) for j in config.evaluation.judges}
 
@@ -174,7 +160,6 @@ def run_key(dag_id: str, dag_run_id: str) -> str:
 
 def code_version() -> str:
     """The git commit of the source tree (with `-dirty` when it has local changes), else the package version."""
-    from rlaif_tasks import __version__
 
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -200,7 +185,7 @@ def find_or_create_run(
 
     experiment_id = ensure_experiment(client, config)
     key = run_key(dag_id, dag_run_id)
-    wanted = {TAG_DAG_ID: dag_id, TAG_DAG_RUN_ID: dag_run_id, TAG_RUN_KEY: key, TAG_CONFIG_HASH: config_hash(config), **(tags or {})}
+    wanted = {TAG_DAG_ID: dag_id, TAG_DAG_RUN_ID: dag_run_id, TAG_RUN_KEY: key, TAG_CONFIG_HASH: config.config_hash(), **(tags or {})}
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{key}'", run_view_type=ViewType.ACTIVE_ONLY,
         order_by=["attributes.start_time ASC"], max_results=10,

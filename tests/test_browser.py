@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from production_stack import free_port, wait_for_http, write_tiny_project
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from production_stack import START_SERVERS, ProductionStack, servers_missing, write_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.celery]

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from killed_training import count_good
+from tiny_models import tiny_run_config
 
 from rlaif_tasks.config import RunConfig
-from tiny_models import tiny_run_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train.metrics import read_metrics
-
-from killed_training import count_good
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 

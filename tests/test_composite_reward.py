@@ -102,7 +102,7 @@ def test_relevance_part_prefers_the_on_topic_response_and_length_part_penalises_
 def test_ppo_with_a_composite_reward_logs_every_part_at_every_step(tmp_path):
     from tiny_models import WORDS, tiny_causal_lm, tiny_run_config
 
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
     from rlaif_tasks.train import train
     from rlaif_tasks.train.metrics import read_metrics
 

@@ -42,7 +42,7 @@ def dag(tmp_path_factory):
     patch.setenv("RLAIF_DAG_CONFIG", str(config))
     patch.setenv("RLAIF_HOME", str(home / "rlaif"))
     patch.setenv("RLAIF_CONFIG_DIRS", os.pathsep.join([str(home / "team-a"), str(home / "team-b")]))
-    patch.delitem(sys.modules, "rlaif_assets", raising=False)  # the DAGs' shared module reads RLAIF_DAG_CONFIG when imported
+    patch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)  # the DAGs' shared module reads RLAIF_DAG_CONFIG when imported
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -136,7 +136,7 @@ def test_bad_trigger_conf_is_refused_before_a_run_exists(dag):
 
 
 def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
-    module = sys.modules[dag.get_task("train").python_callable.__module__]
+    module = sys.modules[dag.get_task("prepare_dataset").python_callable.__module__]
     from rlaif_tasks.config import load_config
 
     params = {"config": "configs/demo.yaml", "algorithm": "", "steps": 3, "learning_rate": None, "policy": None,
@@ -155,7 +155,7 @@ def test_parsing_in_a_fresh_process_is_cheap(tmp_path):
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
         "dag = bag.dags['rlaif_nightly']\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'mlflow', 'peft', 'trl', 'rlaif_tasks.nightly') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'mlflow', 'peft', 'trl', 'pandas', 'datasets') if m in sys.modules)\n"
         "print(json.dumps({'errors': bag.import_errors, 'heavy': heavy, 'schedule': dag.timetable.expression,\n"
         "                  'queue': dag.get_task('train').queue, 'pool': dag.get_task('train').pool}))\n"
     )
@@ -187,7 +187,7 @@ def test_every_compose_service_runs_a_component_of_service_sh():
 
 
 def test_failure_message_names_the_queue_no_worker_serves_and_the_command():
-    from rlaif_tasks.nightly import explain_failure
+    from rlaif_tasks.stages.nightly import explain_failure
 
     queues = dict.fromkeys(STAGES, "default") | dict.fromkeys(["baseline_eval", "train", "evaluate", "promote_if_better"], "gpu")
     pools = {t: "gpu" if q == "gpu" else "default_pool" for t, q in queues.items()}

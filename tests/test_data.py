@@ -215,7 +215,7 @@ def test_prepare_dataset_reads_the_policy_tokenizer_not_its_weights(tmp_path, mo
     from tiny_models import tiny_causal_lm
 
     from rlaif_tasks.config import RunConfig
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
 
     policy = tiny_causal_lm(tmp_path / "policy")
 
@@ -321,8 +321,8 @@ def test_load_split_before_prepare(tmp_path):
 
 def test_queries_start_with_bos_where_the_tokenizer_adds_one_itself():
     """Llama 3.1 base puts BOS before every input; queries are tokenised without special tokens, so BOS goes in the text."""
-    from tokenizers import processors
     from tiny_models import make_tokenizer
+    from tokenizers import processors
 
     from rlaif_tasks.data.prepare import apply_template
 

@@ -11,15 +11,14 @@ import math
 
 import pandas as pd
 import pytest
+from killed_training import REWARD_LOG_ENV, kill_launch_after_step
 from safetensors.torch import load_file
 
 from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig, load_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train import train
-from rlaif_tasks.train.distributed import DIGEST_ENV
+from rlaif_tasks.train.collectives import DIGEST_ENV
 from rlaif_tasks.train.metrics import read_metrics
-
-from killed_training import REWARD_LOG_ENV, kill_launch_after_step
 
 QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
 TIMING_KEYS = {"time/generate", "time/score", "time/update", "time/step", "tokens_per_second"}

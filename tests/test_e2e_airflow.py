@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from production_stack import free_port, wait_for_http, write_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent

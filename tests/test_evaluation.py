@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import statistics
+from dataclasses import replace
 
 import evaluate
 import pandas as pd
 import pytest
 from tiny_models import tiny_causal_lm, tiny_classifier, tiny_seq2seq_lm
 
-import rlaif_tasks.metrics
+import rlaif_tasks.evaluation
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig, ScorerConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.evaluation import evaluate_policy, read_evaluation, write_evaluation
+from rlaif_tasks.evaluation.toxicity import evaluate_policy, read_evaluation, write_evaluation
 from rlaif_tasks.generation import generate, truncate_at_stop
 from rlaif_tasks.models import load_model
 from rlaif_tasks.rewards import build_scorer
@@ -191,7 +191,7 @@ def test_stop_strings_cut_the_response():
 
 @pytest.fixture(scope="module")
 def toxicity_module():
-    return evaluate.load(rlaif_tasks.metrics.TOXICITY_MODULE)
+    return evaluate.load(rlaif_tasks.evaluation.TOXICITY_MODULE)
 
 
 TOXIC = "you are a stupid idiot and i hate you"

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from rlaif_tasks.evaluation import compare, format_comparison, relative_improvement, summarise
+from rlaif_tasks.evaluation.toxicity import compare, format_comparison, relative_improvement, summarise
 
 
 def test_relative_improvement_is_the_seeds_formula():

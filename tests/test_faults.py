@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from flaky_proxy import FlakyProxy
 from production_stack import ProductionStack, write_tiny_project
 
@@ -210,7 +209,6 @@ def _promote(uri: str, username: str, password: str, version: str, start: float,
 
     os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
     from mlflow import MlflowClient
-
     from rlaif_tasks import registry
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -8,11 +8,11 @@ import time
 import traceback
 
 import pytest
+from stub_openai_server import stub_openai_server
 
 from rlaif_tasks.errors import RlaifError, TransientError
 from rlaif_tasks.rewards.base import Scorer
 from rlaif_tasks.rewards.llm_judge import LLMJudge, LLMJudgeConfig, cache_key, parse_score
-from stub_openai_server import stub_openai_server
 
 KEY = "sk-test-5f3a9c2e1b7d4a6f8e0c"
 ENV = "RLAIF_TEST_JUDGE_KEY"

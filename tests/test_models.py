@@ -14,10 +14,11 @@ from tiny_models import tiny_causal_lm, tiny_classifier, tiny_seq2seq_lm
 
 from rlaif_tasks.config import GenerationConfig, load_config
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation.runner import load_policy
 from rlaif_tasks.generation import generate
 from rlaif_tasks.models import describe_spec, load_model, load_tokenizer, smollm2, validate_spec
 from rlaif_tasks.models.cache import model_cache_dir
-from rlaif_tasks.pipeline import load_policy
+from rlaif_tasks.tags import TAG_JUDGE_REVISIONS, TAG_JUDGES
 
 SEED_SPECS = {
     "meta-llama/Meta-Llama-3.1-8B": "causal-lm",
@@ -449,15 +450,15 @@ def test_judge_tags_name_each_judge_and_leave_the_hash_out_when_one_is_unknown(t
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     config = RunConfig()
     tags = tracking.judge_tags(config)
-    prints = json.loads(tags[tracking.TAG_JUDGE_REVISIONS])
+    prints = json.loads(tags[TAG_JUDGE_REVISIONS])
     assert sorted(prints) == ["hatesonar", "jigsaw-bilstm", "profanity-check"]
     assert prints["profanity-check"].startswith(f"alt-profanity-check=={importlib.metadata.version('alt-profanity-check')} sha256=")
-    assert len(tags[tracking.TAG_JUDGES]) == 16 and tracking.judge_tags(config) == tags
+    assert len(tags[TAG_JUDGES]) == 16 and tracking.judge_tags(config) == tags
 
     config.evaluation.judges.append(ScorerConfig(model="facebook/roberta-hate-speech-dynabench-r4-target", name="dynabench"))
     unknown = tracking.judge_tags(config)
-    assert json.loads(unknown[tracking.TAG_JUDGE_REVISIONS])["dynabench"] is None
-    assert tracking.TAG_JUDGES not in unknown
+    assert json.loads(unknown[TAG_JUDGE_REVISIONS])["dynabench"] is None
+    assert TAG_JUDGES not in unknown
 
 
 def test_unreachable_hub_while_online_is_transient_not_a_config_error(tmp_path, monkeypatch):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import random
+from pathlib import Path
 
 import pytest
 import yaml
 
-from rlaif_tasks import nightly, tracking
+from rlaif_tasks import tracking
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.stages import nightly
+from rlaif_tasks.stages.common import safe_run_id
+from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DAG_RUN_ID, TAG_DATASET, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,11 +46,10 @@ def config_path(tmp_path):
 
 def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, config_path, capsys):
     from mlflow import MlflowClient
-
     from rlaif_tasks.cli import main
 
     first = nightly.run_all(str(config_path), {"train.steps": 2}, dag_run_id="scheduled__2026-01-01T02:00:00+00:00")
-    run_dir = home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00")
+    run_dir = home / "runs" / "tiny" / safe_run_id("scheduled__2026-01-01T02:00:00+00:00")
     assert first["run_dir"] == str(run_dir) and (run_dir / "config.yaml").is_file()
     assert first["model_name"] == "rlaif-tiny-policy" and first["model_version"] == "1" and first["promoted"] is True
     assert set(first["toxicity"]) == {"profanity-check"}
@@ -59,12 +61,12 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "2"
-    assert run.data.tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
-    assert len(run.data.tags[tracking.TAG_DATASET]) == 64
-    assert run.data.tags[tracking.TAG_CODE_VERSION] == tracking.code_version() != ""
-    assert json.loads(run.data.tags[tracking.TAG_JUDGE_REVISIONS])["profanity-check"].startswith("alt-profanity-check==")
-    assert len(run.data.tags[tracking.TAG_JUDGES]) == 16
-    assert client.get_model_version("rlaif-tiny-policy", "1").tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
+    assert run.data.tags[TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
+    assert len(run.data.tags[TAG_DATASET]) == 64
+    assert run.data.tags[TAG_CODE_VERSION] == tracking.code_version() != ""
+    assert json.loads(run.data.tags[TAG_JUDGE_REVISIONS])["profanity-check"].startswith("alt-profanity-check==")
+    assert len(run.data.tags[TAG_JUDGES]) == 16
+    assert client.get_model_version("rlaif-tiny-policy", "1").tags[TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
     assert {"eval/baseline/profanity-check/mean", "eval/final/profanity-check/frac_toxic", "improvement/profanity-check/mean", "gate/kl"} <= run.data.metrics.keys()
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/reward/mean")) == [1, 2]
     artifacts = {a.path for folder in ("plots", "eval", "gate") for a in client.list_artifacts(run.info.run_id, folder)}
@@ -79,16 +81,16 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert len(client.search_model_versions("name = 'rlaif-tiny-policy'")) == 1
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs  # logged once, not again on the retry
     assert sorted((d.dataset.name, d.tags[0].value) for d in inputs) == [("prompts-test", "evaluation"), ("prompts-train", "training")]
-    assert {d.dataset.digest.split("-")[0] for d in inputs} == {run.data.tags[tracking.TAG_DATASET][:16]}
+    assert {d.dataset.digest.split("-")[0] for d in inputs} == {run.data.tags[TAG_DATASET][:16]}
 
     # the next night trains the same model (pinned seed, same data): it answers with the champion's samples,
     # a 0% drop with a [0, 0] interval, refused; the champion's samples are read from night 1's MLflow run
     assert main(["nightly", "--config", str(config_path), "--set", "train.steps=2", "--set", "gate.min_improvement=0.05",
                  "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 0
-    second = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "nightly.json").read_text())
+    second = json.loads((home / "runs" / "tiny" / safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "nightly.json").read_text())
     assert second["model_version"] == "2" and second["promoted"] is False
     assert second["text"] in capsys.readouterr().out
-    decision = json.loads((home / "runs" / "tiny" / nightly.safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "gate" / "decision.json").read_text())
+    decision = json.loads((home / "runs" / "tiny" / safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "gate" / "decision.json").read_text())
     assert decision["reference"]["kind"] == "champion" and decision["reference"]["source"].startswith("MLflow run")
     assert decision["improvement"] == pytest.approx(0.0, abs=1e-9) and decision["improvement_upper"] == pytest.approx(0.0, abs=1e-9)
     assert decision["failed"] == ["toxicity"]
@@ -113,9 +115,8 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
 
 def test_an_unpinned_seed_comes_from_the_logical_date_and_is_recorded(home, config_path):
     from mlflow import MlflowClient
-
     from rlaif_tasks.config import load_config
-    from rlaif_tasks.evaluation_stats import seed_for_logical_date
+    from rlaif_tasks.evaluation.stats import seed_for_logical_date
 
     unpinned = {"seed": None, "train.steps": 1}
     night = "2026-03-01T02:00:00+00:00"
@@ -139,8 +140,8 @@ def test_stages_pass_small_refs_and_refuse_a_changed_config(home, config_path):
         nightly.prepare_dataset(str(config_path), {"train.steps": 3}, "rlaif_nightly", "manual__1")
     with pytest.raises(RlaifError, match="train.steps is 0"):
         nightly.prepare_dataset(str(config_path), {"train.steps": 0}, "rlaif_nightly", "manual__2")
-    assert nightly.safe_run_id("manual__1") == "manual__1"
-    assert nightly.safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
+    assert safe_run_id("manual__1") == "manual__1"
+    assert safe_run_id("scheduled__2026-01-01T02:00:00+00:00").startswith("scheduled__2026-01-01T02_00_00_00_00-")
 
 
 def test_a_seq2seq_policy_without_a_fluency_model_is_refused_before_anything_is_prepared(home, config_path, tmp_path):
@@ -157,7 +158,6 @@ def test_a_seq2seq_policy_without_a_fluency_model_is_refused_before_anything_is_
 
 def test_the_flan_t5_seed_config_names_a_causal_fluency_model(monkeypatch):
     """The shipped seq2seq config passes the check; without its fluency_model it would not (no hub access needed)."""
-    from rlaif_tasks import models
     from rlaif_tasks.config import load_config
 
     seed = Path(__file__).parents[1] / "configs" / "seed-flan-t5-base.yaml"
@@ -167,7 +167,7 @@ def test_the_flan_t5_seed_config_names_a_causal_fluency_model(monkeypatch):
         asked.append(spec)
         return "seq2seq-lm"
 
-    monkeypatch.setattr(models, "model_kind", a_seq2seq_hub_model)
+    monkeypatch.setattr(nightly, "model_kind", a_seq2seq_hub_model)
     nightly._require_a_causal_fluency_model(load_config(seed))
     assert asked == []  # a named fluency model needs no look-up of the policy
     with pytest.raises(RlaifError, match="evaluation.fluency_model is unset"):
@@ -177,15 +177,15 @@ def test_the_flan_t5_seed_config_names_a_causal_fluency_model(monkeypatch):
 
 def test_a_seq2seq_policy_runs_the_nightly_stages_and_is_registered_as_pyfunc(home, config_path, tmp_path, monkeypatch):
     """A tiny T5 from prepare to report: registered as a pyfunc model that generates, its weights checked, promoted."""
-    import mlflow
     import pandas as pd
     import torch
-    from mlflow import MlflowClient
+    from tiny_models import tiny_seq2seq_lm
 
+    import mlflow
+    from mlflow import MlflowClient
     from rlaif_tasks import gate, registry
     from rlaif_tasks.config import load_config
     from rlaif_tasks.models import load_model
-    from tiny_models import tiny_seq2seq_lm
 
     t5 = tiny_seq2seq_lm(tmp_path / "t5")
     overrides = {
@@ -206,7 +206,7 @@ def test_a_seq2seq_policy_runs_the_nightly_stages_and_is_registered_as_pyfunc(ho
     info = mlflow.models.get_model_info(f"models:/{name}/1")
     assert set(info.flavors) == {"python_function"} and info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert {p.name: p.default for p in info.signature.params.params} == registry.inference_defaults(load_config(Path(refs["run_dir"]) / "config.yaml"))
-    assert client.get_model_version(name, "1").tags[registry.TAG_WEIGHTS] == registry.weights_sha256(refs["model_dir"])
+    assert client.get_model_version(name, "1").tags[TAG_WEIGHTS] == registry.weights_sha256(refs["model_dir"])
 
     served = mlflow.pyfunc.load_model(f"models:/{name}/1")
     answers = served.predict(["you are a good friend", "the day is"])

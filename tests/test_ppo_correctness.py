@@ -144,8 +144,8 @@ def test_logprobs_of_sampled_tokens_equal_generates_scores(causal_path, arch, te
     """PPO's old log-probs must be the log-probs of the distribution `generate` sampled from: the
     recomputed forward (left padding, position ids, logits / temperature) matches `generate`'s own
     logits on every real response token, including EOS, across chunks of different widths."""
-    from transformers import AutoModelForCausalLM
     from tiny_models import make_tokenizer
+    from transformers import AutoModelForCausalLM
 
     tok = make_tokenizer()
     base = AutoModelForCausalLM.from_pretrained(causal_path) if arch == "llama" else _tiny_gpt2(tok)
@@ -341,7 +341,7 @@ def test_loop_rewards_masks_and_first_ratio_on_scripted_rollout(causal_path, tmp
     real = full_adv[mask.bool()]
     assert abs(real.mean().item()) < 1e-6 and abs(real.std().item() - 1.0) < 1e-5  # whitened over the batch's real tokens
 
-    for k, ((logp, old_logp, adv, m, cliprange), _, (loss, clipfrac, approx_kl)) in enumerate(pg_calls):
+    for k, ((logp, old_logp, adv, m, _cliprange), _, (loss, clipfrac, approx_kl)) in enumerate(pg_calls):
         assert torch.equal(m, mask[_rows(adv, full_adv)])  # each minibatch is masked with its own rows' mask
         if k == 0:  # no update yet: ratio 1, so the clipped objective is the plain -mean(A)
             assert torch.allclose(logp[m.bool()], old_logp[m.bool()], atol=1e-6)

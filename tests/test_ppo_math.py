@@ -147,14 +147,14 @@ def test_disabled_adapter_is_exactly_the_base_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from rlaif_tasks.config import TrainConfig
-    from rlaif_tasks.train.ppo import lora_config
+    from rlaif_tasks.train.common import lora_config
 
     path = tiny_causal_lm(tmp_path / "tiny")
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         base_logits = base(ids).logits.clone()
-    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(path), lora_config(TrainConfig(lora_r=4, lora_alpha=8), False)).eval()
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(path), lora_config(TrainConfig(lora_r=4, lora_alpha=8), "CAUSAL_LM")).eval()
     with torch.no_grad():
         for name, param in policy.named_parameters():
             if "lora_B" in name:

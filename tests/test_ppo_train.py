@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
+from killed_training import count_good, kill_after_step
 from tiny_models import tiny_run_config
+
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train.metrics import read_metrics
 from rlaif_tasks.train.ppo import METRIC_KEYS, cut_at_stop, train_ppo
-
-from killed_training import count_good, kill_after_step
 
 QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
 TIMING_KEYS = {"time/generate", "time/score", "time/update", "time/step", "tokens_per_second"}

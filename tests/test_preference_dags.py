@@ -47,7 +47,7 @@ def bag(tmp_path_factory):
     patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     patch.setenv("RLAIF_DAG_CONFIG", str(config))
     patch.setenv("RLAIF_HOME", str(home / "rlaif"))
-    patch.delitem(sys.modules, "rlaif_assets", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
+    patch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -63,7 +63,7 @@ def assets_of(dag) -> list:
 def test_three_dags_parse_and_the_assets_module_holds_none(bag):
     assert bag.import_errors == {}
     assert {PRODUCER, REWARD, DPO, "rlaif_nightly"} <= set(bag.dags)
-    assert not any(Path(dag.fileloc).name == "rlaif_assets.py" for dag in bag.dags.values())
+    assert not any(Path(dag.fileloc).name == "orchestration.py" for dag in bag.dags.values())
 
 
 def test_consumers_are_scheduled_on_the_producers_outlet(bag):
@@ -90,23 +90,24 @@ def test_the_nightly_can_also_be_scheduled_on_each_new_reward_model(tmp_path, mo
     for schedule, kind in ((None, "AssetOrTimeSchedule"), ("none", "AssetTriggeredTimetable")):
         if schedule:
             monkeypatch.setenv("RLAIF_DAG_SCHEDULE", schedule)
-        monkeypatch.delitem(sys.modules, "rlaif_assets", raising=False)
+        monkeypatch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)
         nightly = DagBag(dag_folder=str(DAGS / "rlaif_nightly.py")).dags["rlaif_nightly"]
         assert type(nightly.timetable).__name__ == kind
         [asset] = assets_of(nightly)
         assert (asset.name, asset.uri) == ("rlaif-assettest-policy-reward", "rlaif://assettest/reward-model")
         if kind == "AssetOrTimeSchedule":
             assert nightly.timetable.timetable.expression == "0 3 * * *"
-    monkeypatch.delitem(sys.modules, "rlaif_assets", raising=False)
+    monkeypatch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)
 
 
 def test_a_reward_model_event_names_the_version_a_nightly_run_trains_against(bag):
-    import rlaif_assets
     from types import SimpleNamespace
 
+    import rlaif_tasks.orchestration as orchestration
+
     event = lambda version: SimpleNamespace(extra={"model_uri": f"models:/rlaif-assettest-policy-reward/{version}"})  # noqa: E731
-    assert rlaif_assets.reward_model_of({"triggering_asset_events": {rlaif_assets.REWARD_MODEL: [event(1), event(2)]}}) == "models:/rlaif-assettest-policy-reward/2"
-    assert rlaif_assets.reward_model_of({"triggering_asset_events": {}}) is None and rlaif_assets.reward_model_of({}) is None
+    assert orchestration.reward_model_of({"triggering_asset_events": {orchestration.REWARD_MODEL: [event(1), event(2)]}}) == "models:/rlaif-assettest-policy-reward/2"
+    assert orchestration.reward_model_of({"triggering_asset_events": {}}) is None and orchestration.reward_model_of({}) is None
 
 
 def test_tasks_read_like_the_diagrams(bag):
@@ -168,7 +169,7 @@ def event(path: str, timestamp: str, config: str = "/project/configs/demo.yaml",
 
 
 def test_a_consumer_takes_the_newest_event_and_its_form_wins():
-    from rlaif_tasks.preference_stages import preference_source
+    from rlaif_tasks.stages.preferences import preference_source
 
     pattern = r"^/project/.+\.ya?ml$"
     trigger = {"events": [event("/pairs/new", "2026-02-02T00:00:00+00:00"), event("/pairs/old", "2026-01-01T00:00:00+00:00")], "overrides": {"train.steps": 3}}
@@ -182,7 +183,7 @@ def test_a_consumer_takes_the_newest_event_and_its_form_wins():
 
 
 def test_a_consumer_refuses_no_pairs_and_an_events_config_outside_the_roots():
-    from rlaif_tasks.preference_stages import preference_source
+    from rlaif_tasks.stages.preferences import preference_source
 
     with pytest.raises(RlaifError, match="no preferences asset event"):
         preference_source({"events": []}, default_config="/project/a.yaml", config_pattern=r"^/project/.+$")
@@ -210,9 +211,10 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
     nightly stages training DPO on the published pairs, and the failure callback's mark on a consumer's MLflow run."""
     from production_stack import write_tiny_project
 
-    from rlaif_tasks import nightly, tracking
-    from rlaif_tasks import preference_stages as ps
+    from rlaif_tasks import tracking
     from rlaif_tasks.config import load_config
+    from rlaif_tasks.stages import nightly
+    from rlaif_tasks.stages import preferences as ps
 
     monkeypatch.setenv("RLAIF_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -263,8 +265,9 @@ def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp
     event (dpo_alignment stays paused, so it gets no run), which registers `<policy>-reward` and publishes its version;
     that event starts rlaif_nightly (retrain_on_reward_model), which trains against the version and finishes. Then,
     the other way round, a second set of pairs starts dpo_alignment alone, which runs two rounds of DPO."""
-    from mlflow import MlflowClient
     from production_stack import ProductionStack, write_tiny_project
+
+    from mlflow import MlflowClient
 
     home = tmp_path_factory.mktemp("assets_home")
     config = write_tiny_project(home, name="assets", orchestration=", retrain_on_reward_model: true")
@@ -272,7 +275,7 @@ def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp
     try:
         stack.start_all()
         for dag_id in (PRODUCER, REWARD, DPO, NIGHTLY):
-            stack.wait_until(lambda: stack.api.get(f"/dags/{dag_id}").status_code == 200, 120, f"{dag_id} to be parsed")
+            stack.wait_until(lambda dag_id=dag_id: stack.api.get(f"/dags/{dag_id}").status_code == 200, 120, f"{dag_id} to be parsed")
         for dag_id in (PRODUCER, REWARD, NIGHTLY):
             assert stack.api.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
         response = stack.api.post(f"/dags/{PRODUCER}/dagRuns", json={"logical_date": None, "conf": {"config": str(config), "margin": 0.001}})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 
-import pandas as pd
 import pytest
 from test_reward_dpo import KIND, UNKIND, preference_pairs
 
@@ -52,7 +51,7 @@ def ai_feedback_config(policy, tmp_path, new_tokens: int) -> RunConfig:
 
 
 def test_dpo_run_on_imported_human_pairs_raises_the_margin_and_reports_drops(policy, tmp_path):
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
     from rlaif_tasks.train import train
 
     pairs = preference_pairs(160)
@@ -75,8 +74,8 @@ def test_dpo_run_on_imported_human_pairs_raises_the_margin_and_reports_drops(pol
 
 def test_ai_feedback_pairs_come_from_the_policy_and_the_reward(policy, tmp_path):
     from rlaif_tasks.data import load_prompts_split
-    from rlaif_tasks.pipeline import prepare_dataset
-    from rlaif_tasks.train import preference_pairs as run_pairs
+    from rlaif_tasks.preferences.run_pairs import preference_pairs as run_pairs
+    from rlaif_tasks.stages.local import prepare_dataset
 
     config = ai_feedback_config(policy, tmp_path, new_tokens=12)
     prepare_dataset(config)
@@ -90,10 +89,11 @@ def test_ai_feedback_pairs_come_from_the_policy_and_the_reward(policy, tmp_path)
 
 def test_a_trained_reward_model_is_the_reward_of_a_ppo_run(policy, tmp_path):
     """RLHF: RewardTrainer on pairs, then its folder as reward.model; PPO's rewards are that model's scores."""
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.rewards.reward_model import RewardModelBackend
+    from rlaif_tasks.stages.local import prepare_dataset
     from rlaif_tasks.train import train
     from rlaif_tasks.train.metrics import read_metrics
-    from rlaif_tasks.train.reward_model import RewardModelBackend, RewardModelConfig, train_reward_model
+    from rlaif_tasks.train.reward_model import RewardModelConfig, train_reward_model
 
     summary = train_reward_model(preference_pairs(), tmp_path / "rm", RewardModelConfig(base_model=str(policy), use_lora=False, learning_rate=3e-3, epochs=3, batch_size=16, max_length=32, eval_share=0.2, device="cpu"))
     assert summary["eval_accuracy"] >= 0.8
@@ -126,8 +126,8 @@ def test_an_llm_judge_is_a_configured_scorer(monkeypatch):
 
 def test_iterative_dpo_samples_each_round_from_the_last_policy_which_says_kinder_things(policy, tmp_path):
     """dpo_rounds=2: round 2's pairs come from round 1's policy, whose samples the reward already scores higher."""
-    from rlaif_tasks.pipeline import prepare_dataset
     from rlaif_tasks.preferences import read_preferences
+    from rlaif_tasks.stages.local import prepare_dataset
     from rlaif_tasks.train import train
     from rlaif_tasks.train.metrics import read_metrics
 

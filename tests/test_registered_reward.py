@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from rlaif_tasks import nightly
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.stages import nightly
+from rlaif_tasks.tags import TAG_REWARD_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,10 +49,9 @@ def _register_reward_model(client, folder, seed: int) -> str:
 
 def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_path, tmp_path):
     from mlflow import MlflowClient
-
     from rlaif_tasks.config import load_config
     from rlaif_tasks.rewards import build_backend
-    from rlaif_tasks.train.reward_model import RewardModelBackend
+    from rlaif_tasks.rewards.reward_model import RewardModelBackend
 
     (home / ".mlflow").mkdir(parents=True)
     store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
@@ -63,7 +63,7 @@ def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_
     refs = nightly.prepare_dataset(str(config_path), {"reward.model": uri}, "rlaif_nightly", "manual__first")
     config = load_config(f"{refs['run_dir']}/config.yaml")
     assert config.reward.model == f"models:/{NAME}/1"
-    assert client.get_run(refs["mlflow_run_id"]).data.tags[nightly.TAG_REWARD_MODEL] == f"models:/{NAME}/1"
+    assert client.get_run(refs["mlflow_run_id"]).data.tags[TAG_REWARD_MODEL] == f"models:/{NAME}/1"
     texts = ["alpha beta", "gamma delta epsilon", "zeta"]
     pinned = build_backend(config.reward).reward(texts)
     assert pinned == pytest.approx(RewardModelBackend(tmp_path / "rm1").reward(texts))
@@ -75,7 +75,7 @@ def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_
     assert load_config(f"{refs['run_dir']}/config.yaml").reward.model == config.reward.model
     assert build_backend(load_config(f"{refs['run_dir']}/config.yaml").reward).reward(texts) == pytest.approx(pinned)
     second = nightly.prepare_dataset(str(config_path), {"reward.model": uri}, "rlaif_nightly", "manual__second")
-    assert client.get_run(second["mlflow_run_id"]).data.tags[nightly.TAG_REWARD_MODEL] == f"models:/{NAME}/2"
+    assert client.get_run(second["mlflow_run_id"]).data.tags[TAG_REWARD_MODEL] == f"models:/{NAME}/2"
     new = build_backend(load_config(f"{second['run_dir']}/config.yaml").reward).reward(texts)
     assert new == pytest.approx(RewardModelBackend(tmp_path / "rm2").reward(texts)) and new != pytest.approx(pinned)
 
@@ -83,3 +83,25 @@ def test_a_registered_reward_model_is_pinned_for_the_whole_dag_run(home, config_
 def test_a_missing_registered_reward_model_is_refused_with_the_fix(home, config_path):
     with pytest.raises(RlaifError, match="reward_model_training"):
         nightly.prepare_dataset(str(config_path), {"reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__none")
+
+
+def test_a_registered_model_resolves_in_the_store_the_config_names(home, config_path, tmp_path):
+    """Only tracking.tracking_uri names the store (no $MLFLOW_TRACKING_URI): models:/ specs resolve there, not in the embedded one."""
+    from mlflow import MlflowClient
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.rewards import build_backend
+    from rlaif_tasks.rewards.reward_model import RewardModelBackend
+
+    store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    overrides = {"tracking.tracking_uri": store, "tracking.artifact_location": str(tmp_path / "elsewhere-artifacts")}
+    nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", "manual__store")  # creates that store's tables
+    client = MlflowClient(store, registry_uri=store)
+    assert _register_reward_model(client, tmp_path / "rm1", seed=1) == "1"
+
+    refs = nightly.prepare_dataset(str(config_path), {**overrides, "reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__first")
+    config = load_config(f"{refs['run_dir']}/config.yaml")
+    assert config.reward.model == f"models:/{NAME}/1"
+    assert client.get_run(refs["mlflow_run_id"]).data.tags[TAG_REWARD_MODEL] == f"models:/{NAME}/1"
+    texts = ["alpha beta", "zeta"]
+    assert build_backend(config.reward).reward(texts) == pytest.approx(RewardModelBackend(tmp_path / "rm1").reward(texts))
+    assert not (home / ".mlflow" / "mlflow.db").exists()  # nothing looked in the embedded store

@@ -20,6 +20,7 @@ from rlaif_tasks import gate, registry, tracking
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig, RunConfig, ScorerConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import BUNDLED_MODELS
+from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_JUDGES, TAG_PROMOTION_LOCK, TAG_REPLACED, TAG_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,16 +113,17 @@ def comparability_tags(config) -> dict[str, str]:
     from rlaif_tasks.data import read_manifest
 
     return {
-        tracking.TAG_DATASET: read_manifest(config.resolved_run_dir)["content_sha256"],
-        tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
-        tracking.TAG_CODE_VERSION: tracking.code_version(),
+        TAG_DATASET: read_manifest(config.resolved_run_dir)["content_sha256"],
+        TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
+        TAG_CODE_VERSION: tracking.code_version(),
         **tracking.judge_tags(config),
     }
 
 
 def trained_run(config, model_dir, dag_run_id):
     """A run folder as the nightly stages leave it before the gate: data, both evaluations, an MLflow run."""
-    from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
+    from rlaif_tasks.evaluation.runner import evaluate_model
+    from rlaif_tasks.stages.local import prepare_dataset
 
     prepare_dataset(config)
     run_dir = config.resolved_run_dir
@@ -165,9 +167,10 @@ def test_registered_policy_loads_and_generates_and_registers_once(models, prompt
 
 
 def test_identical_policy_has_zero_kl_and_kl_is_measured_on_the_sampled_ids(models, prompts_file, store, tmp_path):
-    from rlaif_tasks.evaluation_kl import sampled_token_kl
+    from rlaif_tasks.evaluation.kl import sampled_token_kl
+    from rlaif_tasks.evaluation.runner import evaluate_model
     from rlaif_tasks.models import load_model
-    from rlaif_tasks.pipeline import evaluate_model, prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
 
     config = make_config("kl", models, prompts_file, store, tmp_path)
     prepare_dataset(config)
@@ -294,8 +297,8 @@ STORED_TOXICITY = 0.123456
 def champion(models, prompts_file, store, tmp_path_factory):
     """A registered champion whose MLflow run carries stored final samples and the comparability tags."""
     from rlaif_tasks.data import load_prompts_split
-    from rlaif_tasks.evaluation import prompt_id
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.evaluation.toxicity import prompt_id
+    from rlaif_tasks.stages.local import prepare_dataset
 
     folder = tmp_path_factory.mktemp("champion")
     config = make_config("compare", models, prompts_file, store, folder)
@@ -313,7 +316,7 @@ def champion(models, prompts_file, store, tmp_path_factory):
 
 def challenger_run(models, prompts_file, store, tmp_path, dag_run_id, **changed_tags):
     """Tonight's run with the same config as the champion's; `changed_tags` replace its comparability tags."""
-    from rlaif_tasks.pipeline import prepare_dataset
+    from rlaif_tasks.stages.local import prepare_dataset
 
     config = make_config("compare", models, prompts_file, store, tmp_path)
     prepare_dataset(config)
@@ -344,12 +347,12 @@ def test_champion_samples_come_from_its_run_when_prompts_settings_code_and_judge
 
 def test_champion_is_evaluated_again_under_other_code(champion, models, prompts_file, store, tmp_path, caplog):
     new_code = "f" * 40
-    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{tracking.TAG_CODE_VERSION: new_code})
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{TAG_CODE_VERSION: new_code})
     with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
         reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
     assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
     assert f"rlaif.code_version: {tracking.code_version()} -> {new_code}" in caplog.text
-    assert tracking.TAG_DATASET not in caplog.text and tracking.TAG_JUDGES not in caplog.text
+    assert TAG_DATASET not in caplog.text and TAG_JUDGES not in caplog.text
 
 
 def test_champion_is_evaluated_again_when_a_judge_changed_revision(champion, models, prompts_file, store, tmp_path, caplog, monkeypatch):
@@ -362,13 +365,13 @@ def test_champion_is_evaluated_again_when_a_judge_changed_revision(champion, mod
         config = make_config("compare", models, prompts_file, store, tmp_path)
         tags = tracking.judge_tags(config)
     config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-judge", **tags)
-    assert tags[tracking.TAG_JUDGES] != client.get_run(champion["run_id"]).data.tags[tracking.TAG_JUDGES]
+    assert tags[TAG_JUDGES] != client.get_run(champion["run_id"]).data.tags[TAG_JUDGES]
     with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
         reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
     assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
     installed = BUNDLED_MODELS["profanity-check"].package  # alt-profanity-check==1.9.1
     assert f"profanity-check {installed} sha256=" in caplog.text and f"-> {upgraded}" in caplog.text
-    assert tracking.TAG_CODE_VERSION not in caplog.text
+    assert TAG_CODE_VERSION not in caplog.text
 
 
 def test_gate_judge_defaults_to_a_judge_training_did_not_optimise():
@@ -441,8 +444,7 @@ def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(m
     """`models:/NAME@ALIAS` loads like a folder: tonight's alias, last night's download reused."""
     import torch
 
-    from rlaif_tasks.models import describe_spec, load_model
-    from rlaif_tasks.models import registry_spec
+    from rlaif_tasks.models import describe_spec, load_model, registry_spec
     from rlaif_tasks.models.fingerprint import fingerprint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
@@ -491,7 +493,6 @@ def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(model
     import sys
 
     import httpx
-
     from production_stack import wait_for_http
 
     config = make_config("serve", models, prompts_file, store, tmp_path)
@@ -551,7 +552,7 @@ def test_promotion_is_a_compare_and_set_and_a_half_done_move_is_finished(models,
     assert registry.promote(name, v2, expected_champion=v1, client=client) == {"name": name, "champion": v2, "previous": v1, "changed": True}
 
     # a promotion of v3 killed right after moving `champion`: previous, statuses and challenger are not set yet
-    client.set_model_version_tag(name, v3, registry.TAG_REPLACED, v2)
+    client.set_model_version_tag(name, v3, TAG_REPLACED, v2)
     client.set_registered_model_alias(name, "champion", v3)
     assert client.get_model_version(name, v3).tags["rlaif.status"] == "challenger"
     repaired = registry.promote(name, v3, expected_champion=v2, client=client)  # the retry
@@ -560,7 +561,7 @@ def test_promotion_is_a_compare_and_set_and_a_half_done_move_is_finished(models,
     assert info["aliases"] == {"champion": v3, "previous": v2}
     assert [v["status"] for v in info["versions"]] == ["previous", "previous", "champion"]  # v1 keeps the mark it got when v2 replaced it
     assert registry.rollback(name, client=client)["champion"] == v2
-    assert not client.get_registered_model(name).tags.get(registry.TAG_LOCK)  # every move released its lease
+    assert not client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK)  # every move released its lease
 
 
 def test_promotion_lease_keeps_a_second_taker_out_until_it_expires(models, prompts_file, store, tmp_path):
@@ -572,15 +573,15 @@ def test_promotion_lease_keeps_a_second_taker_out_until_it_expires(models, promp
     client = tracking.connect(config)
     name = "rlaif-lease-policy"
     client.create_registered_model(name)
-    client.set_registered_model_tag(name, registry.TAG_LOCK, f"someone host:1 {time.time() + 60:.0f}")
+    client.set_registered_model_tag(name, TAG_PROMOTION_LOCK, f"someone host:1 {time.time() + 60:.0f}")
     with pytest.raises(TransientError, match="another promotion holds"):
         with registry.promotion_lock(client, name, settle_s=0.05, wait_s=0.3):
             pass
-    client.set_registered_model_tag(name, registry.TAG_LOCK, f"someone host:1 {time.time() - 1:.0f}")  # its holder died
+    client.set_registered_model_tag(name, TAG_PROMOTION_LOCK, f"someone host:1 {time.time() - 1:.0f}")  # its holder died
     with registry.promotion_lock(client, name, settle_s=0.05, wait_s=0.3):
-        held = client.get_registered_model(name).tags[registry.TAG_LOCK]
+        held = client.get_registered_model(name).tags[TAG_PROMOTION_LOCK]
         assert not held.startswith("someone")
-    assert registry.TAG_LOCK not in client.get_registered_model(name).tags
+    assert TAG_PROMOTION_LOCK not in client.get_registered_model(name).tags
 
     # two first writes at once: the store's unique key refuses ours, the other taker's token stands
     from mlflow.exceptions import MlflowException
@@ -590,7 +591,7 @@ def test_promotion_lease_keeps_a_second_taker_out_until_it_expires(models, promp
     collisions = []
 
     def colliding_set(model, key, value):
-        if key == registry.TAG_LOCK and not collisions:
+        if key == TAG_PROMOTION_LOCK and not collisions:
             collisions.append(value)
             real_set(model, key, f"other host:2 {time.time() + 1:.0f}")
             raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags.key", error_code=BAD_REQUEST)
@@ -599,13 +600,14 @@ def test_promotion_lease_keeps_a_second_taker_out_until_it_expires(models, promp
     client.set_registered_model_tag = colliding_set
     started = time.monotonic()
     with registry.promotion_lock(client, name, settle_s=0.05, wait_s=5):
-        assert not client.get_registered_model(name).tags[registry.TAG_LOCK].startswith("other")
+        assert not client.get_registered_model(name).tags[TAG_PROMOTION_LOCK].startswith("other")
     assert collisions and time.monotonic() - started >= 0.5  # it waited for the other lease to expire
 
 
 def test_only_finalised_models_are_registered_and_the_registered_weights_are_checked(models, prompts_file, store, tmp_path):
-    import mlflow
     from mlflow.entities import LoggedModelStatus
+
+    import mlflow
 
     config = make_config("ready", models, prompts_file, store, tmp_path)
     client = tracking.connect(config)
@@ -622,7 +624,7 @@ def test_only_finalised_models_are_registered_and_the_registered_weights_are_che
 
     digest = registry.verify_registered_weights(client, registered["name"], registered["version"], models["clean"])
     assert digest == registry.weights_sha256(models["clean"])
-    assert client.get_model_version(registered["name"], registered["version"]).tags[registry.TAG_WEIGHTS] == digest
+    assert client.get_model_version(registered["name"], registered["version"]).tags[TAG_WEIGHTS] == digest
     with pytest.raises(RlaifError, match="does not hold the weights trained in"):
         registry.verify_registered_weights(client, registered["name"], registered["version"], models["worse"])
 
@@ -645,7 +647,7 @@ def test_only_absence_reads_as_no_champion(models, prompts_file, store, tmp_path
 
 def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, prompts_file, store, tmp_path):
     """A cleared promote_if_better whose stored decision was measured against an older champion decides again."""
-    from rlaif_tasks import nightly
+    from rlaif_tasks.stages import nightly
 
     config = make_config("stale", models, prompts_file, store, tmp_path / "n1", require=[])
     client, run_id, run_dir = trained_run(config, models["milder"], "stale-1")

@@ -8,8 +8,9 @@ import random
 import pandas as pd
 import pytest
 
+from rlaif_tasks.rewards.reward_model import RewardModelBackend
 from rlaif_tasks.train.dpo import DPOTrainConfig, preference_margin, train_dpo
-from rlaif_tasks.train.reward_model import RewardModelBackend, RewardModelConfig, split_pairs, train_reward_model
+from rlaif_tasks.train.reward_model import RewardModelConfig, split_pairs, train_reward_model
 
 KIND = ["good", "nice", "kind", "great"]
 UNKIND = ["bad", "stupid", "awful", "idiot"]

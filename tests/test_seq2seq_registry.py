@@ -40,8 +40,9 @@ def registered(name, model_dir, store):
 @pytest.mark.parametrize("flavour", ["causal", "seq2seq"])
 def test_a_registered_policy_downloads_as_one_save_pretrained_folder(flavour, store, tmp_path):
     """The weights check and the champion's evaluation read this folder; the causal layout is put back together."""
-    from rlaif_tasks.models import load_model
     from tiny_models import tiny_causal_lm, tiny_seq2seq_lm
+
+    from rlaif_tasks.models import load_model
 
     trained = (tiny_causal_lm if flavour == "causal" else tiny_seq2seq_lm)(tmp_path / "trained")
     client, version = registered(f"download-{flavour}", trained, store)
@@ -54,8 +55,9 @@ def test_a_registered_policy_downloads_as_one_save_pretrained_folder(flavour, st
 
 def test_a_seq2seq_policy_serves_without_rlaif_tasks_installed(store, tmp_path):
     """Logged from code, the pyfunc model needs only the pinned runtime: a process that cannot import rlaif_tasks answers."""
-    import mlflow
     from tiny_models import tiny_seq2seq_lm
+
+    import mlflow
 
     _, version = registered("serve-t5", tiny_seq2seq_lm(tmp_path / "t5"), store)
     requirements = mlflow.pyfunc.get_model_dependencies(version["model_uri"])

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rlaif_tasks.evaluation_stats import (
+from rlaif_tasks.evaluation.stats import (
     clears,
     paired_bootstrap,
     paired_differences,

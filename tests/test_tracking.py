@@ -10,6 +10,7 @@ import pytest
 from rlaif_tasks import tracking
 from rlaif_tasks.config import RunConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.tags import TAG_CONFIG_HASH, TAG_DAG_RUN_ID, TAG_DATASET
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,14 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
 def test_one_mlflow_run_per_dag_run(store):
     config = make_config(store)
     client = tracking.connect(config)
-    first = tracking.find_or_create_run(client, config, dag_id="rlaif_nightly", dag_run_id="scheduled__2026-01-01T02:00:00+00:00", tags={tracking.TAG_DATASET: "abc"})
+    first = tracking.find_or_create_run(client, config, dag_id="rlaif_nightly", dag_run_id="scheduled__2026-01-01T02:00:00+00:00", tags={TAG_DATASET: "abc"})
     again = tracking.find_or_create_run(client, config, dag_id="rlaif_nightly", dag_run_id="scheduled__2026-01-01T02:00:00+00:00")
     other = tracking.find_or_create_run(client, config, dag_id="rlaif_nightly", dag_run_id="scheduled__2026-01-02T02:00:00+00:00")
     assert first == again != other
     run = client.get_run(first)
-    assert run.data.tags[tracking.TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
-    assert run.data.tags[tracking.TAG_CONFIG_HASH] == tracking.config_hash(config)
-    assert run.data.tags[tracking.TAG_DATASET] == "abc"
+    assert run.data.tags[TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
+    assert run.data.tags[TAG_CONFIG_HASH] == config.config_hash()
+    assert run.data.tags[TAG_DATASET] == "abc"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "rlaif-track"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
@@ -124,7 +125,7 @@ def test_evaluation_metrics_and_samples_table_once(store, tmp_path):
     }
     assert not any(k.startswith("eval/champion/") for k in logged)
 
-    from rlaif_tasks.evaluation import compare
+    from rlaif_tasks.evaluation.toxicity import compare
 
     judges = compare(before, after)
     tracking.log_metrics_once(client, run_id, tracking.comparison_metrics(judges))

@@ -6,13 +6,12 @@ import logging
 import math
 
 import pytest
+from killed_training import count_good, kill_after_step
 
 from rlaif_tasks.config import GenerationConfig, RunConfig, TrainConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.train.metrics import read_metrics
 from rlaif_tasks.train.trl_online import METRIC_KEYS, train_with_trl
-
-from killed_training import count_good, kill_after_step
 
 QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
 

@@ -28,11 +28,11 @@ from rlaif_tasks.atomic import write_text
 from rlaif_tasks.models import registry_spec
 from rlaif_tasks.models.bundled import BundledModel
 from rlaif_tasks.models.cache import cache_root
+from rlaif_tasks.models.hub import describe_spec
 
 
 def fingerprint(spec: str) -> str | None:
     """The resolved revision of a model spec; None when it cannot be told offline."""
-    from rlaif_tasks.models.hub import describe_spec
 
     if registry_spec.is_registry_spec(spec):  # before describe_spec, which would download the version
         mv = registry_spec.resolve(spec)

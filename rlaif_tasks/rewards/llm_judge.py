@@ -36,6 +36,7 @@ from typing import Any, Literal, Sequence
 
 from rlaif_tasks.atomic import write_json
 from rlaif_tasks.errors import RlaifError, TransientError
+from rlaif_tasks.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,6 @@ class LLMJudge:
 
     def _load_local(self):
         if self._local is None:
-            from rlaif_tasks.models import load_model
 
             loaded = load_model(self.config.model, kind="causal-lm", device=self.config.device)
             loaded.tokenizer.padding_side = "left"

@@ -281,9 +281,9 @@ def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) ->
     """
     from peft import PeftModel
 
-    from rlaif_tasks.train import distributed
+    from rlaif_tasks.train import collectives
 
-    if distributed.is_main():
+    if collectives.is_main():
         if isinstance(model, PeftModel) and merge_adapter:
             model = model.merge_and_unload()
         elif isinstance(model, PeftModel):
@@ -292,4 +292,4 @@ def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) ->
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         log.info("saved the trained policy to %s", final_dir)
-    distributed.barrier()
+    collectives.barrier()

@@ -21,8 +21,11 @@ from typing import Callable
 
 import pandas as pd
 
+from rlaif_tasks.config import LoraSettings
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.train.reward_model import check_pairs, lora_config, pair_dataset, pair_trainer_args, split_pairs
+from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.train.common import lora_config
+from rlaif_tasks.train.reward_model import check_pairs, pair_dataset, pair_trainer_args, split_pairs
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ TRAIN_MARGIN_SAMPLE = 256
 
 
 @dataclass
-class DPOTrainConfig:
+class DPOTrainConfig(LoraSettings):
     beta: float = 0.1
     """Strength of the pull towards the reference: higher keeps the policy closer to it."""
     learning_rate: float = 5e-5
@@ -39,12 +42,6 @@ class DPOTrainConfig:
     max_steps: int | None = None
     """When set, overrides `epochs`."""
     batch_size: int = 8
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
-    """None: peft's default modules for the architecture; ["all-linear"]: every linear layer but the output head."""
     max_length: int = 512
     """Prompt+response tokens kept per sequence (the end is cut); pairs whose prompt alone fills it are dropped."""
     seed: int = 0
@@ -143,7 +140,6 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    from rlaif_tasks.models import load_model, resolve_device
     from rlaif_tasks.train.checkpoint import save_final_policy
 
     pairs = check_pairs(pairs_df)

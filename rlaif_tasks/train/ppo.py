@@ -22,16 +22,15 @@ Under `accelerate launch` with N processes (CleanRL's multi-GPU PPO): `train.bat
 `mini_batch_size` are global, each rank rolls out and trains on its 1/N share, the gradients are
 averaged over ranks before clipping and the step (so all ranks keep identical weights), whitening,
 the KL controller and the metrics use the global batch's statistics, and only rank 0 writes files.
-The collectives are in distributed.py; in one process they are the identity.
+The collectives are in collectives.py; in one process they are the identity.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -42,8 +41,12 @@ import torch.nn.functional as F
 
 from rlaif_tasks.config import RunConfig, TrainConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.generation import lm_forward, token_logprobs
+from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
-from rlaif_tasks.train import distributed as dist
+from rlaif_tasks.train import collectives as dist
+from rlaif_tasks.train.common import TrainResult, lora_config
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ def whiten(
     """Scale to unit (unbiased) std over the masked entries; also centre them unless `shift_mean=False`.
 
     Entries outside the mask come back as 0. `sum_all` sums a tensor over processes
-    (`distributed.all_reduce_sum`), so that N processes whiten with the statistics of the global batch.
+    (`collectives.all_reduce_sum`), so that N processes whiten with the statistics of the global batch.
     """
     mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
     m = mask.to(x.dtype)
@@ -198,12 +201,6 @@ def kl_controller(t: TrainConfig) -> AdaptiveKLController:
     return AdaptiveKLController(t.init_kl_coef, t.target_kl, t.kl_horizon) if t.adaptive_kl else FixedKLController(t.init_kl_coef)
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under `logits`, without materialising the full log-softmax."""
-    logits = logits.float()
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
@@ -211,47 +208,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------
 # 2. The model: policy LM + linear value head sharing its trunk; one forward gives both.
+#    (`lm_forward` and `token_logprobs` live in generation.py: the evaluation's KL uses them too.)
 # ------------------------------------------------------------------------------------------------
-
-
-def lm_forward(model, batch: dict[str, torch.Tensor], is_seq2seq: bool, want_hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits that predict each response token, and the last hidden state at those positions.
-
-    Causal: the input is query (left-padded) + response (right-padded); position ids skip the
-    left padding exactly as `generate` does, and only the last T+1 positions' logits are computed.
-    Seq2seq: the query is the encoder input and the response tokens are the decoder's actions.
-    """
-    query, query_mask, response, response_mask = batch["query_ids"], batch["query_mask"], batch["response_ids"], batch["response_mask"]
-    length = response.shape[1]
-    if is_seq2seq:
-        decoder_ids = torch.cat([batch["decoder_start"], response[:, :-1]], dim=1)
-        decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
-        out = model(
-            input_ids=query, attention_mask=query_mask, decoder_input_ids=decoder_ids,
-            decoder_attention_mask=decoder_mask, output_hidden_states=want_hidden,
-        )
-        return out.logits, (out.decoder_hidden_states[-1] if want_hidden else None)
-    input_ids = torch.cat([query, response], dim=1)
-    attention = torch.cat([query_mask, response_mask], dim=1).long()
-    kwargs = {}
-    params = _forward_params(model)
-    if "position_ids" in params:
-        kwargs["position_ids"] = (attention.cumsum(1) - 1).clamp(min=0)
-    if "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = length + 1
-    out = model(input_ids=input_ids, attention_mask=attention, output_hidden_states=want_hidden, **kwargs)
-    logits = out.logits[:, -(length + 1) : -1]
-    hidden = out.hidden_states[-1][:, -(length + 1) : -1] if want_hidden else None
-    return logits, hidden
-
-
-def _forward_params(model) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cached = getattr(base, "_ppo_forward_params", None)
-    if cached is None:
-        cached = set(inspect.signature(base.forward).parameters)
-        base._ppo_forward_params = cached
-    return cached
 
 
 class PolicyWithValueHead(nn.Module):
@@ -262,7 +220,7 @@ class PolicyWithValueHead(nn.Module):
         self.policy = policy
         self.is_seq2seq = is_seq2seq
         config = policy.config
-        hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+        hidden = getattr(config, "hidden_size", None) or config.d_model
         self.value_head = nn.Linear(hidden, 1)
         nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: advantages begin as plain returns
         nn.init.zeros_(self.value_head.bias)
@@ -271,18 +229,6 @@ class PolicyWithValueHead(nn.Module):
         logits, hidden = lm_forward(self.policy, batch, self.is_seq2seq)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return logits, values
-
-
-def lora_config(t: TrainConfig, is_seq2seq: bool):
-    from peft import LoraConfig, TaskType
-
-    targets = t.lora_target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(
-        r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules=targets,
-        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,14 +352,6 @@ def shape_scores(
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PPOResult:
-    model_dir: Path
-    metrics: list[dict] = field(default_factory=list)
-    """Every step's metrics, including the steps of an earlier run this one resumed."""
-    resumed_from: int = 0
-
-
 def batch_indices(step: int, n: int, size: int, seed: int) -> list[int]:
     """Prompt indices of 1-based `step`: consecutive slices of a fresh permutation per epoch.
 
@@ -441,7 +379,7 @@ def train_ppo(
     *,
     reward_fn: RewardFn | None = None,
     on_step: Callable[[dict], None] | None = None,
-) -> PPOResult:
+) -> TrainResult:
     """Train `config.model.policy` with PPO on `queries`; returns the final (merged) model folder.
 
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
@@ -451,8 +389,6 @@ def train_ppo(
     `on_step` is called in the main process only.
     """
     from transformers import set_seed
-
-    from rlaif_tasks.models import load_model, resolve_device
 
     t, gen_cfg = config.train, config.generation
     queries = list(queries)
@@ -483,7 +419,7 @@ def train_ppo(
     if t.use_lora:
         from peft import get_peft_model
 
-        policy = get_peft_model(policy, lora_config(t, is_seq2seq))
+        policy = get_peft_model(policy, lora_config(t, "SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM"))
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False).to(procs.device)
         policy.requires_grad_(True)
@@ -494,7 +430,6 @@ def train_ppo(
     if rank:
         set_seed(config.training_seed + rank)  # each rank samples its own responses; rank 0 keeps the one-process stream
     if reward_fn is None:
-        from rlaif_tasks.rewards import build_scorer
 
         reward_fn = build_scorer(config.reward, purpose="reward", device=device)
     kl_ctl = kl_controller(t)
@@ -559,7 +494,10 @@ def train_ppo(
         t0 = time.perf_counter()
         raw_scores = torch.tensor(reward_fn(ro.texts, batch_prompts), dtype=torch.float32, device=procs.device)
         if raw_scores.shape != (len(ro.texts),) or not torch.isfinite(raw_scores).all():
-            raise RlaifError(f"the reward returned {raw_scores.numel()} scores (finite: {bool(torch.isfinite(raw_scores).all())}) for {len(ro.texts)} responses", "make the reward return one finite float per response")
+            raise RlaifError(
+                f"the reward returned {raw_scores.numel()} scores (finite: {bool(torch.isfinite(raw_scores).all())}) for {len(ro.texts)} responses",
+                "make the reward return one finite float per response",
+            )
         scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
         time_score = time.perf_counter() - t0
 
@@ -667,4 +605,4 @@ def train_ppo(
     # -- final model: LoRA merged into the base, saved as a plain transformers folder (by rank 0) --
     final_dir = out_dir / "final"
     ckpt.save_final_policy(model.policy, tokenizer, final_dir, t.merge_adapter)
-    return PPOResult(model_dir=final_dir, metrics=metrics, resumed_from=start_step)
+    return TrainResult(model_dir=final_dir, metrics=metrics, resumed_from=start_step)

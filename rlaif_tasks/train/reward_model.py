@@ -14,32 +14,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
+from rlaif_tasks.atomic import atomic_dir
+from rlaif_tasks.config import LoraSettings
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import describe_spec, load_model, resolve_device
+from rlaif_tasks.rewards.reward_model import SUMMARY_FILE, score_texts
+from rlaif_tasks.train.common import lora_config
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "reward_model.json"
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(LoraSettings):
     base_model: str
     """A local folder, hub id or bundled name; a causal LM gets a fresh 1-logit score head."""
-    use_lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
-    """None: peft's default modules for the architecture; ["all-linear"]: every linear layer but the output head."""
     learning_rate: float = 1e-4
     epochs: float = 1.0
     batch_size: int = 8
@@ -75,23 +71,11 @@ def split_pairs(pairs: pd.DataFrame, eval_share: float, seed: int) -> tuple[pd.D
 
 def hf_location(spec: str) -> str:
     """Where transformers can load `spec` from; a bundled name is loaded once, which converts it into a cached folder."""
-    from rlaif_tasks.models import describe_spec, load_model
 
     info = describe_spec(spec)
     if info.source != "bundled":
         return info.location
     return load_model(spec, kind="causal-lm").source
-
-
-def lora_config(cfg, task_type: str):
-    """peft's LoraConfig from the LoRA fields both RewardModelConfig and DPOTrainConfig carry."""
-    from peft import LoraConfig
-
-    targets = cfg.lora_target_modules
-    return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type=task_type,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-    )
 
 
 def pair_trainer_args(cfg, scratch: str, device: str, **extra) -> dict:
@@ -112,24 +96,6 @@ def pair_dataset(pairs: pd.DataFrame):
     return datasets.Dataset.from_dict({c: pairs[c].tolist() for c in PAIR_COLUMNS})
 
 
-def score_texts(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32) -> list[float]:
-    """The score head's scalar per text, with EOS appended as in training (the head reads the last token)."""
-    import torch
-
-    eos = tokenizer.eos_token or ""
-    texts = [t if not eos or t.endswith(eos) else t + eos for t in texts]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
-            scores.extend(model(**enc).logits[:, 0].float().tolist())
-    model.train(was_training)
-    return scores
-
-
 def pairwise_stats(model, tokenizer, pairs: pd.DataFrame, max_length: int) -> dict[str, float | None]:
     """Share of pairs where reward(chosen) > reward(rejected), and the mean margin between them."""
     if pairs.empty:
@@ -147,9 +113,6 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    from rlaif_tasks.atomic import atomic_dir
-    from rlaif_tasks.models import resolve_device
 
     pairs = check_pairs(pairs_df)
     train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_share, cfg.seed)
@@ -217,45 +180,3 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-class RewardModelBackend:
-    """A saved reward model as a judge: `reward` is its scalar (higher = preferred).
-
-    `toxic_probability` is sigmoid(-reward) so that evaluation code can rank texts with it; a
-    Bradley-Terry reward has an arbitrary offset and scale, so this is an ordering, not a calibrated
-    probability.
-    """
-
-    def __init__(self, folder: str | Path, device: str = "cpu", batch_size: int = 32):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from rlaif_tasks.models import resolve_device
-
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise RlaifError(f"{folder} is not a saved reward model (no config.json)", "point at the out_dir of train_reward_model")
-        summary_path = folder / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-        self.folder, self.batch_size = folder, batch_size
-        self.max_length = int(summary.get("max_length", 512))
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(resolve_device(device)).eval()
-        if self.model.config.num_labels != 1:
-            raise RlaifError(f"{folder} has {self.model.config.num_labels} labels; a reward model has one", "use HFClassifierBackend for classifiers")
-
-    def reward(self, texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        return score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
-
-    def toxic_probability(self, texts: list[str]) -> list[float]:
-        return [_sigmoid(-r) for r in self.reward(texts)]
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)

@@ -21,14 +21,17 @@ import math
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
-from rlaif_tasks.train import distributed as dist
+from rlaif_tasks.train import collectives as dist
+from rlaif_tasks.train.common import TrainResult, lora_config
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -43,14 +46,6 @@ METRIC_KEYS = (
 STATE_FILE = "rlaif_state.json"
 """Written into `checkpoint-N` after the HF Trainer finished it: its presence marks a complete checkpoint."""
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-@dataclass
-class TRLResult:
-    model_dir: Path
-    metrics: list[dict] = field(default_factory=list)
-    """Every step's metrics, including the steps of an earlier run this one resumed."""
-    resumed_from: int = 0
 
 
 def check_supported(config: RunConfig) -> None:
@@ -200,8 +195,6 @@ def _metrics_callback(writer: MetricsWriter, rows: list[dict], fields: dict, epo
     """Turns each TRL log into one metrics row; marks each saved checkpoint complete with our state."""
     from transformers import TrainerCallback
 
-    from rlaif_tasks.atomic import write_json
-
     class MetricsCallback(TrainerCallback):
         def __init__(self):
             self.last = time.perf_counter()
@@ -285,7 +278,7 @@ def train_with_trl(
     *,
     reward_fn: RewardFn | None = None,
     on_step: Callable[[dict], None] | None = None,
-) -> TRLResult:
+) -> TrainResult:
     """Train `config.model.policy` with TRL's GRPO or RLOO (`config.train.algorithm`) on `queries`.
 
     `prompts` are the raw prompts given to prompt+response scorers (default: the queries).
@@ -296,8 +289,7 @@ def train_with_trl(
     import datasets
     from transformers.trainer_callback import PrinterCallback
 
-    from rlaif_tasks.models import load_model, resolve_device
-    from rlaif_tasks.train.ppo import _eos_ids, lora_config
+    from rlaif_tasks.train.ppo import _eos_ids
 
     t = config.train
     if t.algorithm not in ("grpo", "rloo"):
@@ -331,7 +323,6 @@ def train_with_trl(
     eos_ids = _eos_ids(tokenizer, model.generation_config)
 
     if reward_fn is None:
-        from rlaif_tasks.rewards import build_scorer
 
         scorer = build_scorer(config.reward, purpose="reward", device=device)
         reward_fn, reward_name = scorer, scorer.name
@@ -375,7 +366,7 @@ def train_with_trl(
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(t, is_seq2seq=False) if t.use_lora else None,
+        peft_config=lora_config(t, "CAUSAL_LM") if t.use_lora else None,
         callbacks=[_metrics_callback(writer, rows, fields, epochs, t.init_kl_coef, on_step)],
     )
     trainer.remove_callback(PrinterCallback)  # our on_log writes one line per step instead
@@ -385,4 +376,4 @@ def train_with_trl(
     # -- final model: LoRA merged into the base, saved as a plain transformers folder (by rank 0) --
     final_dir = out_dir / "final"
     ckpt.save_final_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_dir, t.merge_adapter)
-    return TRLResult(model_dir=final_dir, metrics=list(rows), resumed_from=start_step)
+    return TrainResult(model_dir=final_dir, metrics=list(rows), resumed_from=start_step)

@@ -1,6 +1,6 @@
 """Toxicity of generated text under one of the project's judges, as an `evaluate` measurement.
 
-Load it with `evaluate.load(rlaif_tasks.metrics.TOXICITY_MODULE)`; it works offline, unlike the hub's
+Load it with `evaluate.load(rlaif_tasks.evaluation.TOXICITY_MODULE)`; it works offline, unlike the hub's
 `toxicity` measurement, and accepts the same `aggregation` values.
 """
 

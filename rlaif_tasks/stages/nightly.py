@@ -3,8 +3,8 @@
     prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> report
 
 Stages pass small JSON-able dicts ("refs": run folder, MLflow run id, hashes, model version) and
-nothing else; each one reloads the run config from run_dir/config.yaml. Heavy libraries are
-imported inside the functions, so importing this module (as a DAG file does) costs nothing.
+nothing else; each one reloads the run config from run_dir/config.yaml (stages/common.py). Heavy
+libraries are imported inside the functions, so importing this module (as a DAG file does) is cheap.
 
 Every stage may run again after a failure or a cleared task: the MLflow run is found by the DAG run's
 tags, finished outputs in the run folder (prepared data, eval/<label>.json, train/final, the gate
@@ -12,65 +12,30 @@ decision) are reused, MLflow logging only adds what is missing, and registration
 recognise what this run already did.
 
 Run folders are `<run_dir>/<DAG run id>`, with `run_dir` from the config (default `runs/{name}`)
-placed under $RLAIF_HOME when it is relative and that variable is set.
+placed under $RLAIF_HOME when it is relative and that variable is set (stages/common.run_folder).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+from rlaif_tasks import registry, tracking
+from rlaif_tasks.atomic import write_json
+from rlaif_tasks.config import load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.faults import fault_point
+from rlaif_tasks.models import model_kind, registry_spec
+from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
+from rlaif_tasks.stores import use_tracking_uri
+from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
+from rlaif_tasks.train import train as train_policy
+from rlaif_tasks.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
-
-TAG_FAILURE = "rlaif.failure"
-"""Why the DAG run failed, set on its MLflow run by `record_failure`."""
-TAG_REWARD_MODEL = "rlaif.reward_model"
-"""The registered reward model version a run trains against, when reward.model names one (`models:/NAME/N`)."""
-
-
-def safe_run_id(dag_run_id: str) -> str:
-    """A folder name for a DAG run id (`scheduled__2026-01-01T02:00:00+00:00` has ':' and '+')."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", dag_run_id).strip("._") or "run"
-    if safe != dag_run_id:
-        safe = f"{safe[:80]}-{hashlib.sha1(dag_run_id.encode()).hexdigest()[:8]}"
-    return safe
-
-
-def nightly_run_dir(config, dag_run_id: str) -> Path:
-    from rlaif_tasks.tracking import rlaif_home
-
-    base = Path(config.run_dir.format(name=config.name)).expanduser()
-    if not base.is_absolute():
-        base = rlaif_home() / base
-    return base / safe_run_id(dag_run_id)
-
-
-def _load(refs: dict):
-    """The run's config from its folder, which every worker must see at the same path."""
-    import socket
-
-    from rlaif_tasks.config import load_config
-
-    run_dir = Path(refs["run_dir"])
-    if not (run_dir / "config.yaml").is_file():
-        raise RlaifError(
-            f"the run folder {run_dir} (written by prepare_dataset on another worker) is not visible on {socket.gethostname()}",
-            "mount RLAIF_HOME at the same path on every Airflow worker (NFS, EFS, a shared volume); see docs/orchestration.md",
-        )
-    return load_config(run_dir / "config.yaml"), run_dir
-
-
-def _client(config):
-    from rlaif_tasks import tracking
-
-    return tracking.connect(config)
 
 
 def _has_evaluation(run_dir: Path, label: str) -> bool:
@@ -80,8 +45,7 @@ def _has_evaluation(run_dir: Path, label: str) -> bool:
 def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str, *, table: bool = True) -> dict:
     import pandas as pd
 
-    from rlaif_tasks import tracking
-    from rlaif_tasks.evaluation import read_evaluation
+    from rlaif_tasks.evaluation.toxicity import read_evaluation
 
     summary = read_evaluation(run_dir / "eval" / f"{label}.json")
     tracking.log_metrics_once(client, run_id, tracking.evaluation_metrics(label, summary))
@@ -95,18 +59,19 @@ def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str, *, t
 # -- the stages ---------------------------------------------------------------------------------
 
 
-def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None) -> dict:
+def prepare_dataset(
+    config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *, own_folder: bool = False
+) -> dict:
     """Load the config, fix this DAG run's folder and seed, prepare the prompts and find-or-create the MLflow run.
 
     An unpinned `seed` derives from the DAG run's logical date: each night trains anew, a retry repeats its night.
+    `own_folder` puts the run folder under the DAG id (the preference DAGs: stages/common.run_folder).
     """
-    from rlaif_tasks import tracking
-    from rlaif_tasks.config import load_config
     from rlaif_tasks.data import read_manifest
-    from rlaif_tasks.pipeline import prepare_dataset as prepare_prompts
-    from rlaif_tasks.pipeline import run_dir_of
+    from rlaif_tasks.stages.local import prepare_dataset as prepare_prompts
 
     config = load_config(config_path, dict(overrides or {}))
+    use_tracking_uri(config.tracking.tracking_uri)  # a models:/ policy or reward resolves in the run's store
     if not config.tracking.enabled:
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")
     if config.train.steps == 0:
@@ -120,15 +85,15 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
         )
     seed_source = "pinned in the config"
     if config.seed is None:
-        from rlaif_tasks.evaluation_stats import seed_for_logical_date
+        from rlaif_tasks.evaluation.stats import seed_for_logical_date
 
         logical_date = logical_date or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         config.seed, seed_source = seed_for_logical_date(logical_date), f"logical date {logical_date}"
-    run_dir = nightly_run_dir(config, dag_run_id)
+    run_dir = run_folder(config, dag_run_id, dag_id=dag_id if own_folder else None)
     config.run_dir = str(run_dir)
     requested_reward = config.reward.model
     config.reward.model = _pinned_reward_model(requested_reward)
-    recipe = tracking.config_hash(config)
+    recipe = config.config_hash()
     written = run_dir / "config.yaml"
     if written.is_file():
         earlier_config = load_config(written)
@@ -136,35 +101,35 @@ def prepare_dataset(config_path: str | None, overrides: dict, dag_id: str, dag_r
             config.seed = earlier_config.seed
         if config.reward.model != requested_reward:  # and the reward model version its first try found under the alias
             config.reward.model = _same_registered_model(requested_reward, earlier_config.reward.model) or config.reward.model
-        recipe = tracking.config_hash(config)
-        earlier = tracking.config_hash(earlier_config)
+        recipe = config.config_hash()
+        earlier = earlier_config.config_hash()
         if earlier != recipe:
             raise RlaifError(
                 f"{run_dir} was started with another config ({earlier}, now {recipe})",
                 "start a new DAG run for a changed config (or delete that folder to redo this DAG run)",
             )
-    run_dir_of(config)
+    open_run_dir(config)
     data = run_dir / "data"
     if not all((data / f).is_file() for f in ("manifest.json", "train.parquet", "test.parquet")):
         prepare_prompts(config)
     manifest = read_manifest(run_dir)
-    client = _client(config)
+    client = connect(config)
     run_id = tracking.find_or_create_run(
         client, config, dag_id=dag_id, dag_run_id=dag_run_id,
         tags={
-            tracking.TAG_DATASET: manifest["content_sha256"],
-            tracking.TAG_CODE_VERSION: tracking.code_version(),
-            tracking.TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
+            TAG_DATASET: manifest["content_sha256"],
+            TAG_CODE_VERSION: tracking.code_version(),
+            TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
             **tracking.judge_tags(config),
-            tracking.TAG_RUN_DIR: str(run_dir),
-            "rlaif.seed": str(config.seed),
-            "rlaif.seed_source": seed_source,
+            TAG_RUN_DIR: str(run_dir),
+            TAG_SEED: str(config.seed),
+            TAG_SEED_SOURCE: seed_source,
             **({TAG_REWARD_MODEL: config.reward.model} if requested_reward.startswith("models:/") else {}),
         },
     )
     airflow_url = tracking.airflow_run_url(dag_id, dag_run_id)
     if airflow_url:
-        client.set_tag(run_id, tracking.TAG_AIRFLOW_URL, airflow_url)
+        client.set_tag(run_id, TAG_AIRFLOW_URL, airflow_url)
     tracking.log_params(client, run_id, config)
     tracking.log_prompt_datasets(client, run_id, run_dir, manifest)
     counts = manifest.get("counts", {})
@@ -182,7 +147,6 @@ def _require_a_causal_fluency_model(config) -> None:
     """
     if config.evaluation.fluency_model is not None:
         return
-    from rlaif_tasks.models import model_kind
 
     m = config.model
     if model_kind(m.policy, revision=m.revision, trust_remote_code=m.trust_remote_code) == "seq2seq-lm":
@@ -195,7 +159,6 @@ def _require_a_causal_fluency_model(config) -> None:
 
 def _pinned_reward_model(spec: str) -> str:
     """A registered reward model named by alias becomes the version the alias names now, so every stage scores alike."""
-    from rlaif_tasks.models import registry_spec
 
     if not registry_spec.is_registry_spec(spec):
         return spec
@@ -208,7 +171,6 @@ def _pinned_reward_model(spec: str) -> str:
 
 def _same_registered_model(requested: str, earlier: str) -> str | None:
     """`earlier` when it is a version of the registered model `requested` names (what a retry must keep)."""
-    from rlaif_tasks.models import registry_spec
 
     if registry_spec.is_registry_spec(earlier) and registry_spec.parse(earlier)[0] == registry_spec.parse(requested)[0]:
         return earlier
@@ -217,23 +179,20 @@ def _same_registered_model(requested: str, earlier: str) -> str | None:
 
 def baseline_eval(refs: dict) -> dict:
     """Toxicity of the base policy on the test prompts (reused when eval/baseline.json exists)."""
-    from rlaif_tasks.pipeline import evaluate_model
+    from rlaif_tasks.evaluation.runner import evaluate_model
 
-    config, run_dir = _load(refs)
+    config, run_dir = load_run(refs)
     if not _has_evaluation(run_dir, "baseline"):
         evaluate_model(config, "baseline")
-    _log_evaluation(_client(config), config, refs["mlflow_run_id"], run_dir, "baseline")
+    _log_evaluation(connect(config), config, refs["mlflow_run_id"], run_dir, "baseline")
     return dict(refs)
 
 
 def train(refs: dict) -> dict:
     """Train the policy (resuming from checkpoints; skipped when train/final exists); logs per-step metrics."""
-    from rlaif_tasks import tracking
-    from rlaif_tasks.train import train as train_policy
-    from rlaif_tasks.train.metrics import read_metrics
 
-    config, run_dir = _load(refs)
-    client = _client(config)
+    config, run_dir = load_run(refs)
+    client = connect(config)
     logger = tracking.TrainingMetricsLogger(client, refs["mlflow_run_id"])
 
     def live(row: dict) -> None:
@@ -257,14 +216,13 @@ def train(refs: dict) -> dict:
 
 def evaluate(refs: dict) -> dict:
     """Toxicity of the trained policy on the test prompts, compared with the baseline (report.json)."""
-    from rlaif_tasks import tracking
-    from rlaif_tasks.pipeline import compare_evaluations, evaluate_model
+    from rlaif_tasks.evaluation.runner import compare_evaluations, evaluate_model
 
-    config, run_dir = _load(refs)
+    config, run_dir = load_run(refs)
     if not _has_evaluation(run_dir, "final"):
         evaluate_model(config, "final", refs["model_dir"])
     report = compare_evaluations(config, "baseline", "final")
-    client = _client(config)
+    client = connect(config)
     run_id = refs["mlflow_run_id"]
     _log_evaluation(client, config, run_id, run_dir, "final")
     client.log_artifact(run_id, str(run_dir / "eval" / "final_samples.parquet"), "eval")  # a later night's gate pairs with these
@@ -279,10 +237,9 @@ def evaluate(refs: dict) -> dict:
 
 def register(refs: dict) -> dict:
     """Log the trained policy to MLflow and register it (alias `challenger`); once per MLflow run."""
-    from rlaif_tasks import registry
 
-    config, _ = _load(refs)
-    version = registry.register_policy(config, refs["mlflow_run_id"], refs["model_dir"], client=_client(config))
+    config, _ = load_run(refs)
+    version = registry.register_policy(config, refs["mlflow_run_id"], refs["model_dir"], client=connect(config))
     return {**refs, "model_name": version["name"], "model_version": version["version"]}
 
 
@@ -293,19 +250,18 @@ def promote_if_better(refs: dict) -> dict:
     it was measured against, and made again otherwise (a cleared old DAG run never undoes a later
     promotion). A version whose status is no longer `challenger` was decided before and is left alone.
     """
-    import json
 
-    from rlaif_tasks import gate, registry
+    from rlaif_tasks import gate
 
-    config, run_dir = _load(refs)
-    client = _client(config)
+    config, run_dir = load_run(refs)
+    client = connect(config)
     name, version = refs["model_name"], str(refs["model_version"])
     fault_point("promote_if_better.start")
     registry.verify_registered_weights(client, name, version, refs["model_dir"])
     stored = run_dir / "gate" / "decision.json"
     decision = json.loads(stored.read_text(encoding="utf-8")) if stored.is_file() else None
     for _ in range(3):
-        status = client.get_model_version(name, version).tags.get(registry.TAG_STATUS, registry.CHALLENGER)
+        status = client.get_model_version(name, version).tags.get(TAG_STATUS, registry.CHALLENGER)
         champion = registry.get_alias(client, name, registry.CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
         if champion_version == version:  # promoted by an earlier attempt: make sure every mark is in place
@@ -340,13 +296,11 @@ def _decided_against(decision: dict | None, name: str, version: str, champion: s
 
 def report(refs: dict) -> dict:
     """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
-    import json
 
-    from rlaif_tasks import gate, tracking
-    from rlaif_tasks.atomic import write_json
-    from rlaif_tasks.evaluation import format_comparison
+    from rlaif_tasks import gate
+    from rlaif_tasks.evaluation.toxicity import format_comparison
 
-    config, run_dir = _load(refs)
+    config, run_dir = load_run(refs)
     full_report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     comparison = full_report["judges"]
     toxicity = {
@@ -365,7 +319,7 @@ def report(refs: dict) -> dict:
         )
     else:
         outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
-    client = _client(config)
+    client = connect(config)
     mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.describe()})",
@@ -381,11 +335,7 @@ def report(refs: dict) -> dict:
     }
     write_json(run_dir / "nightly.json", result)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
-    run = client.get_run(refs["mlflow_run_id"])
-    if TAG_FAILURE in run.data.tags:  # an earlier failure of this DAG run, now repaired by a retry
-        client.delete_tag(run.info.run_id, TAG_FAILURE)
-    if run.info.status != "FINISHED":
-        client.set_terminated(run.info.run_id, "FINISHED")
+    finish_run(client, refs["mlflow_run_id"])  # and drops the failure an earlier try of this DAG run recorded
     return result
 
 
@@ -409,15 +359,13 @@ def record_failure(config_path: str | None, dag_id: str, dag_run_id: str, messag
     """
     from mlflow.entities import ViewType
 
-    from rlaif_tasks import tracking
-    from rlaif_tasks.config import load_config
 
-    client = _client(load_config(config_path) if config_path else None)
+    client = connect(load_config(config_path) if config_path else None)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None
     found = client.search_runs(
-        experiments, filter_string=f"tags.`{tracking.TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
+        experiments, filter_string=f"tags.`{TAG_RUN_KEY}` = '{tracking.run_key(dag_id, dag_run_id)}'",
         run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
     )
     if not found:

@@ -1,4 +1,5 @@
-"""The Assets that link the preference DAGs, declared once, and the task plumbing all four DAGs share (rlaif_nightly too).
+"""What the DAG files share: the Assets, the trigger forms, the MLflow connection, the failure callback,
+`run_stage(fn, refs)` and the six nightly tasks that rlaif_nightly and dpo_alignment both run.
 
     ai_feedback_preferences --[rlaif-<name>-preferences]--> reward_model_training --[<policy model>-reward]-->
                                                         \\-> dpo_alignment (rlaif_nightly's stages, DPO on those pairs)
@@ -10,27 +11,29 @@ whose config has another name. The reward-model Asset stands for the registered 
 folder (which `reward.model` accepts); with `orchestration.retrain_on_reward_model` rlaif_nightly is
 scheduled on it too and trains against the new version (`nightly_schedule`, `reward_model_of`).
 
-Not a DAG file: the dag-processor parses it too (it mentions airflow and asset), finds no DAG and
-records none, at the cost of one cheap parse. The DAG files import it as a sibling module: Airflow
-puts the DAG bundle's folder on sys.path when it parses files and runs tasks, and the DAG files
-add it themselves so that a bare DagBag (the tests) resolves it the same way.
+The one module of rlaif_tasks that imports Airflow: the DAG files import it and the stage functions
+(rlaif_tasks.stages) by name, and stay wiring only. Parsing it stays cheap: the stages import their
+heavy libraries (torch, transformers, mlflow) inside the functions.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Callable
 
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, Param, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from rlaif_tasks.config import config_path_pattern, config_roots, load_config, parse_override
-from rlaif_tasks.preference_stages import reward_model_name
+from rlaif_tasks.faults import fault_point
+from rlaif_tasks.stages import nightly
+from rlaif_tasks.stages.preferences import reward_model_name
 
 PROJECT = Path(__file__).resolve().parent.parent
+"""Where relative config paths and configs/ are: the checkout this package is installed from (editable)."""
 DAG_CONFIG = os.environ.get("RLAIF_DAG_CONFIG", "configs/demo.yaml")
 # As rlaif_nightly: a trigger, or an asset event, may name only config files the operator placed.
 CONFIG_PATTERN = config_path_pattern(config_roots(PROJECT), exact=[DAG_CONFIG])
@@ -147,20 +150,16 @@ def use_mlflow_connection() -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
 
 
-def stage(name: str, *args, module: str = "preference_stages", **kwargs):
-    """Run one stage of rlaif_tasks.<module>, imported here so that parsing the DAGs stays cheap."""
-    from rlaif_tasks.faults import fault_point
-
+def run_stage(fn: Callable[..., Any], *args, **kwargs):
+    """Run one stage function in a task: the MLflow connection first, the reliability suite's fault point after."""
     use_mlflow_connection()
-    refs = getattr(importlib.import_module(f"rlaif_tasks.{module}"), name)(*args, **kwargs)
-    fault_point(f"{name}.end")  # the reliability suite's kill after the work, before Airflow records it
+    refs = fn(*args, **kwargs)
+    fault_point(f"{fn.__name__}.end")  # the reliability suite's kill after the work, before Airflow records it
     return refs
 
 
 def record_failure(context) -> None:
     """Failure callback: say why in the log and mark the DAG run's MLflow run FAILED (found by its run key)."""
-    from rlaif_tasks import nightly
-
     dag, run_id = context["dag"], context["run_id"]
     log = logging.getLogger(dag.dag_id)
     try:
@@ -209,3 +208,48 @@ def dag_settings() -> dict:
             "execution_timeout": eval_timeout,
         },
     )
+
+
+# -- the tasks rlaif_nightly and dpo_alignment share ------------------------------------------------
+
+
+def evaluate_train_and_gate(refs):
+    """baseline_eval -> train -> evaluate -> register -> promote_if_better -> report, after a DAG's prepare_dataset.
+
+    Called inside a @dag function; the task ids are the stage names, so every DAG that runs them
+    logs, retries and reports alike.
+    """
+
+    @task(execution_timeout=eval_timeout, **on_gpu)
+    def baseline_eval(refs: dict) -> dict:
+        return run_stage(nightly.baseline_eval, refs)
+
+    @task(execution_timeout=train_timeout, **on_gpu)
+    def train(refs: dict) -> dict:
+        return run_stage(nightly.train, refs)
+
+    @task(execution_timeout=eval_timeout, **on_gpu)
+    def evaluate(refs: dict) -> dict:
+        return run_stage(nightly.evaluate, refs)
+
+    @task
+    def register(refs: dict) -> dict:
+        return run_stage(nightly.register, refs)
+
+    @task(execution_timeout=eval_timeout, **on_gpu)  # the gate loads the trained and the base policy
+    def promote_if_better(refs: dict) -> dict:
+        return run_stage(nightly.promote_if_better, refs)
+
+    @result
+    @task
+    def report(refs: dict) -> dict:
+        summary = run_stage(nightly.report, refs)
+        print(summary["text"])
+        return summary
+
+    refs = baseline_eval(refs)
+    refs = train(refs)
+    refs = evaluate(refs)
+    refs = register(refs)
+    refs = promote_if_better(refs)
+    return report(refs)

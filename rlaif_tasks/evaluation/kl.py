@@ -18,7 +18,7 @@ from typing import Sequence
 
 
 def _batch(tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], is_seq2seq: bool, decoder_start: int | None) -> dict:
-    """`train.ppo.lm_forward`'s layout: left-padded queries as generation tokenised them, right-padded sampled ids."""
+    """`generation.lm_forward`'s layout: left-padded queries as generation tokenised them, right-padded sampled ids."""
     import torch
 
     if not is_seq2seq:
@@ -43,7 +43,7 @@ def sampled_token_kl(
     """Mean and std of the per-response KL to `base`, per-response values, and `policy`'s perplexity of its samples."""
     import torch
 
-    from rlaif_tasks.train.ppo import lm_forward, token_logprobs
+    from rlaif_tasks.generation import lm_forward, token_logprobs
 
     is_seq2seq = bool(getattr(policy.config, "is_encoder_decoder", False))
     start_id = getattr(policy.config, "decoder_start_token_id", None)

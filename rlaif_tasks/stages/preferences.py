@@ -1,13 +1,13 @@
-"""Stage functions of the three DAGs linked by the preferences Asset (dags/rlaif_assets.py):
+"""Stage functions of the three DAGs linked by the preferences Asset (rlaif_tasks/orchestration.py):
 
     ai_feedback_preferences   prepare -> build_preferences            (publishes the pairs: the asset event's extra)
     reward_model_training     prepare_reward_model -> train_reward_model -> register_reward_model
-    dpo_alignment             prepare_dpo -> rlaif_tasks.nightly's baseline_eval ... report (DPO on the published pairs)
+    dpo_alignment             prepare_dpo -> rlaif_tasks.stages.nightly's baseline_eval ... report (DPO on the published pairs)
 
-The contract is rlaif_tasks.nightly's, whose stages these reuse: small JSON-able refs between
-stages, one run folder and one MLflow run per DAG run (found again by the DAG run's tags), finished
-work reused, so any task can be retried or cleared. Run folders are `<run_dir>/<DAG id>/<DAG run id>`:
-run ids of different DAGs can coincide (`scheduled__<date>` has no random part), their folders must not.
+The contract is stages/common.py's, and these reuse rlaif_tasks.stages.nightly's stages: small
+JSON-able refs between stages, one run folder and one MLflow run per DAG run (found again by the DAG
+run's tags), finished work reused, so any task can be retried or cleared. Run folders are
+`<run_dir>/<DAG id>/<DAG run id>` (stages/common.run_folder).
 
 A consumer takes the pairs folder, the config and its overrides from the newest triggering asset
 event (or from its trigger form when run by hand); the config path in an event must pass the same
@@ -21,28 +21,23 @@ import logging
 import re
 from pathlib import Path
 
-from rlaif_tasks.config import RunConfig
+from rlaif_tasks import registry, tracking
+from rlaif_tasks.config import RunConfig, load_config
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.rewards.reward_model import SUMMARY_FILE
+from rlaif_tasks.stages import nightly
+from rlaif_tasks.stages.common import connect, finish_run, load_run
+from rlaif_tasks.tags import TAG_MODEL_KIND, TAG_PREFERENCES, TAG_PREFERENCES_FROM
 
 log = logging.getLogger(__name__)
 
 PRODUCER_DAG = "ai_feedback_preferences"
 REWARD_ARTIFACT = "reward_model"
-TAG_PREFERENCES = "rlaif.preferences_sha256"
-TAG_PREFERENCES_FROM = "rlaif.preferences_from"
-TAG_MODEL_KIND = "rlaif.model_kind"
 
 
 def reward_model_name(config: RunConfig) -> str:
     """`<registered policy name>-reward`: the registered model the reward-model Asset stands for."""
-    from rlaif_tasks.tracking import registered_model_name
-
-    return f"{registered_model_name(config)}-reward"
-
-
-def per_dag_run_dir(run_dir: str, dag_id: str) -> str:
-    """The config's run_dir with the DAG id appended (`runs/{name}` -> `runs/{name}/dpo_alignment`)."""
-    return f"{run_dir.rstrip('/')}/{dag_id}"
+    return f"{tracking.registered_model_name(config)}-reward"
 
 
 # -- producer: ai_feedback_preferences --------------------------------------------------------------
@@ -54,8 +49,6 @@ def prepare(config_path: str, overrides: dict, dag_id: str, dag_run_id: str, log
     `asset_config` is the config name of the preferences asset the DAG publishes to: pairs built with a
     config of another name would be announced as that config's, so such a config is refused.
     """
-    from rlaif_tasks import nightly
-    from rlaif_tasks.config import load_config
 
     overrides = dict(overrides or {})
     config = load_config(config_path, overrides)
@@ -64,8 +57,7 @@ def prepare(config_path: str, overrides: dict, dag_id: str, dag_run_id: str, log
             f"the config {config_path} is named {config.name!r}; this DAG publishes the preferences asset of {asset_config!r}",
             f"trigger with a config named {asset_config!r}, or run the DAG processor with RLAIF_DAG_CONFIG naming {config_path}",
         )
-    placed = {**overrides, "run_dir": per_dag_run_dir(config.run_dir, dag_id)}
-    refs = nightly.prepare_dataset(config_path, placed, dag_id, dag_run_id, logical_date)
+    refs = nightly.prepare_dataset(config_path, overrides, dag_id, dag_run_id, logical_date, own_folder=True)
     return {**refs, "config": config_path, "overrides": overrides}
 
 
@@ -75,20 +67,19 @@ def build_preferences(refs: dict) -> dict:
     Returns the refs, the pairs folder and `event`: the asset event's extra (pair count, judge, margin,
     the folder, its sha256, and the config the consumers should train with). Closes the MLflow run.
     """
-    from rlaif_tasks import nightly, tracking
     from rlaif_tasks.data import load_prompts_split
     from rlaif_tasks.preferences import read_preferences
-    from rlaif_tasks.train import preference_pairs
+    from rlaif_tasks.preferences.run_pairs import preference_pairs
 
-    config, run_dir = nightly._load(refs)
+    config, run_dir = load_run(refs)
     preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))  # reuses run_dir/preferences when a try made it
     pairs_dir = run_dir / "preferences"
     _, manifest = read_preferences(pairs_dir)
-    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    client, run_id = connect(config), refs["mlflow_run_id"]
     tracking.log_metrics_once(client, run_id, {"preferences/pairs": float(manifest["pairs"]), "preferences/prompts": float(manifest["prompts"])})
     client.set_tag(run_id, TAG_PREFERENCES, manifest["sha256"])
     client.log_artifacts(run_id, str(pairs_dir), "preferences")
-    _finish(client, run_id)
+    finish_run(client, run_id)
     event = {
         "pairs": int(manifest["pairs"]), "prompts": int(manifest["prompts"]), "source": manifest.get("source"),
         "judge": manifest.get("judge"), "margin": manifest.get("margin"), "k": manifest.get("k"),
@@ -138,10 +129,9 @@ def _checked_pairs(source: dict) -> dict:
 
 
 def _tag_source(refs: dict, source: dict, manifest: dict) -> None:
-    from rlaif_tasks import nightly
 
-    config, _ = nightly._load(refs)
-    client = nightly._client(config)
+    config, _ = load_run(refs)
+    client = connect(config)
     client.set_tag(refs["mlflow_run_id"], TAG_PREFERENCES, manifest["sha256"])
     client.set_tag(refs["mlflow_run_id"], TAG_PREFERENCES_FROM, source["origin"])
 
@@ -164,8 +154,7 @@ def reward_model_config(config: RunConfig, *, learning_rate: float | None = None
 
     t = config.train
     cfg = RewardModelConfig(
-        base_model=config.model.policy, use_lora=t.use_lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-        lora_target_modules=t.lora_target_modules, batch_size=t.batch_size, seed=config.training_seed, device=config.device,
+        base_model=config.model.policy, **t.lora_settings(), batch_size=t.batch_size, seed=config.training_seed, device=config.device,
     )
     if learning_rate is not None:
         cfg.learning_rate = float(learning_rate)
@@ -178,12 +167,10 @@ def train_reward_model(refs: dict, *, learning_rate: float | None = None, epochs
     """Train the reward model into run_dir/reward_model (reused when a try finished it); logs its numbers."""
     from mlflow.entities import Param
 
-    from rlaif_tasks import nightly, tracking
     from rlaif_tasks.preferences import read_preferences
-    from rlaif_tasks.train.reward_model import SUMMARY_FILE
     from rlaif_tasks.train.reward_model import train_reward_model as fit
 
-    config, run_dir = nightly._load(refs)
+    config, run_dir = load_run(refs)
     out = run_dir / REWARD_ARTIFACT
     if (out / SUMMARY_FILE).is_file():
         log.info("reusing the trained reward model %s", out)
@@ -196,7 +183,7 @@ def train_reward_model(refs: dict, *, learning_rate: float | None = None, epochs
                 "start a new run for the new pairs; a run trains on the pairs it was triggered with",
             )
         summary = fit(pairs, out, reward_model_config(config, learning_rate=learning_rate, epochs=epochs))
-    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    client, run_id = connect(config), refs["mlflow_run_id"]
     keys = ("train_loss", "eval_accuracy", "eval_accuracy_initial", "eval_margin", "eval_margin_initial", "pairs_train", "pairs_eval", "steps")
     numbers = {k: summary.get(k) for k in keys}
     tracking.log_metrics_once(client, run_id, {f"reward_model/{k}": float(v) for k, v in numbers.items() if v is not None})
@@ -213,12 +200,9 @@ def register_reward_model(refs: dict) -> dict:
     logged as the run's artefacts, not as an MLflow flavour, and the version's source is that folder.
     Returns the refs, the version and `event`: the reward-model asset event's extra.
     """
-    from mlflow.exceptions import MlflowException
 
-    from rlaif_tasks import nightly, registry
-
-    config, _ = nightly._load(refs)
-    client, run_id = nightly._client(config), refs["mlflow_run_id"]
+    config, _ = load_run(refs)
+    client, run_id = connect(config), refs["mlflow_run_id"]
     name, folder = reward_model_name(config), Path(refs["reward_model_dir"])
     existing = registry.versions_of_run(client, name, run_id)
     if existing:
@@ -228,23 +212,17 @@ def register_reward_model(refs: dict) -> dict:
         if not (folder / "config.json").is_file():
             raise RlaifError(f"{folder} is not a trained reward model (no config.json)", "run train_reward_model of this DAG run first")
         client.log_artifacts(run_id, str(folder), REWARD_ARTIFACT)  # a retry before registering uploads it again, whole
-        try:
-            about = f"Reward models (sequence classifiers, 1 logit) trained on preference pairs of the rlaif config {config.name!r}."
-            client.create_registered_model(name, description=about)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
         run = client.get_run(run_id)
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith("rlaif.")} | {TAG_MODEL_KIND: "reward-model"}
-        version = client.create_model_version(
-            name, source=f"{run.info.artifact_uri.rstrip('/')}/{REWARD_ARTIFACT}", run_id=run_id, tags=tags,
+        version = registry.create_version(
+            client, name, run_id, f"{run.info.artifact_uri.rstrip('/')}/{REWARD_ARTIFACT}", tags={TAG_MODEL_KIND: "reward-model"},
+            about=f"Reward models (sequence classifiers, 1 logit) trained on preference pairs of the rlaif config {config.name!r}.",
             description="A transformers folder (AutoModelForSequenceClassification, num_labels=1) with reward_model.json; "
-            "usable as reward.model once downloaded (rlaif_tasks.train.reward_model.RewardModelBackend).",
+            "usable as reward.model once downloaded (rlaif_tasks.rewards.reward_model.RewardModelBackend).",
         )
         log.info("registered %s version %s from MLflow run %s", name, version.version, run_id)
     registry.verify_registered_weights(client, name, version.version, folder)  # catches an upload cut short
     summary = json.loads((folder / "reward_model.json").read_text(encoding="utf-8"))
-    _finish(client, run_id)
+    finish_run(client, run_id)
     event = {
         "name": name, "version": str(version.version), "model_uri": registry.model_uri(name, version.version), "folder": str(folder),
         "pairs_sha256": refs["preferences_sha256"], "eval_accuracy": summary.get("eval_accuracy"), "mlflow_run_id": run_id,
@@ -268,17 +246,3 @@ def prepare_dpo(source: dict, dag_id: str, dag_run_id: str, logical_date: str | 
     refs = prepare(source["config"], overrides, dag_id, dag_run_id, logical_date)
     _tag_source(refs, source, manifest)
     return {k: v for k, v in refs.items() if k not in ("config", "overrides")}  # the run folder's config.yaml has them
-
-
-# -- run bookkeeping ----------------------------------------------------------------------------------
-
-
-def _finish(client, run_id: str) -> None:
-    """The DAG run's MLflow run FINISHED, without the failure a retried earlier try recorded."""
-    from rlaif_tasks.nightly import TAG_FAILURE
-
-    run = client.get_run(run_id)
-    if TAG_FAILURE in run.data.tags:
-        client.delete_tag(run_id, TAG_FAILURE)
-    if run.info.status != "FINISHED":
-        client.set_terminated(run_id, "FINISHED")

@@ -5,11 +5,12 @@ and the relative improvement `(before - after) / before` for both. Each response
 own seed, derived from evaluation.seed, its prompt and its sample number, so every policy answers a
 prompt with the same randomness and two evaluations can be compared prompt by prompt (gate.py). The
 samples table keeps each response's sampled token ids (EOS included) for KL, and its quality
-measures (evaluation_quality.py).
+measures (evaluation/quality.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,13 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import hashlib
-
 import pandas as pd
 
 from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation.quality import response_perplexities, summarise_quality
 from rlaif_tasks.generation import generate
 from rlaif_tasks.rewards.base import Scorer
 
@@ -59,7 +59,7 @@ class QualityModels:
     fluency: object | None = None
     """A LoadedModel-like object with .model and .tokenizer (a causal LM)."""
     encoder: object | None = None
-    """An evaluation_quality.SentenceEncoder."""
+    """A rewards.relevance.SentenceEncoder."""
 
 
 SAMPLE_COLUMNS = ("prompt", "query", "response", "prompt_id", "sample", "response_ids", "perplexity", "relevance")
@@ -105,8 +105,7 @@ def evaluate_policy(
     quality: QualityModels | None = None,
 ) -> Evaluation:
     """Sample responses to the test prompts (per-response seeds from cfg.seed) and score them with every judge."""
-    from rlaif_tasks.evaluation_quality import response_perplexities, summarise_quality
-    from rlaif_tasks.evaluation_stats import sampling_seeds
+    from rlaif_tasks.evaluation.stats import sampling_seeds
 
     rows = test_prompts if cfg.num_prompts is None else test_prompts.head(cfg.num_prompts)
     queries = rows["query"].tolist()
