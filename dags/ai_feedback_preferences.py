@@ -27,11 +27,12 @@ from rlaif_tasks.orchestration import (
     dag_settings,
     eval_timeout,
     logical_date,
+    model_param,
     on_gpu,
-    overrides_from_params,
     resolve_config_path,
     run_stage,
     set_param,
+    trigger_overrides,
 )
 from rlaif_tasks.stages import preferences
 
@@ -47,8 +48,8 @@ OVERRIDE_PARAMS = {"policy": "model.policy", "reward": "reward.model", "k": "pre
     doc_md=__doc__,
     params={
         "config": config_param(DAG_CONFIG),
-        "policy": Param(None, type=["null", "string"], description="model.policy that samples the responses; empty: from the config."),
-        "reward": Param(None, type=["null", "string"], description="reward.model, the judge that scores them; empty: from the config."),
+        "policy": model_param("model.policy", "the policy that samples the responses"),
+        "reward": model_param("reward.model", "the judge that scores them"),
         "k": Param(None, type=["null", "integer"], minimum=2, description="preferences.k, responses sampled per prompt; empty: from the config."),
         "margin": Param(None, type=["null", "number"], minimum=0, description="preferences.margin, the score gap a pair must beat; empty: from the config."),
         "set": set_param(),
@@ -61,7 +62,8 @@ def ai_feedback_preferences():
         context = get_current_context()
         params = context["params"]
         return run_stage(
-            preferences.prepare, resolve_config_path(params["config"]), overrides_from_params(params, OVERRIDE_PARAMS), context["dag"].dag_id,
+            preferences.prepare, resolve_config_path(params["config"]),
+            trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"])), context["dag"].dag_id,
             context["run_id"], logical_date(context), asset_config=CONFIG.name,
         )
 

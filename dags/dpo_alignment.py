@@ -20,6 +20,7 @@ from rlaif_tasks.orchestration import (
     CONFIG_PATTERN,
     DAG_CONFIG,
     PREFERENCES,
+    ROOTS,
     config_param,
     dag_settings,
     evaluate_train_and_gate,
@@ -57,9 +58,9 @@ def dpo_alignment():
     @task
     def prepare_dataset() -> dict:
         context = get_current_context()
-        source = run_stage(
-            preferences.preference_source, trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG),
-            config_pattern=CONFIG_PATTERN,
+        # checked before run_stage reads the MLflow connection: an event may carry anything
+        source = preferences.preference_source(
+            trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN, roots=ROOTS,
         )
         print(f"pairs {source['pairs_dir']} from {source['origin']}, config {source['config']}")
         return run_stage(preferences.prepare_dpo, source, context["dag"].dag_id, context["run_id"], logical_date(context))

@@ -20,6 +20,7 @@ from rlaif_tasks.orchestration import (
     DAG_CONFIG,
     PREFERENCES,
     REWARD_MODEL,
+    ROOTS,
     config_param,
     dag_settings,
     logical_date,
@@ -55,7 +56,10 @@ def reward_model_training():
     @task
     def prepare() -> dict:
         context = get_current_context()
-        source = run_stage(preferences.preference_source, trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN)
+        # checked before run_stage reads the MLflow connection: an event may carry anything
+        source = preferences.preference_source(
+            trigger_of(context, OVERRIDE_PARAMS), default_config=resolve_config_path(DAG_CONFIG), config_pattern=CONFIG_PATTERN, roots=ROOTS,
+        )
         print(f"pairs {source['pairs_dir']} from {source['origin']}, config {source['config']}")
         return run_stage(preferences.prepare_reward_model, source, context["dag"].dag_id, context["run_id"], logical_date(context))
 

@@ -32,13 +32,14 @@ from rlaif_tasks.orchestration import (
     dag_settings,
     evaluate_train_and_gate,
     logical_date,
+    model_param,
     nightly_schedule,
     orchestration,
-    overrides_from_params,
     resolve_config_path,
     reward_model_of,
     run_stage,
     set_param,
+    trigger_overrides,
 )
 from rlaif_tasks.stages import nightly
 
@@ -74,8 +75,8 @@ schedule = nightly_schedule(None if schedule.strip().lower() == "none" else sche
         ),
         "steps": Param(None, type=["null", "integer"], minimum=1, description="train.steps, PPO/GRPO/RLOO updates; empty: from the config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="train.learning_rate; empty: from the config."),
-        "policy": Param(None, type=["null", "string"], description="model.policy: a bundled name, hub id, local folder or models:/NAME@ALIAS (e.g. the champion); empty: from the config."),
-        "reward": Param(None, type=["null", "string"], description="reward.model: the judge used as reward; empty: from the config."),
+        "policy": model_param("model.policy", "the policy to align (e.g. models:/NAME@champion)"),
+        "reward": model_param("reward.model", "the judge used as reward"),
         "set": set_param(),
     },
     **dag_settings(),
@@ -85,7 +86,7 @@ def rlaif_nightly():
     def prepare_dataset() -> dict:
         context = get_current_context()
         params = context["params"]
-        overrides = overrides_from_params(params, OVERRIDE_PARAMS)
+        overrides = trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"]))
         new_reward_model = reward_model_of(context)
         if new_reward_model and "reward.model" not in overrides:
             print(f"started by a new reward model: training against {new_reward_model}")

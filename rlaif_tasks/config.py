@@ -219,6 +219,20 @@ class TrackingConfig:
     enabled: bool = True
 
 
+TRIGGER_OVERRIDES = (
+    "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
+    "train.init_kl_coef", "train.target_kl", "train.num_generations", "train.dpo_beta", "train.dpo_rounds",
+    "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt",
+    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "model.policy", "reward.model",
+)
+"""orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
+TRUST_KEYS = (
+    "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
+    "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
+    "evaluation.extra_sets", "data.source", "preferences.source", "name",
+)
+"""Keys (and sections) that decide what is trusted, where secrets go or what code and files are read: the operator's file only."""
+
 GATE_CHECKS = ("samples", "toxicity", "reward_judge", "no_judge_worse", "kl", "fluency", "diversity", "repetition", "relevance")
 """Every check of the promotion gate, in the order it reports them (gate.py says what each one measures)."""
 
@@ -271,6 +285,13 @@ class OrchestrationConfig:
     retrain_on_reward_model: bool = False
     """Also start rlaif_nightly whenever reward_model_training registers a new reward model, and train that run against
     it (`reward.model: models:/<policy name>-reward/<new version>`): RLHF on the newest preferences."""
+    trigger_overrides: list[str] = field(default_factory=lambda: list(TRIGGER_OVERRIDES))
+    """Config keys a DAG trigger (its form's fields and `set`, an asset event's overrides) or `rlaif nightly --set` may change;
+    anything else comes only from this file. Keys that decide trust (TRUST_KEYS: gate.*, tracking.*, judges and their
+    endpoints, trust_remote_code, run_dir, data sources) are refused here. `model.policy` and `reward.model` take only a
+    bundled name, this project's registered models (`models:/<registered model>[-reward]@alias` or `/N`) or an absolute
+    folder under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS (rlaif_tasks/overrides.py)."""
+
 
 
 @dataclass
@@ -466,13 +487,42 @@ def validate(config: RunConfig) -> None:
     if unknown:
         raise RlaifError(f"gate.require names unknown check(s) {unknown}", f"choose from {list(GATE_CHECKS)}")
     o = config.orchestration
+    trusted = [key for key in o.trigger_overrides if is_trust_key(key)]
+    if trusted:
+        raise RlaifError(
+            f"orchestration.trigger_overrides lists {trusted}, which decide trust (gates, stores, judges, code, files)",
+            "remove them: such a key can only come from the config file, never from a trigger",
+        )
+    unknown_keys = [key for key in o.trigger_overrides if not _is_field(RunConfig, key)]
+    if unknown_keys:
+        raise RlaifError(f"orchestration.trigger_overrides names no config field: {unknown_keys}", "list dotted keys such as train.steps")
     if o.dagrun_timeout_minutes <= 0 or o.max_active_runs < 1:
         raise RlaifError("orchestration.dagrun_timeout_minutes must be > 0 and orchestration.max_active_runs >= 1", "raise the value")
     if d.min_prompt_tokens > d.max_prompt_tokens:
         raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")
 
 
-def config_roots(project: str | Path, environ: Mapping[str, str] = os.environ) -> list[str]:
+def is_trust_key(key: str) -> bool:
+    """Whether a dotted config key is (under) one of TRUST_KEYS."""
+    return any(key == k or key.startswith(k + ".") for k in TRUST_KEYS)
+
+
+def _is_field(cls, dotted: str) -> bool:
+    head, _, rest = dotted.partition(".")
+    found = {f.name: f for f in dataclasses.fields(cls)}.get(head)
+    if found is None:
+        return False
+    if not rest:
+        return True
+    hints = typing.get_type_hints(cls)
+    return dataclasses.is_dataclass(hints[head]) and _is_field(hints[head], rest)
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""The checkout this package is installed from (editable): where relative config paths and configs/ are."""
+
+
+def config_roots(project: str | Path = PROJECT_DIR, environ: Mapping[str, str] = os.environ) -> list[str]:
     """Folders a triggered run's config file may lie in: the project, $RLAIF_HOME, each $RLAIF_CONFIG_DIRS entry.
 
     $RLAIF_CONFIG_DIRS is os.pathsep-separated; relative entries are relative to the project, as relative
@@ -491,7 +541,7 @@ def config_roots(project: str | Path, environ: Mapping[str, str] = os.environ) -
     return roots
 
 
-def _pattern_escape(text: str) -> str:
+def pattern_escape(text: str) -> str:
     """re.escape for a JSON-schema pattern, an ECMA-262 regex: re.escape's `\\-`, `\\~`, `\\ ` are invalid in its unicode mode."""
     return re.sub(r"([\\^$.*+?()[\]{}|])", r"\\\1", text)
 
@@ -504,6 +554,6 @@ def config_path_pattern(roots: Iterable[str], exact: Iterable[str] = ()) -> str:
     which the operator set). A trigger form can then not point a run at any file the workers can read.
     Anchored with ^...$, since JSON schema patterns match anywhere.
     """
-    under = [f"{_pattern_escape(root.rstrip('/'))}/.+" for root in roots]
+    under = [f"{pattern_escape(root.rstrip('/'))}/.+" for root in roots]
     checked = r"(?!(?:.*/)?\.\.(?:/|$))(?:[^\/].*|" + "|".join(under) + r")\.ya?ml"
-    return r"^(?![\s\S]*[\x00-\x1f])(?:" + "|".join([*(_pattern_escape(e) for e in exact), checked]) + ")$"
+    return r"^(?![\s\S]*[\x00-\x1f])(?:" + "|".join([*(pattern_escape(e) for e in exact), checked]) + ")$"

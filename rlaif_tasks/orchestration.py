@@ -27,16 +27,18 @@ from typing import Any, Callable
 from airflow.sdk import Asset, Param, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from rlaif_tasks.config import config_path_pattern, config_roots, load_config, parse_override
+from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override, pattern_escape
 from rlaif_tasks.faults import fault_point
+from rlaif_tasks.overrides import check_trigger_overrides, model_value_pattern, set_item_pattern
 from rlaif_tasks.stages import nightly
 from rlaif_tasks.stages.preferences import reward_model_name
 
-PROJECT = Path(__file__).resolve().parent.parent
-"""Where relative config paths and configs/ are: the checkout this package is installed from (editable)."""
+PROJECT = PROJECT_DIR
 DAG_CONFIG = os.environ.get("RLAIF_DAG_CONFIG", "configs/demo.yaml")
+ROOTS = config_roots(PROJECT)
+"""Folders whose files a trigger may name (configs, model folders, pairs): the project, $RLAIF_HOME, $RLAIF_CONFIG_DIRS."""
 # As rlaif_nightly: a trigger, or an asset event, may name only config files the operator placed.
-CONFIG_PATTERN = config_path_pattern(config_roots(PROJECT), exact=[DAG_CONFIG])
+CONFIG_PATTERN = config_path_pattern(ROOTS, exact=[DAG_CONFIG])
 
 
 def resolve_config_path(path: str) -> str:
@@ -55,6 +57,10 @@ def reward_model_asset(model_name: str, config_name: str) -> Asset:
 
 
 CONFIG = load_config(resolve_config_path(DAG_CONFIG))
+SET_ITEM_PATTERN = set_item_pattern(CONFIG, ROOTS)
+"""What one line of a form's `set` may say: a key of the DAG config's orchestration.trigger_overrides (overrides.py)."""
+MODEL_VALUE_PATTERN = "^" + model_value_pattern(CONFIG, ROOTS) + "$"
+FOLDER_PATTERN = r"^(?!(?:.*/)?\.\.(?:/|$))(?:" + "|".join(f"{pattern_escape(r.rstrip('/'))}/[^\\x00-\\x1f]+" for r in ROOTS) + ")$"
 PREFERENCES = preferences_asset(CONFIG.name)
 REWARD_MODEL = reward_model_asset(reward_model_name(CONFIG), CONFIG.name)
 
@@ -93,12 +99,28 @@ def config_param(default: str | None) -> Param:
 
 
 def pairs_param() -> Param:
-    return Param(None, type=["null", "string"], minLength=1,
-                 description="A preferences folder (pairs.parquet + manifest.json); empty: the one the triggering asset event names.")
+    return Param(None, type=["null", "string"], minLength=1, pattern=FOLDER_PATTERN,
+                 description="A preferences folder (pairs.parquet + manifest.json) under the project or $RLAIF_HOME; empty: the one the triggering asset event names.")
 
 
 def set_param() -> Param:
-    return Param([], type=["null", "array"], items={"type": "string"}, description="More overrides, one key.sub=value per line, as `rlaif run --set`.")
+    allowed = ", ".join(CONFIG.orchestration.trigger_overrides)
+    return Param([], type=["null", "array"], items={"type": "string", "pattern": SET_ITEM_PATTERN},
+                 description=f"More overrides, one key.sub=value per line, as `rlaif run --set`; only these keys (orchestration.trigger_overrides): {allowed}.")
+
+
+def model_param(key: str, what: str) -> Param:
+    """`model.policy` or `reward.model` from a form: a bundled name, this project's registered models or a folder under the roots."""
+    return Param(None, type=["null", "string"], pattern=MODEL_VALUE_PATTERN,
+                 description=f"{key}: {what}: a bundled name, models:/NAME@ALIAS of this project's registered models, or an absolute folder "
+                 "under the project or $RLAIF_HOME; empty: from the config.")
+
+
+def trigger_overrides(params: dict, mapping: dict[str, str], config_path: str) -> dict:
+    """The form's overrides, refused unless the named config lets a trigger make them (before any secret is read)."""
+    overrides = overrides_from_params(params, mapping)
+    check_trigger_overrides(load_config(config_path), overrides, ROOTS, origin="this DAG run's form")
+    return overrides
 
 
 def overrides_from_params(params: dict, mapping: dict[str, str]) -> dict:

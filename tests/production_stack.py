@@ -311,10 +311,14 @@ class ProductionStack:
         return MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
 
 
-def write_tiny_project(home: Path, name: str = "tiny", *, steps: int = 2, orchestration: str = "", filename: str | None = None) -> Path:
+def write_tiny_project(
+    home: Path, name: str = "tiny", *, steps: int = 2, orchestration: str = "", filename: str | None = None,
+    gate: str = "{judge: profanity-check, min_improvement: -1.0, require: [samples, toxicity]}",
+) -> Path:
     """A tiny policy, 24 prompts and a run config that trains it in seconds; returns the config path.
 
     Its gate promotes any policy within the budgets on the first night, and its schedule never fires.
+    Another gate (`gate`, a YAML mapping) comes from the file, as an operator would set it: a trigger cannot.
     """
     import random
 
@@ -339,7 +343,7 @@ generation: {{max_new_tokens: 8, min_new_tokens: 8, batch_size: 8}}
 reward: {{model: profanity-check}}
 evaluation: {{judges: [{{model: profanity-check}}], relevance_model: null}}
 train: {{steps: {steps}, batch_size: 4, mini_batch_size: 2, save_every: 1, learning_rate: 1.0e-3, lora_target_modules: [all-linear]}}
-gate: {{judge: profanity-check, min_improvement: -1.0, require: [samples, toxicity]}}
+gate: {gate}
 orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.05, train_timeout_minutes: 10, eval_timeout_minutes: 10{orchestration}}}
 """)
     return config

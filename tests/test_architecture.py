@@ -20,7 +20,7 @@ LAYERS = [
     ("ground", ["rlaif_tasks", "rlaif_tasks.errors", "rlaif_tasks.atomic", "rlaif_tasks.stores", "rlaif_tasks.tags", "rlaif_tasks.faults",
                 "rlaif_tasks.services", "rlaif_tasks.config"]),
     ("models", ["rlaif_tasks.models"]),
-    ("inputs", ["rlaif_tasks.data", "rlaif_tasks.generation", "rlaif_tasks.rewards"]),
+    ("inputs", ["rlaif_tasks.data", "rlaif_tasks.generation", "rlaif_tasks.rewards", "rlaif_tasks.overrides"]),
     ("measures", ["rlaif_tasks.preferences", "rlaif_tasks.evaluation"]),
     ("train", ["rlaif_tasks.train"]),
     ("mlflow", ["rlaif_tasks.tracking", "rlaif_tasks.registry", "rlaif_tasks.gate"]),

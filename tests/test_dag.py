@@ -15,6 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
 STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+FORBIDDEN_SETS = [
+    "gate.require=[]", "tracking.tracking_uri=http://elsewhere:5000", "tracking.registered_model=rlaif-prod-policy",
+    "reward.llm_judge.base_url=http://elsewhere/v1", "reward.llm_judge.api_key_env=AWS_SECRET_ACCESS_KEY", "model.trust_remote_code=true",
+    "run_dir=/tmp/anywhere", "reward.model=python:os:system", "data.source=/etc/passwd",
+]
+"""What a trigger must never set (issue 20): each one a 4xx from the REST API, no DAG run (test_e2e_airflow too)."""
 ORCHESTRATION = """
 name: dagtest
 orchestration:
@@ -97,10 +103,20 @@ def test_trigger_form_params(dag):
         assert params.get_param(name).description
     assert params["steps"] is None and params["algorithm"] is None
     assert params.get_param("algorithm").schema["values_display"][None] == "(from the config)"  # not a bare "null"
-    accepted = {"steps": 5, "algorithm": "grpo", "learning_rate": 1e-5, "policy": "/models/llama", "set": ["train.batch_size=8"]}
+    home = Path(dag.params["config"]).parent
+    accepted = {
+        "steps": 5, "algorithm": "grpo", "learning_rate": 1e-5, "policy": str(home / "rlaif" / "models" / "llama"),
+        "reward": "models:/rlaif-dagtest-policy-reward@champion", "set": ["train.batch_size=8", "reward.model=hatesonar", ""],
+    }
     for name, value in accepted.items():
         assert copy.deepcopy(params.get_param(name)).resolve(value=value) == value
-    for name, value in {"steps": 0, "algorithm": "sft", "learning_rate": 0, "config": ""}.items():
+    refused = {
+        "steps": 0, "algorithm": "sft", "learning_rate": 0, "config": "", "policy": "/models/llama", "reward": "python:os:system",
+    }
+    for name, value in refused.items():
+        with pytest.raises(ParamValidationError):
+            copy.deepcopy(params.get_param(name)).resolve(value=value)
+    for name, value in (("policy", "meta-llama/Meta-Llama-3.1-8B"), ("reward", "models:/someone-elses-model@champion"), ("set", ["gate.require=[]"])):
         with pytest.raises(ParamValidationError):
             copy.deepcopy(params.get_param(name)).resolve(value=value)
 
@@ -121,6 +137,10 @@ def test_bad_trigger_conf_is_refused_before_a_run_exists(dag):
     ):
         assert params.deep_merge(conf).validate()["config"] == conf["config"]
     for conf in (
+        *({"set": [forbidden]} for forbidden in FORBIDDEN_SETS),
+        {"set": ["train.steps=2", "tracking.tracking_uri=http://elsewhere:5000"]},
+        {"policy": "meta-llama/Meta-Llama-3.1-8B"},
+        {"reward": "python:os:system"},
         {"steps": -1},
         {"algorithm": "sac"},
         {"config": "/etc/passwd"},
@@ -138,13 +158,17 @@ def test_bad_trigger_conf_is_refused_before_a_run_exists(dag):
 def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
     module = sys.modules[dag.get_task("prepare_dataset").python_callable.__module__]
     from rlaif_tasks.config import load_config
+    from rlaif_tasks.errors import RlaifError
 
     params = {"config": "configs/demo.yaml", "algorithm": "", "steps": 3, "learning_rate": None, "policy": None,
-              "reward": "hatesonar", "set": ["train.batch_size=8", " gate.min_improvement = 0.1", ""]}
-    overrides = module.overrides_from_params(params, module.OVERRIDE_PARAMS)
-    assert overrides == {"train.steps": 3, "reward.model": "hatesonar", "train.batch_size": 8, "gate.min_improvement": 0.1}
-    config = load_config(module.resolve_config_path(params["config"]), overrides)
+              "reward": "hatesonar", "set": ["train.batch_size=8", " generation.max_new_tokens = 12", ""]}
+    path = module.resolve_config_path(params["config"])
+    overrides = module.trigger_overrides(params, module.OVERRIDE_PARAMS, path)
+    assert overrides == {"train.steps": 3, "reward.model": "hatesonar", "train.batch_size": 8, "generation.max_new_tokens": 12}
+    config = load_config(path, overrides)
     assert (config.train.steps, config.train.batch_size, config.reward.model, config.train.algorithm) == (3, 8, "hatesonar", "ppo")
+    with pytest.raises(RlaifError, match=r"\['gate.min_improvement'\].*decide trust"):
+        module.trigger_overrides({**params, "set": [" gate.min_improvement = 0.1"]}, module.OVERRIDE_PARAMS, path)
     assert module.resolve_config_path("configs/demo.yaml") == str(ROOT / "configs" / "demo.yaml")
 
 

@@ -182,3 +182,17 @@ def test_cleared_tasks_rerun_by_the_scheduler_reuse_the_mlflow_run_and_version(p
     model = mlflow_client.get_registered_model("rlaif-tiny-policy")
     assert {alias: str(version) for alias, version in model.aliases.items()} == {"champion": "1"}
     assert str(xcom(api, run_id, "report")["model_version"]) == "1"
+
+
+def test_a_trigger_that_would_switch_off_the_gate_or_reach_a_secret_is_refused_and_makes_no_run(project, api):
+    """Issue 20: the form's schema (orchestration.trigger_overrides) answers 4xx through the REST API, and no DAG run exists."""
+    from test_dag import FORBIDDEN_SETS
+
+    before = get(api, f"/dags/{DAG_ID}/dagRuns")["total_entries"]
+    confs = [{"set": [forbidden]} for forbidden in FORBIDDEN_SETS]
+    confs += [{"policy": "meta-llama/Meta-Llama-3.1-8B"}, {"policy": "/etc"}, {"reward": "python:os:system"},
+              {"reward": "models:/someone-elses-policy@champion"}]
+    for conf in confs:
+        response = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"config": str(project["config"]), **conf}})
+        assert 400 <= response.status_code < 500, (conf, response.status_code, response.text[:300])
+    assert get(api, f"/dags/{DAG_ID}/dagRuns")["total_entries"] == before

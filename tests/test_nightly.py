@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def config_path(tmp_path):
         "gate": {"judge": "profanity-check", "min_improvement": -10.0, "require": ["samples", "toxicity"]},
     }
     path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def variant(config_path: Path, filename: str, **sections) -> Path:
+    """The fixture's config with some sections changed, as a file beside it: keys no trigger may set come from a file."""
+    config = yaml.safe_load(config_path.read_text())
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = config_path.with_name(filename)
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -85,8 +96,11 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
 
     # the next night trains the same model (pinned seed, same data): it answers with the champion's samples,
     # a 0% drop with a [0, 0] interval, refused; the champion's samples are read from night 1's MLflow run
+    strict = variant(config_path, "tiny-strict.yaml", gate={"min_improvement": 0.05})
     assert main(["nightly", "--config", str(config_path), "--set", "train.steps=2", "--set", "gate.min_improvement=0.05",
-                 "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 0
+                 "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 2  # the gate is the config file's, not the command line's
+    assert "gate.min_improvement" in capsys.readouterr().err
+    assert main(["nightly", "--config", str(strict), "--set", "train.steps=2", "--dag-run-id", "scheduled__2026-01-02T02:00:00+00:00"]) == 0
     second = json.loads((home / "runs" / "tiny" / safe_run_id("scheduled__2026-01-02T02:00:00+00:00") / "nightly.json").read_text())
     assert second["model_version"] == "2" and second["promoted"] is False
     assert second["text"] in capsys.readouterr().out
@@ -148,7 +162,7 @@ def test_a_seq2seq_policy_without_a_fluency_model_is_refused_before_anything_is_
     """Fluency needs a causal LM, and an unset evaluation.fluency_model means the policy: say so at the first task."""
     from tiny_models import tiny_seq2seq_lm
 
-    seq2seq = tiny_seq2seq_lm(tmp_path / "t5")
+    seq2seq = tiny_seq2seq_lm(home / "t5")  # under $RLAIF_HOME: a folder a trigger may name
     with pytest.raises(RlaifError) as raised:
         nightly.prepare_dataset(str(config_path), {"model.policy": str(seq2seq)}, "rlaif_nightly", "manual__t5")
     assert "seq2seq model and evaluation.fluency_model is unset" in raised.value.problem
@@ -188,11 +202,11 @@ def test_a_seq2seq_policy_runs_the_nightly_stages_and_is_registered_as_pyfunc(ho
     from rlaif_tasks.models import load_model
 
     t5 = tiny_seq2seq_lm(tmp_path / "t5")
-    overrides = {
-        "model.policy": str(t5), "evaluation.fluency_model": str(tmp_path / "policy"),  # the fixture's tiny causal LM
-        "evaluation.relevance_model": None, "train.steps": 2,
-    }
-    refs = nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", "manual__t5")
+    t5_config = variant(
+        config_path, "tiny-t5.yaml", model={"policy": str(t5)},
+        evaluation={"fluency_model": str(tmp_path / "policy"), "relevance_model": None},  # the fixture's tiny causal LM
+    )
+    refs = nightly.prepare_dataset(str(t5_config), {"train.steps": 2}, "rlaif_nightly", "manual__t5")
     for stage in (nightly.baseline_eval, nightly.train, nightly.evaluate, nightly.register, nightly.promote_if_better):
         refs = stage(refs)
     result = nightly.report(refs)
@@ -230,3 +244,18 @@ def test_a_worker_that_cannot_see_the_run_folder_says_to_share_rlaif_home(home, 
     with pytest.raises(RlaifError) as raised:
         nightly.baseline_eval(refs)
     assert "is not visible on" in raised.value.problem and "RLAIF_HOME" in raised.value.fix
+
+
+def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is_made(home, config_path):
+    """Issue 20: each override no trigger may make is refused by the first stage (asset events, `rlaif nightly --set`)."""
+    from test_dag import FORBIDDEN_SETS
+
+    from rlaif_tasks.config import parse_override
+
+    for forbidden in FORBIDDEN_SETS + ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion"]:
+        key, value = parse_override(forbidden)
+        with pytest.raises(RlaifError, match=re.escape(key)):
+            nightly.prepare_dataset(str(config_path), {"train.steps": 1, key: value}, "rlaif_nightly", "manual__forbidden")
+    assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
+    refs = nightly.prepare_dataset(str(config_path), {"train.steps": 1, "reward.model": "hatesonar"}, "rlaif_nightly", "manual__allowed")
+    assert Path(refs["run_dir"]).is_dir()

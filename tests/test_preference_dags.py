@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from test_dag import FORBIDDEN_SETS
 
 from rlaif_tasks.errors import RlaifError
 
@@ -163,33 +166,84 @@ def test_trigger_forms(bag):
 # -- the plain stage functions -----------------------------------------------------------------------
 
 
-def event(path: str, timestamp: str, config: str = "/project/configs/demo.yaml", **extra) -> dict:
+def event(path: str, timestamp: str, config: str, **extra) -> dict:
     return {"extra": {"path": path, "config": config, "overrides": {"preferences.margin": 0.2}, **extra}, "timestamp": timestamp,
             "source_dag_id": PRODUCER, "source_run_id": f"manual__{timestamp}"}
 
 
-def test_a_consumer_takes_the_newest_event_and_its_form_wins():
+@pytest.fixture
+def project(tmp_path):
+    """A root folder with two run configs (the demo's) in it; pairs folders are paths under it."""
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    for name in ("demo.yaml", "other.yaml"):
+        (root / "configs" / name).write_text((ROOT / "configs" / "demo.yaml").read_text())
+    return root
+
+
+def test_a_consumer_takes_the_newest_event_and_its_form_wins(project):
     from rlaif_tasks.stages.preferences import preference_source
 
-    pattern = r"^/project/.+\.ya?ml$"
-    trigger = {"events": [event("/pairs/new", "2026-02-02T00:00:00+00:00"), event("/pairs/old", "2026-01-01T00:00:00+00:00")], "overrides": {"train.steps": 3}}
-    source = preference_source(trigger, default_config="/project/configs/demo.yaml", config_pattern=pattern)
-    assert source == {"pairs_dir": "/pairs/new", "config": "/project/configs/demo.yaml", "origin": f"{PRODUCER}/manual__2026-02-02T00:00:00+00:00",
+    pattern, roots, demo = rf"^{project}/.+\.ya?ml$", [str(project)], str(project / "configs" / "demo.yaml")
+    trigger = {"events": [event(f"{project}/pairs/new", "2026-02-02T00:00:00+00:00", demo), event(f"{project}/pairs/old", "2026-01-01T00:00:00+00:00", demo)],
+               "overrides": {"train.steps": 3}}
+    source = preference_source(trigger, default_config=demo, config_pattern=pattern, roots=roots)
+    assert source == {"pairs_dir": f"{project}/pairs/new", "config": demo, "origin": f"{PRODUCER}/manual__2026-02-02T00:00:00+00:00",
                       "overrides": {"preferences.margin": 0.2, "train.steps": 3}}
-    form = preference_source({**trigger, "pairs": "/pairs/mine", "config": "/project/other.yaml"}, default_config="x", config_pattern=pattern)
-    assert (form["pairs_dir"], form["config"], form["overrides"]) == ("/pairs/mine", "/project/other.yaml", {"train.steps": 3})
-    by_hand = preference_source({"pairs": "/pairs/mine"}, default_config="/project/configs/demo.yaml", config_pattern=pattern)
-    assert (by_hand["config"], by_hand["origin"]) == ("/project/configs/demo.yaml", "trigger form")
+    other = str(project / "configs" / "other.yaml")
+    form = preference_source({**trigger, "pairs": f"{project}/pairs/mine", "config": other}, default_config="x", config_pattern=pattern, roots=roots)
+    assert (form["pairs_dir"], form["config"], form["overrides"]) == (f"{project}/pairs/mine", other, {"train.steps": 3})
+    by_hand = preference_source({"pairs": f"{project}/pairs/mine"}, default_config=demo, config_pattern=pattern, roots=roots)
+    assert (by_hand["config"], by_hand["origin"]) == (demo, "trigger form")
 
 
-def test_a_consumer_refuses_no_pairs_and_an_events_config_outside_the_roots():
+def test_a_consumer_refuses_no_pairs_and_an_events_config_outside_the_roots(project):
     from rlaif_tasks.stages.preferences import preference_source
 
+    pattern, roots, demo = rf"^{project}/.+$", [str(project)], str(project / "configs" / "demo.yaml")
     with pytest.raises(RlaifError, match="no preferences asset event"):
-        preference_source({"events": []}, default_config="/project/a.yaml", config_pattern=r"^/project/.+$")
-    posted = {"events": [event("/pairs/x", "2026-01-01T00:00:00+00:00", config="/tmp/evil.yaml")]}  # e.g. posted through the REST API
+        preference_source({"events": []}, default_config=demo, config_pattern=pattern, roots=roots)
+    posted = {"events": [event(f"{project}/pairs/x", "2026-01-01T00:00:00+00:00", config="/tmp/evil.yaml")]}  # e.g. posted through the REST API
     with pytest.raises(RlaifError, match="not one a run may read"):
-        preference_source(posted, default_config="/project/a.yaml", config_pattern=r"^/project/.+$")
+        preference_source(posted, default_config=demo, config_pattern=pattern, roots=roots)
+
+
+@pytest.mark.parametrize("forbidden", FORBIDDEN_SETS)
+def test_an_asset_event_that_would_switch_off_the_gate_or_reach_a_secret_is_refused(project, forbidden):
+    """Issue 20: anyone allowed to post an asset event could write its overrides; the consumer refuses them as a form's."""
+    from rlaif_tasks.config import parse_override
+    from rlaif_tasks.stages.preferences import preference_source
+
+    demo = str(project / "configs" / "demo.yaml")
+    key, value = parse_override(forbidden)
+    posted = {"events": [event(f"{project}/pairs/x", "2026-01-01T00:00:00+00:00", demo, overrides={key: value})]}
+    with pytest.raises(RlaifError, match=re.escape(key)):
+        preference_source(posted, default_config=demo, config_pattern=rf"^{project}/.+$", roots=[str(project)])
+    elsewhere = {"events": [event("/etc/ssl/private", "2026-01-01T00:00:00+00:00", demo)]}
+    with pytest.raises(RlaifError, match="pairs folder '/etc/ssl/private'"):
+        preference_source(elsewhere, default_config=demo, config_pattern=rf"^{project}/.+$", roots=[str(project)])
+
+
+def test_a_forbidden_event_fails_the_first_task_before_the_mlflow_connection_is_read(bag, project, monkeypatch):
+    """dpo_alignment's first task checks the event before run_stage reads the MLflow connection (a secret) into the process."""
+    import rlaif_tasks.orchestration as orchestration
+
+    task = bag.dags[DPO].get_task("prepare_dataset")
+    module = sys.modules[task.python_callable.__module__]
+    demo = str(project / "configs" / "demo.yaml")
+    posted = SimpleNamespace(extra={"path": f"{project}/pairs/x", "config": demo, "overrides": {"tracking.tracking_uri": "http://elsewhere:5000"}},
+                             timestamp=datetime(2026, 1, 1, tzinfo=timezone.utc), source_dag_id="rest-api", source_run_id=None)
+    context = {"triggering_asset_events": {orchestration.PREFERENCES: [posted]}, "params": {"pairs": None, "config": None, "set": []},
+               "dag": bag.dags[DPO], "run_id": "asset_triggered__1", "logical_date": None,
+               "dag_run": SimpleNamespace(run_after=datetime(2026, 1, 1, tzinfo=timezone.utc))}
+    secrets_read = []
+    monkeypatch.setattr(module, "get_current_context", lambda: context)
+    monkeypatch.setattr(orchestration, "use_mlflow_connection", lambda: secrets_read.append("mlflow connection"))
+    monkeypatch.setattr(module, "CONFIG_PATTERN", rf"^{project}/.+$")
+    monkeypatch.setattr(module, "ROOTS", [str(project)])
+    with pytest.raises(RlaifError, match=r"tracking.tracking_uri"):
+        task.python_callable()
+    assert secrets_read == []
 
 
 def test_the_human_import_path_reads_the_produced_pairs_with_their_extra_columns(tmp_path):

@@ -93,12 +93,15 @@ def test_a_registered_model_resolves_in_the_store_the_config_names(home, config_
     from rlaif_tasks.rewards.reward_model import RewardModelBackend
 
     store = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    overrides = {"tracking.tracking_uri": store, "tracking.artifact_location": str(tmp_path / "elsewhere-artifacts")}
-    nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", "manual__store")  # creates that store's tables
+    config = yaml.safe_load(config_path.read_text())
+    config["tracking"] = {"tracking_uri": store, "artifact_location": str(tmp_path / "elsewhere-artifacts")}
+    elsewhere = config_path.with_name("elsewhere.yaml")  # the store is the operator's to name, never a trigger's
+    elsewhere.write_text(yaml.safe_dump(config))
+    nightly.prepare_dataset(str(elsewhere), {}, "rlaif_nightly", "manual__store")  # creates that store's tables
     client = MlflowClient(store, registry_uri=store)
     assert _register_reward_model(client, tmp_path / "rm1", seed=1) == "1"
 
-    refs = nightly.prepare_dataset(str(config_path), {**overrides, "reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__first")
+    refs = nightly.prepare_dataset(str(elsewhere), {"reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__first")
     config = load_config(f"{refs['run_dir']}/config.yaml")
     assert config.reward.model == f"models:/{NAME}/1"
     assert client.get_run(refs["mlflow_run_id"]).data.tags[TAG_REWARD_MODEL] == f"models:/{NAME}/1"

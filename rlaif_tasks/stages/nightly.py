@@ -25,10 +25,11 @@ from typing import Any
 
 from rlaif_tasks import registry, tracking
 from rlaif_tasks.atomic import write_json
-from rlaif_tasks.config import load_config, open_run_dir
+from rlaif_tasks.config import config_roots, load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.models import model_kind, registry_spec
+from rlaif_tasks.overrides import check_trigger_overrides
 from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
 from rlaif_tasks.stores import use_tracking_uri
 from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
@@ -60,17 +61,22 @@ def _log_evaluation(client, config, run_id: str, run_dir: Path, label: str, *, t
 
 
 def prepare_dataset(
-    config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *, own_folder: bool = False
+    config_path: str | None, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *,
+    own_folder: bool = False, internal: dict | None = None,
 ) -> dict:
     """Load the config, fix this DAG run's folder and seed, prepare the prompts and find-or-create the MLflow run.
 
+    `overrides` come from a trigger (a form, an asset event, `rlaif nightly --set`): each must be one the
+    config's orchestration.trigger_overrides allows, checked before anything is read or connected.
+    `internal` are settings a stage adds itself (dpo_alignment's algorithm and pairs), not checked.
     An unpinned `seed` derives from the DAG run's logical date: each night trains anew, a retry repeats its night.
     `own_folder` puts the run folder under the DAG id (the preference DAGs: stages/common.run_folder).
     """
     from rlaif_tasks.data import read_manifest
     from rlaif_tasks.stages.local import prepare_dataset as prepare_prompts
 
-    config = load_config(config_path, dict(overrides or {}))
+    check_trigger_overrides(load_config(config_path), dict(overrides or {}), config_roots())
+    config = load_config(config_path, {**(overrides or {}), **(internal or {})})
     use_tracking_uri(config.tracking.tracking_uri)  # a models:/ policy or reward resolves in the run's store
     if not config.tracking.enabled:
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")

@@ -22,8 +22,9 @@ import re
 from pathlib import Path
 
 from rlaif_tasks import registry, tracking
-from rlaif_tasks.config import RunConfig, load_config
+from rlaif_tasks.config import RunConfig, config_roots, load_config
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.overrides import check_trigger_overrides
 from rlaif_tasks.rewards.reward_model import SUMMARY_FILE
 from rlaif_tasks.stages import nightly
 from rlaif_tasks.stages.common import connect, finish_run, load_run
@@ -43,21 +44,24 @@ def reward_model_name(config: RunConfig) -> str:
 # -- producer: ai_feedback_preferences --------------------------------------------------------------
 
 
-def prepare(config_path: str, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *, asset_config: str | None = None) -> dict:
+def prepare(
+    config_path: str, overrides: dict, dag_id: str, dag_run_id: str, logical_date: str | None = None, *,
+    asset_config: str | None = None, internal: dict | None = None,
+) -> dict:
     """nightly.prepare_dataset in this DAG's own folder; remembers the config and overrides the consumers reuse.
 
     `asset_config` is the config name of the preferences asset the DAG publishes to: pairs built with a
-    config of another name would be announced as that config's, so such a config is refused.
+    config of another name would be announced as that config's, so such a config is refused. `overrides`
+    come from a trigger and are checked (nightly.prepare_dataset); `internal` are this module's own settings.
     """
-
     overrides = dict(overrides or {})
-    config = load_config(config_path, overrides)
+    config = load_config(config_path)  # `name` is no key a trigger may set
     if asset_config is not None and config.name != asset_config:
         raise RlaifError(
             f"the config {config_path} is named {config.name!r}; this DAG publishes the preferences asset of {asset_config!r}",
             f"trigger with a config named {asset_config!r}, or run the DAG processor with RLAIF_DAG_CONFIG naming {config_path}",
         )
-    refs = nightly.prepare_dataset(config_path, overrides, dag_id, dag_run_id, logical_date, own_folder=True)
+    refs = nightly.prepare_dataset(config_path, overrides, dag_id, dag_run_id, logical_date, own_folder=True, internal=internal)
     return {**refs, "config": config_path, "overrides": overrides}
 
 
@@ -92,11 +96,14 @@ def build_preferences(refs: dict) -> dict:
 # -- consumers: where their pairs and config come from ---------------------------------------------
 
 
-def preference_source(trigger: dict, *, default_config: str, config_pattern: str) -> dict:
+def preference_source(trigger: dict, *, default_config: str, config_pattern: str, roots: list[str] | None = None) -> dict:
     """Pairs folder, config and overrides for a consumer run: its trigger form's, else the newest event's.
 
     `trigger` holds `events` (each with `extra`, `timestamp`, `source_dag_id`, `source_run_id`), and the
     form's `pairs`, `config` (None: from the event) and `overrides`, which apply on top of the event's.
+    Anyone allowed to post an asset event could write one, so it is checked like a trigger form: the
+    config under the roots, the overrides against that config's orchestration.trigger_overrides, the
+    pairs folder under `roots` (default: config_roots()). No MLflow, no secret: the DAGs call it first.
     """
     events = sorted(trigger.get("events") or [], key=lambda e: str(e.get("timestamp")))
     newest = events[-1] if events else {}
@@ -116,9 +123,22 @@ def preference_source(trigger: dict, *, default_config: str, config_pattern: str
         )
     from_event = {} if trigger.get("config") else dict(extra.get("overrides") or {})
     origin = f"{newest.get('source_dag_id')}/{newest.get('source_run_id')}" if newest else "trigger form"
+    roots = config_roots() if roots is None else roots
+    overrides = {**from_event, **(trigger.get("overrides") or {})}
+    check_trigger_overrides(load_config(config), overrides, roots, origin=f"the preferences event from {origin}" if newest else "this DAG run's form")
+    if not _under(str(pairs_dir), roots):
+        raise RlaifError(
+            f"the pairs folder {pairs_dir!r} named by {origin} is not under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS",
+            "publish preferences with ai_feedback_preferences, or name a folder under one of those roots",
+        )
     if len(events) > 1:
         log.info("%d preference events triggered this run; using the newest, from %s", len(events), origin)
-    return {"pairs_dir": str(pairs_dir), "config": config, "overrides": {**from_event, **(trigger.get("overrides") or {})}, "origin": origin}
+    return {"pairs_dir": str(pairs_dir), "config": config, "overrides": overrides, "origin": origin}
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    """An absolute path below one of `roots`, with no `..` segment."""
+    return Path(path).is_absolute() and ".." not in Path(path).parts and any(path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
 def _checked_pairs(source: dict) -> dict:
@@ -242,7 +262,7 @@ def prepare_dpo(source: dict, dag_id: str, dag_run_id: str, logical_date: str | 
     from rlaif_tasks.preferences.ai_feedback import PAIRS_FILE
 
     manifest = _checked_pairs(source)
-    overrides = {**source["overrides"], "train.algorithm": "dpo", "preferences.source": str(Path(source["pairs_dir"]) / PAIRS_FILE)}
-    refs = prepare(source["config"], overrides, dag_id, dag_run_id, logical_date)
+    internal = {"train.algorithm": "dpo", "preferences.source": str(Path(source["pairs_dir"]) / PAIRS_FILE)}
+    refs = prepare(source["config"], source["overrides"], dag_id, dag_run_id, logical_date, internal=internal)
     _tag_source(refs, source, manifest)
     return {k: v for k, v in refs.items() if k not in ("config", "overrides")}  # the run folder's config.yaml has them

@@ -1,0 +1,77 @@
+"""What a trigger may change: the config's `orchestration.trigger_overrides`, and safe values for the model keys.
+
+In Airflow, who may trigger a DAG (or post an asset event) is a much larger group than who may edit
+its config file or its connections. So a trigger's overrides are checked against the allowlist of
+the config they apply to, twice: by the trigger form's JSON schema (`set_item_pattern`,
+`model_value_pattern`: the REST API answers 400 and no DAG run exists) and by the first stage
+(`check_trigger_overrides`), which also sees asset events and `rlaif nightly --set`. A key that decides
+trust (config.TRUST_KEYS) cannot be allowed at all.
+
+`model.policy` and `reward.model` load code and weights, so their values are limited too: a bundled
+name, this project's registered models (`models:/<registered model>` or its `-reward` model, by alias
+or version), or an absolute folder under a configured root (the project, $RLAIF_HOME,
+$RLAIF_CONFIG_DIRS). Not a hub id (it could name any repository) and not `python:module:function`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+from rlaif_tasks.config import RunConfig, is_trust_key, pattern_escape
+from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models.bundled import BUNDLED_MODELS
+
+MODEL_KEYS = ("model.policy", "reward.model")
+JUDGE_NAMES = ("llm-judge", "composite")
+"""Reward names whose settings (endpoint, key, parts) come from the config file, so naming them is safe."""
+
+
+def registered_names(config: RunConfig) -> list[str]:
+    """This project's registered models: the policy and the reward model trained on its pairs."""
+    policy = config.tracking.registered_model.format(name=config.name)
+    return [policy, f"{policy}-reward"]
+
+
+def model_value_pattern(config: RunConfig, roots: Iterable[str]) -> str:
+    """An unanchored ECMA/Python regex for the values `model.policy` and `reward.model` may take from a trigger."""
+    names = [pattern_escape(n) for n in (*BUNDLED_MODELS, *JUDGE_NAMES)]
+    registry = r"models:/(?:" + "|".join(pattern_escape(n) for n in registered_names(config)) + r")(?:@[A-Za-z0-9_-]+|/[0-9]+)"
+    folders = r"(?!(?:.*/)?\.\.(?:/|$))(?:" + "|".join(f"{pattern_escape(r.rstrip('/'))}/[^\\x00-\\x1f]+" for r in roots) + ")"
+    return "(?:" + "|".join([*names, registry, folders]) + ")"
+
+
+def set_item_pattern(config: RunConfig, roots: Iterable[str]) -> str:
+    """A JSON-schema `pattern` for one `key=value` line of a trigger form's `set`: allowed keys only, safe model values."""
+    roots = list(roots)
+    plain = [pattern_escape(k) for k in config.orchestration.trigger_overrides if k not in MODEL_KEYS]
+    models = [pattern_escape(k) for k in config.orchestration.trigger_overrides if k in MODEL_KEYS]
+    forms = []
+    if plain:
+        forms.append(r"\s*(?:" + "|".join(plain) + r")\s*=[^\x00-\x1f]*")
+    if models:
+        forms.append(r"\s*(?:" + "|".join(models) + r")\s*=\s*" + model_value_pattern(config, roots) + r"\s*")
+    forms.append(r"\s*")  # an empty line is ignored, as `set` has always done
+    return "^(?:" + "|".join(forms) + ")$"
+
+
+def check_trigger_overrides(config: RunConfig, overrides: Mapping[str, Any], roots: Iterable[str], *, origin: str = "the trigger") -> None:
+    """Refuse any override `config` does not let a trigger make, naming the key and where a change belongs instead."""
+    allowed = set(config.orchestration.trigger_overrides)
+    refused = sorted(key for key in overrides if key not in allowed)
+    if refused:
+        trust = [key for key in refused if is_trust_key(key)]
+        raise RlaifError(
+            f"{origin} sets {refused}, which the config {config.name!r} does not let a trigger change"
+            + (f" ({trust} decide trust: gates, stores, judges, code or files)" if trust else ""),
+            "put the change in the operator's config file (or a new config under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS), "
+            "or, for a harmless key, add it to orchestration.trigger_overrides",
+        )
+    value_pattern = re.compile(model_value_pattern(config, list(roots)))
+    for key in MODEL_KEYS:
+        if key in overrides and overrides[key] is not None and not value_pattern.fullmatch(str(overrides[key]).strip()):
+            raise RlaifError(
+                f"{origin} sets {key}={overrides[key]!r}, which is not a bundled model, a registered model of this project "
+                f"({', '.join(registered_names(config))}) or a folder under the configured roots",
+                "name one of those, or put a hub id or any other source in the config file",
+            )
