@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlaif_tasks import registry
+from rlaif_tasks import registry, retention
 from rlaif_tasks.config import RunConfig, load_config, parse_override
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import BUNDLED_MODELS
@@ -132,7 +132,6 @@ def _model_name(args) -> str:
 
 def cmd_registry_show(args) -> int:
     """Aliases and versions of a registered policy."""
-
     info = registry.describe(_model_name(args), config=_config(args))
     print(json.dumps(info, indent=2) if args.json else registry.format_description(info))
     return 0
@@ -140,7 +139,6 @@ def cmd_registry_show(args) -> int:
 
 def cmd_registry_promote(args) -> int:
     """Make a version the champion by hand (the gate is not consulted)."""
-
     result = registry.promote(args.name, args.version, config=_config(args))
     if result["changed"]:
         print(f"{result['name']}: version {result['champion']} is the champion (previous: {result['previous'] or 'none'})")
@@ -151,7 +149,6 @@ def cmd_registry_promote(args) -> int:
 
 def cmd_registry_rollback(args) -> int:
     """Restore the previous champion."""
-
     result = registry.rollback(_model_name(args), config=_config(args))
     print(
         f"{result['name']}: version {result['champion']} is the champion again; version {result['rolled_back']} has alias rolled_back"
@@ -162,10 +159,21 @@ def cmd_registry_rollback(args) -> int:
 
 def cmd_nightly(args) -> int:
     """The nightly DAG's stages in one process: data, baseline, training, evaluation, registration, gate."""
-
     overrides = dict(parse_override(o) for o in args.overrides)
     result = run_all(args.config, overrides, dag_id=args.dag_id, dag_run_id=args.dag_run_id)
     print(result["text"])
+    return 0
+
+
+def cmd_gc(args) -> int:
+    """Delete what retention no longer keeps: expired registered versions with their artefacts, old run folders, cached downloads."""
+    result = retention.collect_garbage(_config(args), dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for name, versions in result["expire_versions"].items():
+        print(f"{name}: {verb} versions {', '.join(versions) or 'none'}; kept {', '.join(result['keep_versions'][name])}")
+    print(f"run folders {verb}: {len(result['run_folders'])}; cached downloads {verb}: {len(result['cache'])}")
+    if not args.dry_run:
+        print(f"freed {result['freed_bytes'] / 1e6:.1f} MB on this machine")
     return 0
 
 
@@ -205,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--dag-id", default="rlaif_nightly", help="recorded as the MLflow run's rlaif.dag_id tag")
     nightly.add_argument("--dag-run-id", help="reuse a run id to resume that run (default: manual__<UTC time>)")
     nightly.set_defaults(fn=cmd_nightly)
+
+    gc = sub.add_parser("gc", parents=[common], help="delete expired registered versions (and their artefacts), old run folders and cached models")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    gc.set_defaults(fn=cmd_gc)
 
     reg = sub.add_parser("registry", help="registered policies and their aliases (champion, challenger, previous)").add_subparsers(dest="action", required=True)
     show = reg.add_parser("show", parents=[common], help="aliases and versions of a registered model")

@@ -229,7 +229,7 @@ TRIGGER_OVERRIDES = (
 TRUST_KEYS = (
     "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
     "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
-    "evaluation.extra_sets", "data.source", "preferences.source", "name",
+    "evaluation.extra_sets", "data.source", "preferences.source", "name", "retention",
 )
 """Keys (and sections) that decide what is trusted, where secrets go or what code and files are read: the operator's file only."""
 
@@ -295,6 +295,23 @@ class OrchestrationConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """What a year of nights may keep on disk (`rlaif gc`, the rlaif_maintenance DAG, the register stage)."""
+
+    keep_challengers: int = 3
+    """Registered versions kept besides `champion`, `previous` and `challenger`: the newest N others (e.g. rejected ones).
+    Older versions are deleted from the registry together with their MLflow artefacts."""
+    run_folder_days: float = 14.0
+    """Run folders untouched for longer are deleted, except those of the versions kept."""
+    delete_checkpoints: bool = True
+    """Delete a run's training checkpoints (and damaged `broken-*` ones) once its policy is registered."""
+    registry_cache_versions: int = 3
+    """Downloaded registered versions kept in the model cache per registered model, besides the kept aliases' versions."""
+    min_free_gb: float = 2.0
+    """A night refuses to start with less free disk than this under its run folder: early, with the fix, not at ENOSPC."""
+
+
+@dataclass
 class RunConfig:
     """Everything one alignment run needs; one YAML file on disk."""
 
@@ -314,6 +331,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def training_seed(self) -> int:
@@ -498,6 +516,9 @@ def validate(config: RunConfig) -> None:
         raise RlaifError(f"orchestration.trigger_overrides names no config field: {unknown_keys}", "list dotted keys such as train.steps")
     if o.dagrun_timeout_minutes <= 0 or o.max_active_runs < 1:
         raise RlaifError("orchestration.dagrun_timeout_minutes must be > 0 and orchestration.max_active_runs >= 1", "raise the value")
+    r = config.retention
+    if r.keep_challengers < 0 or r.run_folder_days < 0 or r.registry_cache_versions < 0 or r.min_free_gb < 0:
+        raise RlaifError("retention.keep_challengers, run_folder_days, registry_cache_versions and min_free_gb must be >= 0", "set them to 0 or more")
     if d.min_prompt_tokens > d.max_prompt_tokens:
         raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")
 

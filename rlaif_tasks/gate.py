@@ -108,7 +108,6 @@ def compare_judges(reference: "pd.DataFrame", challenger: "pd.DataFrame", judges
 
 def compare_quality(base: dict, challenger: dict) -> dict:
     """The challenger's quality measures next to the base policy's, as the ratios and differences the budgets read."""
-
     def ratio(key: str) -> float:
         a, b = challenger.get(key, math.nan), base.get(key, math.nan)
         return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan

@@ -257,7 +257,8 @@ def create_version(
             raise
     run_tags = client.get_run(run_id).data.tags
     version_tags = {k: v for k, v in run_tags.items() if k.startswith(TAG_PREFIX)} | dict(tags or {})
-    return client.create_model_version(name, source=source, run_id=run_id, tags=version_tags, model_id=model_id, description=description)
+    extra = {"model_id": model_id} if model_id else {}  # MLflow refuses model_id=None
+    return client.create_model_version(name, source=source, run_id=run_id, tags=version_tags, description=description, **extra)
 
 
 def _set_challenger(client: "MlflowClient", name: str, version: str) -> None:

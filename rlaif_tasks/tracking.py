@@ -136,7 +136,6 @@ def eval_settings_hash(config: RunConfig) -> str:
 
 def judge_fingerprints(config: RunConfig) -> dict[str, str | None]:
     """Each evaluation judge's resolved revision (models/fingerprint.py): equal names can be different models."""
-
     return {j.display_name: fingerprint(j.model) for j in config.evaluation.judges}
 
 
@@ -160,7 +159,6 @@ def run_key(dag_id: str, dag_run_id: str) -> str:
 
 def code_version() -> str:
     """The git commit of the source tree (with `-dirty` when it has local changes), else the package version."""
-
     repo = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)

@@ -36,7 +36,6 @@ def load_judges(config: RunConfig):
 
 def load_quality_models(config: RunConfig, policy=None):
     """The fluency LM (evaluation.fluency_model, else the base policy: `policy` when it is the base) and the relevance encoder."""
-
     e = config.evaluation
     fluency = policy if (policy is not None and e.fluency_model is None) else load_policy(config, e.fluency_model or config.model.policy)
     encoder = SentenceEncoder(e.relevance_model, device=resolve_device(config.device)) if e.relevance_model else None

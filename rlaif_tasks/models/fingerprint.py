@@ -33,7 +33,6 @@ from rlaif_tasks.models.hub import describe_spec
 
 def fingerprint(spec: str) -> str | None:
     """The resolved revision of a model spec; None when it cannot be told offline."""
-
     if registry_spec.is_registry_spec(spec):  # before describe_spec, which would download the version
         mv = registry_spec.resolve(spec)
         return f"models:/{mv.name}/{mv.version} model_id={mv.model_id}"

@@ -138,7 +138,6 @@ def load_tokenizer():
 
 def load(dtype: Any = "float32", device: str = "cpu") -> LoadedModel:
     """SmolLM2-135M-Instruct as a causal LM with a left-padding tokenizer."""
-
     folder = ensure_converted()
     info = SpecInfo(spec=NAME, source="local", location=str(folder), kind="causal-lm")
     return load_hf(info, "causal-lm", dtype=dtype, device=device)

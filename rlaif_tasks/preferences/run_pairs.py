@@ -26,7 +26,6 @@ def preference_pairs(config: RunConfig, run_dir: Path, split) -> "pd.DataFrame":
 
 def run_pairs(config: RunConfig, run_dir: Path, split) -> tuple["pd.DataFrame", dict]:
     """`preference_pairs` with the manifest that describes them."""
-
     out = run_dir / "preferences"
     if (out / "pairs.parquet").is_file():
         return read_preferences(out)
@@ -40,7 +39,6 @@ def run_pairs(config: RunConfig, run_dir: Path, split) -> tuple["pd.DataFrame", 
 
 def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Path, seed: int) -> tuple["pd.DataFrame", dict]:
     """Pairs from `policy_path`'s own samples on `split`, labelled by `reward`, written to `out` (read back if there), with their manifest."""
-
     if (out / "pairs.parquet").is_file():
         return read_preferences(out)
     m, p = config.model, config.preferences

@@ -70,7 +70,6 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
 
 def _reward_model_folder(spec: str) -> Path | None:
     """The folder of a trained reward model (reward_model.json beside the weights), local or registered (`models:/NAME/N`)."""
-
     folder = registry_spec.local_folder(spec) if registry_spec.is_registry_spec(spec) else Path(spec)
     return folder if (folder / "reward_model.json").is_file() else None
 

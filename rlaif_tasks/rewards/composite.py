@@ -133,7 +133,6 @@ def _column_name(name: str) -> str:
 
 def length_penalty(responses: Sequence[str], target_words: int) -> list[float]:
     """0 up to `target_words` words, then minus the excess as a fraction of the target."""
-
     return [-max(0, len(words(r)) - target_words) / target_words for r in responses]
 
 

@@ -39,7 +39,6 @@ def prepare_dataset(config: RunConfig) -> Path:
 
 def train_policy(config: RunConfig) -> Path:
     """Train the policy with the configured algorithm; returns the folder of the trained model."""
-
     return train(config, open_run_dir(config))
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaif_tasks import registry, tracking
+from rlaif_tasks import registry, retention, tracking
 from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import config_roots, load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
@@ -96,6 +96,7 @@ def prepare_dataset(
         logical_date = logical_date or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         config.seed, seed_source = seed_for_logical_date(logical_date), f"logical date {logical_date}"
     run_dir = run_folder(config, dag_run_id, dag_id=dag_id if own_folder else None)
+    retention.check_free_space(config, run_dir)
     config.run_dir = str(run_dir)
     requested_reward = config.reward.model
     config.reward.model = _pinned_reward_model(requested_reward)
@@ -165,7 +166,6 @@ def _require_a_causal_fluency_model(config) -> None:
 
 def _pinned_reward_model(spec: str) -> str:
     """A registered reward model named by alias becomes the version the alias names now, so every stage scores alike."""
-
     if not registry_spec.is_registry_spec(spec):
         return spec
     try:
@@ -177,7 +177,6 @@ def _pinned_reward_model(spec: str) -> str:
 
 def _same_registered_model(requested: str, earlier: str) -> str | None:
     """`earlier` when it is a version of the registered model `requested` names (what a retry must keep)."""
-
     if registry_spec.is_registry_spec(earlier) and registry_spec.parse(earlier)[0] == registry_spec.parse(requested)[0]:
         return earlier
     return None
@@ -196,7 +195,6 @@ def baseline_eval(refs: dict) -> dict:
 
 def train(refs: dict) -> dict:
     """Train the policy (resuming from checkpoints; skipped when train/final exists); logs per-step metrics."""
-
     config, run_dir = load_run(refs)
     client = connect(config)
     logger = tracking.TrainingMetricsLogger(client, refs["mlflow_run_id"])
@@ -242,10 +240,13 @@ def evaluate(refs: dict) -> dict:
 
 
 def register(refs: dict) -> dict:
-    """Log the trained policy to MLflow and register it (alias `challenger`); once per MLflow run."""
+    """Log the trained policy to MLflow and register it (alias `challenger`); once per MLflow run.
 
-    config, _ = load_run(refs)
+    Its checkpoints are deleted then (retention.delete_checkpoints): the registered version is the copy that matters.
+    """
+    config, run_dir = load_run(refs)
     version = registry.register_policy(config, refs["mlflow_run_id"], refs["model_dir"], client=connect(config))
+    retention.drop_checkpoints(config, run_dir)
     return {**refs, "model_name": version["name"], "model_version": version["version"]}
 
 

@@ -220,7 +220,6 @@ def register_reward_model(refs: dict) -> dict:
     logged as the run's artefacts, not as an MLflow flavour, and the version's source is that folder.
     Returns the refs, the version and `event`: the reward-model asset event's extra.
     """
-
     config, _ = load_run(refs)
     client, run_id = connect(config), refs["mlflow_run_id"]
     name, folder = reward_model_name(config), Path(refs["reward_model_dir"])

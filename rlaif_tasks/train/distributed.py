@@ -59,7 +59,6 @@ def launch_command(config: RunConfig, run_dir: Path, config_path: Path) -> list[
 
 def launch_env(config: RunConfig) -> dict[str, str]:
     """The workers' environment: unbuffered output, CPU threads split between them, our import path."""
-
     env = {**os.environ, "PYTHONUNBUFFERED": "1", MARKERS_ENV: "1"}
     if resolve_device(config.device) == "cpu" and "OMP_NUM_THREADS" not in env:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -80,7 +79,6 @@ def launch(config: RunConfig, run_dir: str | Path, on_step: Callable[[dict], Non
     own problem and fix, when they raised one). If this process is interrupted (Ctrl-C, an Airflow
     timeout), the workers are stopped too.
     """
-
     run_dir = Path(run_dir)
     n = config.train.num_processes
     check_batch_split(config.train, n)
@@ -133,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     Run by `accelerate launch` (or torchrun) on every rank; trains on RUN_DIR's prepared train split.
     The launched process count wins over `train.num_processes`, so a hand-written launch just works.
     """
-
     parser = argparse.ArgumentParser(prog="python -m rlaif_tasks.train.distributed", description=main.__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--config", type=Path, help="run config (default: RUN_DIR/config.yaml)")

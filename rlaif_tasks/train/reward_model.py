@@ -71,7 +71,6 @@ def split_pairs(pairs: pd.DataFrame, eval_share: float, seed: int) -> tuple[pd.D
 
 def hf_location(spec: str) -> str:
     """Where transformers can load `spec` from; a bundled name is loaded once, which converts it into a cached folder."""
-
     info = describe_spec(spec)
     if info.source != "bundled":
         return info.location
