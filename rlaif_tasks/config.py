@@ -204,6 +204,10 @@ class PreferenceConfig:
     column_mapping: dict[str, str] = field(default_factory=dict)
     """Human pairs: renames to prompt/chosen/rejected, e.g. {"question": "prompt"}."""
     max_chars: int = 4000
+    max_rows: int = 200_000
+    """Human pairs: a source with more rows is refused before validation (a pasted dump is not a preference set)."""
+    max_file_mb: float = 512.0
+    """Human pairs: a local file larger than this is refused before it is read into memory."""
 
 
 @dataclass

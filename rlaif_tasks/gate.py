@@ -41,7 +41,7 @@ from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.kl import sampled_token_kl
 from rlaif_tasks.evaluation.toxicity import read_evaluation
 from rlaif_tasks.models import load_model, resolve_device
-from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES
+from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -283,10 +283,27 @@ def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path
     log.info("evaluating %s version %s on this run's test prompts", name, version)
     with tempfile.TemporaryDirectory(prefix="rlaif-champion-") as tmp:
         folder = registry.download_policy(client, name, version, tmp)
+        _check_weights(client, name, version, folder)
         champion = load_model(str(folder), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
         evaluation = evaluate_policy(champion.model, champion.tokenizer, load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation)
     write_evaluation(evaluation, run_dir / "eval", label)
     return path
+
+
+def _check_weights(client: "MlflowClient", name: str, version: str, folder: Path) -> None:
+    """The downloaded champion holds the weights its version was registered with (rlaif.weights_sha256), or a clear error."""
+    recorded = client.get_model_version(name, version).tags.get(TAG_WEIGHTS)
+    try:
+        found = registry.weights_sha256(folder) if recorded else None
+    except Exception as exc:  # a truncated or garbled safetensors file
+        found = f"unreadable ({type(exc).__name__}: {exc})"
+    if recorded and found != recorded:
+        raise RlaifError(
+            f"the champion {name} version {version} in the registry is damaged: its weights are {found[:60]}, "
+            f"registered as {recorded[:12]}; the gate will not compare tonight's model with it",
+            f"restore the artefact from a backup, or move `champion` to a sound version (`rlaif registry rollback {name}` or "
+            f"`rlaif registry promote {name} VERSION`), then clear promote_if_better",
+        )
 
 
 COMPARABLE_TAGS = (TAG_DATASET, TAG_EVAL_SETTINGS, TAG_CODE_VERSION, TAG_JUDGES)
@@ -326,9 +343,17 @@ def _stored_samples(client: "MlflowClient", champion_run_id: str, into: Path) ->
 
     into.mkdir(parents=True, exist_ok=True)
     try:
-        return pd.read_parquet(client.download_artifacts(champion_run_id, SAMPLES_ARTIFACT, str(into)))
+        samples = pd.read_parquet(client.download_artifacts(champion_run_id, SAMPLES_ARTIFACT, str(into)))
     except (MlflowException, OSError):
         return None
+    except ValueError as exc:  # pyarrow's ArrowInvalid: a damaged file is re-evaluated, never compared as if it were the base's
+        log.warning("the champion's %s in MLflow run %s cannot be read (%s); evaluating the champion again", SAMPLES_ARTIFACT, champion_run_id, exc)
+        return None
+    missing = {"prompt_id"} - set(samples.columns)
+    if missing or samples.empty:
+        log.warning("the champion's %s in MLflow run %s lacks %s; evaluating the champion again", SAMPLES_ARTIFACT, champion_run_id, sorted(missing) or "rows")
+        return None
+    return samples
 
 
 def _differences(mine: dict, theirs: dict) -> list[str]:

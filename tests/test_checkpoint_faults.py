@@ -163,3 +163,38 @@ def test_a_refusal_is_not_damage_and_a_half_load_is_not_trained_on(tmp_path, cap
     assert ckpt.resume_newest(found, fail_midway, main=False, load_changes_model=False) is None
     assert (tmp_path / "step-2").is_dir(), "only the main process renames"
     assert ckpt.quarantine(tmp_path / "step-2").name == "broken-step-2.2"
+
+
+class _RunsCode:
+    """A pickle that would create a file when loaded: what a tampered rng.pt could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_rng_state_is_json_and_a_pickled_one_is_never_loaded(tmp_path, caplog):
+    """Issue 20: checkpoint RNG state without pickle; the JSON round trip restores every generator bit for bit."""
+    import random
+
+    import numpy as np
+
+    policy, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(list(policy.parameters()) + list(head.parameters()), lr=0.1)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    ckpt.save_checkpoint(tmp_path, 1, policy=policy, value_head=head, optimizer=optimizer, state={"step": 1})
+    saved = tmp_path / "step-1"
+    assert (saved / "rng.json").is_file() and not list(saved.glob("rng*.pt"))
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    ckpt.load_checkpoint(saved, policy=policy, value_head=head, optimizer=optimizer)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+    (saved / "rng.json").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"python": _RunsCode(marker)}, saved / "rng.pt")  # an old-format (or tampered) state
+    with caplog.at_level(logging.WARNING):
+        ckpt.load_checkpoint(saved, policy=policy, value_head=head, optimizer=optimizer)
+    assert not marker.exists() and "not loaded" in caplog.text

@@ -88,7 +88,7 @@ def test_ppo_in_two_processes_matches_one_process_and_only_rank_0_writes(causal_
     assert rows2 == seen
     checkpoints = run2 / "train" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-2", "step-3"]
-    assert {"rng.pt", "rng-rank1.pt"} <= {p.name for p in (checkpoints / "step-3").iterdir()}  # each rank's RNG state
+    assert {"rng.json", "rng-rank1.json"} <= {p.name for p in (checkpoints / "step-3").iterdir()}  # each rank's RNG state
     assert json.loads((checkpoints / "step-3" / "trainer_state.json").read_text())["world_size"] == 2
     for step in (2, 3):
         assert output.count(f"saved checkpoint {checkpoints / f'step-{step}'}") == 1

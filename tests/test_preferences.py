@@ -94,6 +94,18 @@ def test_max_chars_counts_prompt_plus_each_response(tmp_path):
     assert dropped_rows(report) == {"too_long": [1]}
 
 
+def test_an_import_over_its_size_or_row_limit_is_refused_before_validation(tmp_path):
+    """Issue 20: preferences.max_file_mb and max_rows bound what a human import may make a night read."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "c", "rejected": "r"}) + "\n" for i in range(50)))
+    pairs, _ = load_human_preferences(path, max_rows=50)
+    assert len(pairs) == 50
+    with pytest.raises(RlaifError, match="has 50 rows, over preferences.max_rows=49"):
+        load_human_preferences(path, max_rows=49)
+    with pytest.raises(RlaifError, match="over preferences.max_file_mb=0.001"):
+        load_human_preferences(path, max_file_mb=0.001)
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_latin1_file_is_reported_not_crashing(tmp_path, suffix):
     rows = [{"prompt": "Café?", "chosen": "Oui.", "rejected": "Non."}, {"prompt": "Tea?", "chosen": "Yes.", "rejected": "No."}]

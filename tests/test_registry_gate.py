@@ -670,3 +670,39 @@ def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, pr
     assert registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}
     again = nightly.promote_if_better(refs)  # and once more: already done, nothing moves
     assert again["promoted"] and registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}
+
+
+def test_a_damaged_champion_samples_file_is_evaluated_again_not_compared_as_the_base(champion, models, prompts_file, store, tmp_path, caplog):
+    """Issue 20: before, pyarrow's ArrowInvalid escaped the gate; now the champion is evaluated on tonight's prompts."""
+    client = tracking.connect(make_config("compare", models, prompts_file, store, tmp_path / "probe"))
+    stored = Path(client.get_run(champion["run_id"]).info.artifact_uri.removeprefix("file://")) / "eval" / "final_samples.parquet"
+    sound = stored.read_bytes()
+    try:
+        stored.write_bytes(b"PAR1 this is not a parquet file")
+        config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "damaged-samples")
+        with caplog.at_level("WARNING", logger="rlaif_tasks.gate"):
+            reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
+    finally:
+        stored.write_bytes(sound)
+    assert reference["kind"] == "champion" and reference["version"] == champion["version"]
+    assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
+    assert "cannot be read" in caplog.text
+
+
+def test_a_damaged_champion_artefact_stops_the_gate_with_the_fix(champion, models, prompts_file, store, tmp_path):
+    """Issue 20: weights that no longer hash to the registered rlaif.weights_sha256 are a clear error, never a comparison."""
+    client = tracking.connect(make_config("compare", models, prompts_file, store, tmp_path / "probe"))
+    registry.verify_registered_weights(client, champion["name"], champion["version"], models["milder"])  # records the hash
+    source = client.get_model_version(champion["name"], champion["version"]).source
+    location = Path(client.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    [weights] = list(location.rglob("*.safetensors"))
+    sound = weights.read_bytes()
+    try:
+        weights.write_bytes(sound[: len(sound) // 2])
+        config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "damaged-weights", **{TAG_CODE_VERSION: "e" * 40})
+        with pytest.raises(RlaifError) as stopped:
+            gate.reference_samples(client, config, run_dir, run_id, champion["name"])
+    finally:
+        weights.write_bytes(sound)
+    assert f"{champion['name']} version {champion['version']} in the registry is damaged" in stopped.value.problem
+    assert "rlaif registry rollback" in stopped.value.fix

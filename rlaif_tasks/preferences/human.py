@@ -262,7 +262,24 @@ def load_human_preferences(
     max_chars: int = DEFAULT_MAX_CHARS,
     split: str = "train",
     config_name: str | None = None,
+    max_rows: int = 200_000,
+    max_file_mb: float = 512.0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read human preference pairs from a file or hub dataset and validate them (see `validate_preferences`)."""
+    """Read human preference pairs from a file or hub dataset and validate them (see `validate_preferences`).
+
+    A local file over `max_file_mb` is refused before it is read, a source with more than `max_rows` rows before
+    it is validated: an import is a labelled set, and a night must not run out of memory on a mistaken dump.
+    """
+    path = Path(source).expanduser()
+    if path.is_file() and path.stat().st_size > max_file_mb * 1e6:
+        raise RlaifError(
+            f"the preference file {path} is {path.stat().st_size / 1e6:.0f} MB, over preferences.max_file_mb={max_file_mb:g}",
+            "import a smaller file (split it), or raise preferences.max_file_mb in the config if it really is one preference set",
+        )
     frame = read_preference_source(source, split=split, config_name=config_name)
+    if len(frame) > max_rows:
+        raise RlaifError(
+            f"the preference data {source} has {len(frame)} rows, over preferences.max_rows={max_rows}",
+            "import a sample of it, or raise preferences.max_rows in the config",
+        )
     return validate_preferences(frame, column_mapping=column_mapping, max_chars=max_chars, source=str(source))

@@ -32,7 +32,9 @@ def run_pairs(config: RunConfig, run_dir: Path, split) -> tuple["pd.DataFrame", 
     p = config.preferences
     if p.source == "ai-feedback":
         return ai_feedback_pairs(config, config.model.policy, split, out, seed=config.training_seed)
-    pairs, report = load_human_preferences(p.source, column_mapping=p.column_mapping, max_chars=p.max_chars)
+    pairs, report = load_human_preferences(
+        p.source, column_mapping=p.column_mapping, max_chars=p.max_chars, max_rows=p.max_rows, max_file_mb=p.max_file_mb,
+    )
     write_preferences(pairs, out, manifest_extra={"source": p.source, "report": report})
     return read_preferences(out)
 

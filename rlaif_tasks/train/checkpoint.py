@@ -4,8 +4,8 @@
     step-N/model.safetensors     the full policy weights (no LoRA)
     step-N/value_head.safetensors
     step-N/optimizer.pt
-    step-N/rng.pt                python, numpy, torch (and CUDA) generator states (rank 0's)
-    step-N/rng-rank<R>.pt        the same for rank R >= 1, when trained in several processes
+    step-N/rng.json              python, numpy, torch (and CUDA) generator states (rank 0's), as plain JSON
+    step-N/rng-rank<R>.json      the same for rank R >= 1, when trained in several processes
     step-N/trainer_state.json    step, KL controller, config fingerprint, metrics so far (written last)
 
 A checkpoint is written into a hidden temp folder and renamed into place, so a killed run leaves
@@ -98,6 +98,31 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rng_to_json(state: dict[str, Any]) -> dict[str, Any]:
+    """A generator state as JSON numbers, so a resume never unpickles a file (a tampered checkpoint could run code)."""
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    out = {
+        "python": [version, list(internal), gauss], "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "torch": state["torch"].tolist(),
+    }
+    if "cuda" in state:
+        out["cuda"] = [s.tolist() for s in state["cuda"]]
+    return out
+
+
+def rng_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    version, internal, gauss = data["python"]
+    name, keys, pos, has_gauss, cached = data["numpy"]
+    state = {
+        "python": (version, tuple(internal), gauss), "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+        "torch": torch.tensor(data["torch"], dtype=torch.uint8),
+    }
+    if "cuda" in data:
+        state["cuda"] = [torch.tensor(s, dtype=torch.uint8) for s in data["cuda"]]
+    return state
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -115,7 +140,7 @@ def _is_peft(model) -> bool:
 
 
 def _rng_file(rank: int) -> str:
-    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+    return "rng.json" if rank == 0 else f"rng-rank{rank}.json"
 
 
 def save_checkpoint(
@@ -136,7 +161,7 @@ def save_checkpoint(
         save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, str(tmp / "value_head.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         for rank, rng in enumerate(rng_states or [rng_state()]):
-            torch.save(rng, tmp / _rng_file(rank))
+            (tmp / _rng_file(rank)).write_text(json.dumps(rng_to_json(rng)), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **state}, indent=1, default=str) + "\n", encoding="utf-8")
     stale = list_checkpoints(root)[:-keep] if keep > 0 else []
     for _, old in stale:
@@ -183,7 +208,9 @@ def load_checkpoint(path: Path, *, policy, value_head, optimizer, rank: int = 0)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng_file = path / _rng_file(rank)
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(rng_from_json(json.loads(rng_file.read_text(encoding="utf-8"))))
+    elif rng_file.with_suffix(".pt").is_file():  # written before the JSON format: a pickle is never loaded
+        log.warning("%s keeps its RNG state as a pickle (%s), which is not loaded: sampling continues from its seed", path, rng_file.with_suffix(".pt").name)
     else:
         log.warning("%s has no RNG state for rank %d: its sampling continues from its seed, not bit for bit", path, rank)
     return read_state(path)
