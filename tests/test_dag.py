@@ -223,3 +223,19 @@ def test_failure_message_names_the_queue_no_worker_serves_and_the_command():
     assert "task register" in explain_failure("timed_out", states, queues, pools, 60) and "worker-default" in explain_failure("timed_out", states, queues, pools, 60)
     states = dict.fromkeys(STAGES[:2], "success") | {"train": "failed"} | dict.fromkeys(STAGES[3:], "upstream_failed")
     assert explain_failure("task_failure", states, queues, pools, 60).startswith("task train failed")
+
+
+def test_compose_publishes_on_loopback_and_refuses_to_start_without_its_secrets():
+    """Issue 20: no port open to the network by default, and an unset password stops `docker compose up` with a message."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "docker" / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    published = [port for svc in compose["services"].values() for port in svc.get("ports", [])]
+    assert published and all(str(port).startswith("127.0.0.1:") for port in published), published
+    uses = re.findall(r"\$\{([A-Z_]+)([^}]*)\}", text)
+    secrets = {(name, rest.startswith(":?")) for name, rest in uses if re.search("PASSWORD|SECRET|FERNET", name)}
+    assert {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD"} <= {name for name, _ in secrets}
+    assert [name for name, required in secrets if not required] == []  # each secret is ${VAR:?...}, never empty by default
