@@ -10,10 +10,13 @@ CONFIG ?= configs/demo.yaml
 SET ?=
 AIRFLOW_PORT ?= 8080
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
+# `make serve`: another registered model than the config's champion, e.g. MODEL=models:/rlaif-demo-policy/3
+MODEL ?=
 # Re-install whenever the pinned requirements change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run up test lint faults bench results clean-venv
+.PHONY: install run up serve test lint faults bench results clean-venv
 
 install: $(STAMP)
 
@@ -33,6 +36,10 @@ run: $(STAMP)
 # Airflow UI on 127.0.0.1:$(AIRFLOW_PORT) and MLflow UI on 127.0.0.1:$(MLFLOW_PORT) until Ctrl-C.
 up: $(STAMP)
 	VENV=$(VENV) AIRFLOW_PORT=$(AIRFLOW_PORT) MLFLOW_PORT=$(MLFLOW_PORT) bash scripts/up.sh $(CONFIG)
+
+# The champion of $(CONFIG)'s registered policy on 127.0.0.1:$(SERVE_PORT) (mlflow models serve) until Ctrl-C.
+serve: $(STAMP)
+	VENV=$(VENV) SERVE_PORT=$(SERVE_PORT) bash scripts/serve.sh $(CONFIG) $(MODEL)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
