@@ -172,8 +172,25 @@ def use_mlflow_connection() -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
 
 
+QUIET_LIBRARIES = {
+    "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's own stderr handler would make every INFO line an ERROR in the task log
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars (GGUF conversion) follow this too
+    "TQDM_DISABLE": "1",
+}
+"""A task's log is read line by line in the UI: no progress bars, and library logs at their own level, not as stderr."""
+
+
+def quiet_libraries() -> None:
+    """Library logs through the task's logging at their true level, progress bars off (before the stage imports them)."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    logging.captureWarnings(True)  # warnings become WARNING records of py.warnings, not stderr (ERROR) lines
+
+
 def run_stage(fn: Callable[..., Any], *args, **kwargs):
-    """Run one stage function in a task: the MLflow connection first, the reliability suite's fault point after."""
+    """Run one stage function in a task: quiet libraries and the MLflow connection first, the fault point after."""
+    quiet_libraries()
     use_mlflow_connection()
     refs = fn(*args, **kwargs)
     fault_point(f"{fn.__name__}.end")  # the reliability suite's kill after the work, before Airflow records it

@@ -181,11 +181,25 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
         import transformers
 
         pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
-        # return_full_text: answer with the continuation, as the evaluation scores it
-        mlflow.transformers.log_model(pipeline, model_config={**defaults, "return_full_text": False}, **common)
+        # return_full_text: answer with the continuation, as the evaluation scores it. The flavour warns that a local
+        # folder has no hub model card or licence: our card is the version's description, so those two lines go.
+        with _quiet("mlflow.transformers"):
+            mlflow.transformers.log_model(pipeline, model_config={**defaults, "return_full_text": False}, **common)
     if str(client.get_logged_model(model.model_id).status) != str(LoggedModelStatus.READY):
         mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """A library logger at ERROR for the block: for warnings we expect and cannot act on."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def _log_seq2seq(loaded, defaults: dict, common: dict) -> None:

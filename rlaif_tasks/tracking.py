@@ -22,6 +22,7 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -418,7 +419,12 @@ def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, mani
         if (name, digest) in have:
             continue
         frame = load_prompts_split(run_dir, split)
-        dataset = mlflow.data.from_pandas(frame, source=str(Path(run_dir) / "data" / f"{split}.parquet"), name=name, digest=digest)
+        with warnings.catch_warnings():
+            # MLflow warns that a local path "can be interpreted in multiple ways" (two file sources match it),
+            # and that an integer column (prompt length) cannot hold missing values: neither is actionable here.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            dataset = mlflow.data.from_pandas(frame, source=str(Path(run_dir) / "data" / f"{split}.parquet"), name=name, digest=digest)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training" if split == "train" else "evaluation")]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)

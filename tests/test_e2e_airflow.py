@@ -115,6 +115,17 @@ def test_make_run_prints_the_report_read_back_from_airflow(nightly):
     assert "MLflow run " in report and "model rlaif-tiny-policy version 1: promoted to champion" in report
 
 
+def test_a_healthy_run_logs_no_error_line_in_any_task_log_or_the_terminal(project, nightly):
+    """Issue 23: MLflow's INFO, its model-card warnings and progress bars used to reach the task log as ERROR (stderr)."""
+    logs = sorted((project["home"] / ".airflow" / "logs" / f"dag_id={DAG_ID}").rglob("attempt=*.log"))
+    assert {path.parent.name for path in logs} == {f"task_id={stage}" for stage in STAGES}
+    errors = [f"{path.parent.name}: {line[:300]}" for path in logs for line in path.read_text().splitlines()
+              if json.loads(line).get("level") in ("error", "critical")]
+    assert errors == []
+    assert not [line for line in nightly.splitlines() if " | error " in line]  # the terminal stream of `make run`
+    assert "it/s]" not in "".join(path.read_text() for path in logs)  # no progress bar
+
+
 def test_mlflow_holds_the_metrics_and_the_champion(project, nightly, mlflow_client):
     experiment = mlflow_client.get_experiment_by_name("rlaif-tiny")
     runs = mlflow_client.search_runs([experiment.experiment_id])
