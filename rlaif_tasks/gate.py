@@ -227,6 +227,43 @@ def format_decision(decision: dict) -> str:
     return "\n".join(lines)
 
 
+NOTE_LIMIT = 1000
+"""Airflow keeps at most this many characters of a DAG run's note."""
+
+
+def format_note(verdict: str, decision: dict, mlflow_run_id: str) -> str:
+    """The DAG run's note: the verdict first, then the gate's intervals as a Markdown table, within NOTE_LIMIT.
+
+    Airflow renders a note as Markdown; a fenced report showed as one line of inline code.
+    """
+    head = f"**{verdict[:300]}**"
+    if not decision.get("judges"):
+        return head
+    ref = decision["reference"]
+    against = f"the {ref['kind']}" + (f" (version {ref['version']})" if ref.get("version") else "")
+    rows = ["| judge | before | after | drop [95% interval] |", "|---|---:|---:|---|"]
+    for judge in sorted(decision["judges"], key=lambda j: (j != decision["judge"], j != decision["reward_judge"], j)):
+        r = decision["judges"][judge]
+        role = " (decides)" if judge == decision["judge"] else " (reward)" if judge == decision["reward_judge"] else ""
+        rel = r["relative"]
+        rows.append(f"| {judge}{role} | {format_number(r['reference_mean'], '.4f')} | {format_number(r['challenger_mean'], '.4f')} | "
+                    f"{format_number(rel['point'], '.1%')} [{format_number(rel['lower'], '.1%')}, {format_number(rel['upper'], '.1%')}] |")
+    q = decision["quality"]
+    failed = [name for name, ok in decision["checks"].items() if not ok]
+    tail = [
+        f"KL {format_number(decision['kl'], '.2f')} nats · perplexity ×{format_number(q['perplexity_ratio'], '.2f')} · distinct-2 "
+        f"×{format_number(q['distinct2_ratio'], '.2f')} · relevance ×{format_number(q['relevance_ratio'], '.2f')} · "
+        + (f"failed: {', '.join(failed)}" if failed else "every check passed"),
+        f"Whole report: `report.txt` of MLflow run `{mlflow_run_id}`.",
+    ]
+    parts = [head, f"Against {against}, {decision['confidence']:.0%} paired-bootstrap intervals:", "\n".join(rows), *tail]
+    while len("\n\n".join(parts)) > NOTE_LIMIT and len(rows) > 3:  # drop judge rows from the end, the deciding one stays first
+        rows.pop()
+        parts[2] = "\n".join(rows)
+    note = "\n\n".join(parts)
+    return note if len(note) <= NOTE_LIMIT else head[:NOTE_LIMIT]
+
+
 # -- measuring ----------------------------------------------------------------------------------
 
 

@@ -109,11 +109,19 @@ def set_param() -> Param:
                  description=f"More overrides, one key.sub=value per line, as `rlaif run --set`; only these keys (orchestration.trigger_overrides): {allowed}.")
 
 
+def from_config(key: str) -> str:
+    """`from the config (45)`: what an empty field of a trigger form means, with the value of the config the DAG was parsed with."""
+    value: Any = CONFIG
+    for part in key.split("."):
+        value = getattr(value, part)
+    return f"from the config ({value})"
+
+
 def model_param(key: str, what: str) -> Param:
     """`model.policy` or `reward.model` from a form: a bundled name, this project's registered models or a folder under the roots."""
     return Param(None, type=["null", "string"], pattern=MODEL_VALUE_PATTERN,
                  description=f"{key}: {what}: a bundled name, models:/NAME@ALIAS of this project's registered models, or an absolute folder "
-                 "under the project or $RLAIF_HOME; empty: from the config.")
+                 f"under the project or $RLAIF_HOME; empty: {from_config(key)}.")
 
 
 def trigger_overrides(params: dict, mapping: dict[str, str], config_path: str) -> dict:

@@ -130,9 +130,10 @@ def main() -> int:
             time.sleep(2)
         report = api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/report/xcomEntries/return_value", params={"deserialize": True})
         if report.status_code == 200:
-            text = report.json()["value"]["text"]
-            outcome = text.splitlines()[-1]  # "model NAME version N: promoted ...": what the note's preview shows
-            noted = api.patch(f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"note": run_note(outcome, text)})
+            value = report.json()["value"]
+            outcome = value["text"].splitlines()[-1]  # "model NAME version N: promoted ...": what the note's preview shows
+            note = value.get("note") or run_note(outcome, value["text"])  # the report stage's Markdown note (gate.format_note)
+            noted = api.patch(f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"note": note})
             if noted.status_code >= 400:
                 print(f"could not set the run's note ({noted.status_code}): {noted.text[:200]}", flush=True)
         print(f"DAG_RUN_ID {run_id}", flush=True)

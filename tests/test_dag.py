@@ -101,6 +101,8 @@ def test_trigger_form_params(dag):
     assert set(params) == {"config", "algorithm", "steps", "learning_rate", "policy", "reward", "set"}
     for name in params:
         assert params.get_param(name).description
+    assert params.get_param("steps").description.endswith("empty: from the config (10).")  # the value the form would leave in place
+    assert params.get_param("reward").description.endswith("empty: from the config (jigsaw-bilstm).")
     assert params["steps"] is None and params["algorithm"] is None
     assert params.get_param("algorithm").schema["values_display"][None] == "(from the config)"  # not a bare "null"
     home = Path(dag.params["config"]).parent

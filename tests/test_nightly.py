@@ -65,6 +65,11 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert first["model_name"] == "rlaif-tiny-policy" and first["model_version"] == "1" and first["promoted"] is True
     assert set(first["toxicity"]) == {"profanity-check"}
     assert "promoted to champion" in first["text"] and first["mlflow_run_id"] in first["text"]
+    note = first["note"].split("\n\n")  # the DAG run's note: verdict, then the gate's intervals as a Markdown table
+    assert note[0] == "**model rlaif-tiny-policy version 1: promoted to champion" + first["text"].split("promoted to champion", 1)[1].splitlines()[0] + "**"
+    table = note[2].splitlines()
+    assert table[:2] == ["| judge | before | after | drop [95% interval] |", "|---|---:|---:|---|"] and table[2].startswith("| profanity-check (decides) |")
+    assert len(first["note"]) <= 1000 and "```" not in first["note"]
 
     store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
     client = MlflowClient(store, registry_uri=store)  # the embedded store under $RLAIF_HOME
