@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from flaky_proxy import FlakyProxy
 from production_stack import ProductionStack, write_tiny_project
+from test_dag import FORBIDDEN_SETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -257,6 +258,9 @@ def test_two_promotions_racing_leave_one_champion_and_the_other_previous(stack):
     ({"algorithm": "sac"}, "unknown algorithm"),
     ({"config": "/etc/rlaif/outside.yaml"}, "config outside the project"),
     ({"config": "configs/../../outside.yaml"}, "config escaping the project"),
+    *(({"set": [forbidden]}, f"set {forbidden.split('=')[0]}") for forbidden in FORBIDDEN_SETS),
+    ({"policy": "meta-llama/Meta-Llama-3.1-8B"}, "a hub id as policy"),
+    ({"reward": "python:os:system"}, "a python callable as reward"),
 ])
 def test_bad_trigger_params_are_rejected_before_a_run_exists(stack, conf, problem):
     """A trigger through the REST API with a bad param is answered 4xx and creates no DAG run."""

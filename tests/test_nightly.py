@@ -251,6 +251,7 @@ def test_a_worker_that_cannot_see_the_run_folder_says_to_share_rlaif_home(home, 
     assert "is not visible on" in raised.value.problem and "RLAIF_HOME" in raised.value.fix
 
 
+@pytest.mark.faults
 def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is_made(home, config_path):
     """Issue 20: each override no trigger may make is refused by the first stage (asset events, `rlaif nightly --set`)."""
     from test_dag import FORBIDDEN_SETS

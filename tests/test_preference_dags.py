@@ -224,6 +224,7 @@ def test_an_asset_event_that_would_switch_off_the_gate_or_reach_a_secret_is_refu
         preference_source(elsewhere, default_config=demo, config_pattern=rf"^{project}/.+$", roots=[str(project)])
 
 
+@pytest.mark.faults
 def test_a_forbidden_event_fails_the_first_task_before_the_mlflow_connection_is_read(bag, project, monkeypatch):
     """dpo_alignment's first task checks the event before run_stage reads the MLflow connection (a secret) into the process."""
     import rlaif_tasks.orchestration as orchestration

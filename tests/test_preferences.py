@@ -94,6 +94,7 @@ def test_max_chars_counts_prompt_plus_each_response(tmp_path):
     assert dropped_rows(report) == {"too_long": [1]}
 
 
+@pytest.mark.faults
 def test_an_import_over_its_size_or_row_limit_is_refused_before_validation(tmp_path):
     """Issue 20: preferences.max_file_mb and max_rows bound what a human import may make a night read."""
     path = tmp_path / "pairs.jsonl"

@@ -672,6 +672,7 @@ def test_a_stale_gate_decision_is_made_again_against_the_new_champion(models, pr
     assert again["promoted"] and registry.describe(name, client=client)["aliases"] == {"champion": v1, "previous": v2}
 
 
+@pytest.mark.faults
 def test_a_damaged_champion_samples_file_is_evaluated_again_not_compared_as_the_base(champion, models, prompts_file, store, tmp_path, caplog):
     """Issue 20: before, pyarrow's ArrowInvalid escaped the gate; now the champion is evaluated on tonight's prompts."""
     client = tracking.connect(make_config("compare", models, prompts_file, store, tmp_path / "probe"))
@@ -689,6 +690,7 @@ def test_a_damaged_champion_samples_file_is_evaluated_again_not_compared_as_the_
     assert "cannot be read" in caplog.text
 
 
+@pytest.mark.faults
 def test_a_damaged_champion_artefact_stops_the_gate_with_the_fix(champion, models, prompts_file, store, tmp_path):
     """Issue 20: weights that no longer hash to the registered rlaif.weights_sha256 are a clear error, never a comparison."""
     client = tracking.connect(make_config("compare", models, prompts_file, store, tmp_path / "probe"))

@@ -40,6 +40,7 @@ def _run_folder(home, name: str, days_old: float):
     return folder
 
 
+@pytest.mark.faults
 def test_gc_keeps_the_aliases_and_the_newest_others_and_deletes_the_rest_with_their_artefacts(home, config_path, tmp_path, monkeypatch, capsys):
     from tiny_models import tiny_causal_lm
 
@@ -105,6 +106,7 @@ def test_checkpoints_go_once_the_policy_is_registered(tmp_path):
     assert not (run_dir / "train" / "checkpoints").exists() and (run_dir / "train" / "final" / "config.json").is_file()
 
 
+@pytest.mark.faults
 def test_a_night_refuses_to_start_on_a_full_disk_with_the_fix(home, tmp_path):
     from rlaif_tasks.stages import nightly
 
