@@ -44,9 +44,13 @@ def causal_path(tmp_path_factory):
     return tiny_causal_lm(tmp_path_factory.mktemp("models") / "causal")
 
 
-def test_reward_model_learns_kind_words(causal_path, tmp_path, one_torch_thread):
+def test_reward_model_learns_kind_words(causal_path, tmp_path, one_torch_thread, caplog):
     cfg = RewardModelConfig(base_model=str(causal_path), use_lora=False, learning_rate=3e-3, epochs=3, batch_size=16, max_length=32, eval_share=0.2, device="cpu")
-    summary = train_reward_model(preference_pairs(), tmp_path / "rm", cfg)
+    with caplog.at_level("INFO", logger="rlaif_tasks.train.reward_model"):
+        summary = train_reward_model(preference_pairs(), tmp_path / "rm", cfg)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]  # issue 23: a line per step, as PPO's
+    assert len(progress) == summary["steps"] and progress[-1].startswith(f"step {summary['steps']}/{summary['steps']} loss ")
+    assert all(" eta " in line and "s/step" in line for line in progress)
 
     assert summary["pairs_eval"] >= 30 and summary["pairs_train"] + summary["pairs_eval"] == 200
     assert summary["eval_accuracy"] >= 0.8, summary
@@ -81,7 +85,7 @@ def test_reward_model_with_lora_saves_merged_folder(causal_path, tmp_path, one_t
 
 
 @pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
-def test_dpo_raises_held_out_margin(use_lora, causal_path, tmp_path, one_torch_thread):
+def test_dpo_raises_held_out_margin(use_lora, causal_path, tmp_path, one_torch_thread, caplog):
     """With LoRA the reference is the adapter switched off; without, a second frozen copy of the policy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +94,10 @@ def test_dpo_raises_held_out_margin(use_lora, causal_path, tmp_path, one_torch_t
         cfg = DPOTrainConfig(learning_rate=1e-2, epochs=4, batch_size=16, lora_r=8, lora_alpha=8, lora_target_modules=["all-linear"], max_length=32, eval_share=0.2, device="cpu")
     else:
         cfg = DPOTrainConfig(learning_rate=3e-3, epochs=2, batch_size=16, use_lora=False, max_length=32, eval_share=0.2, device="cpu")
-    metrics = train_dpo(causal_path, pairs, tmp_path / "dpo", cfg)
+    with caplog.at_level("INFO", logger="rlaif_tasks.train.dpo"):
+        metrics = train_dpo(causal_path, pairs, tmp_path / "dpo", cfg)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]  # issue 23: a line per step, as PPO's
+    assert progress and all(" margin " in line and " eta " in line for line in progress)
 
     assert metrics["pairs_eval"] >= 30 and metrics["margin_on"] == "eval"
     assert metrics["margin_final"] > metrics["margin_initial"] + 1.0, metrics

@@ -24,7 +24,7 @@ import pandas as pd
 from rlaif_tasks.config import LoraSettings
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import load_model, resolve_device
-from rlaif_tasks.train.common import lora_config
+from rlaif_tasks.train.common import lora_config, progress_callback
 from rlaif_tasks.train.reward_model import check_pairs, pair_dataset, pair_trainer_args, split_pairs
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,16 @@ def step_row(step: int, logs: dict) -> dict:
     }
 
 
+def _dpo_progress(logs: dict) -> str:
+    """DPO's progress line: its loss, and the implicit reward margin and accuracy (beta * log-ratio, chosen over rejected)."""
+    parts = [f"loss {logs['loss']:.4f}"]
+    if logs.get("rewards/margins") is not None:
+        parts.append(f"margin {logs['rewards/margins']:.3f}")
+    if logs.get("rewards/accuracies") is not None:
+        parts.append(f"accuracy {logs['rewards/accuracies']:.2f}")
+    return " ".join(parts)
+
+
 def _step_callback(on_step: Callable[[dict], None]):
     from transformers import TrainerCallback
 
@@ -168,6 +178,7 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
         trainer.remove_callback(PrinterCallback)
         if on_step is not None:
             trainer.add_callback(_step_callback(on_step))
+        trainer.add_callback(progress_callback(log, _dpo_progress))
         if len(trainer.train_dataset) == 0:
             raise RlaifError(f"every training prompt fills max_length={cfg.max_length} tokens", "raise max_length or shorten the prompts")
         result = trainer.train()

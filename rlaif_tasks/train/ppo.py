@@ -46,7 +46,7 @@ from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
-from rlaif_tasks.train.common import TrainResult, lora_config
+from rlaif_tasks.train.common import StepProgress, TrainResult, lora_config
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -366,11 +366,6 @@ def batch_indices(step: int, n: int, size: int, seed: int) -> list[int]:
     return out
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def train_ppo(
     config: RunConfig,
     run_dir: str | Path,
@@ -477,7 +472,7 @@ def train_ppo(
         procs.wait_for_everyone()
 
     # -- the loop -------------------------------------------------------------------------------
-    step_times: list[float] = []
+    progress = StepProgress(t.steps, log)
     for step in range(start_step + 1, t.steps + 1):
         t_step = time.perf_counter()
         idx = batch_indices(step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
@@ -588,14 +583,11 @@ def train_ppo(
             means = dist.all_reduce_sum(torch.tensor([parts[k] for k in names], dtype=torch.float64)) / world
             row.update({f"reward/part/{k}": v for k, v in zip(names, means.tolist())})
         metrics.append(row)
-        step_times.append(row["time/step"])
         if main:
             writer.append(row)
-            eta = float(np.mean(step_times)) * (t.steps - step)
-            log.info(
-                "step %d/%d reward %.3f kl %.3f kl_coef %.3f | %.1fs/step (generate %.1f, score %.1f, forward %.1f, update %.1f) eta %s",
-                step, t.steps, row["reward/mean"], mean_kl, kl_coef, row["time/step"], time_generate, time_score,
-                time_forward, time_update - time_forward, _fmt_seconds(eta),
+            progress(
+                step, f"reward {row['reward/mean']:.3f} kl {mean_kl:.3f} kl_coef {kl_coef:.3f}", row["time/step"],
+                f"generate {time_generate:.1f}, score {time_score:.1f}, forward {time_forward:.1f}, update {time_update - time_forward:.1f}",
             )
             if on_step is not None:
                 on_step(dict(row))

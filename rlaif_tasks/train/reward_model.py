@@ -25,7 +25,7 @@ from rlaif_tasks.config import LoraSettings
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import describe_spec, load_model, resolve_device
 from rlaif_tasks.rewards.reward_model import SUMMARY_FILE, score_texts
-from rlaif_tasks.train.common import lora_config
+from rlaif_tasks.train.common import lora_config, progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,12 @@ def pairwise_stats(model, tokenizer, pairs: pd.DataFrame, max_length: int) -> di
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
 
 
+def _reward_progress(logs: dict) -> str:
+    """The reward model's progress line: its Bradley-Terry loss, and the share of this step's pairs it orders right."""
+    accuracy = logs.get("accuracy", logs.get("rewards/accuracies"))
+    return f"loss {logs['loss']:.4f}" + (f" accuracy {accuracy:.2f}" if accuracy is not None else "")
+
+
 def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardModelConfig) -> dict:
     """Train a scalar reward model on `pairs_df` and save it to `out_dir`; returns the summary it writes there."""
     import torch
@@ -138,6 +144,7 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
             peft_config=lora_config(cfg, "SEQ_CLS") if cfg.use_lora else None,
         )
         trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(progress_callback(log, _reward_progress))
         if len(trainer.train_dataset) == 0:
             raise RlaifError(f"every training pair is longer than max_length={cfg.max_length} tokens", "raise max_length or shorten the pairs")
         result = trainer.train()

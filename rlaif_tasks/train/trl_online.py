@@ -31,7 +31,7 @@ from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
-from rlaif_tasks.train.common import TrainResult, lora_config
+from rlaif_tasks.train.common import StepProgress, TrainResult, lora_config
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _metrics_callback(writer: MetricsWriter, rows: list[dict], fields: dict, epo
 
     class MetricsCallback(TrainerCallback):
         def __init__(self):
-            self.last = time.perf_counter()
+            self.last, self.progress = time.perf_counter(), None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last = time.perf_counter()
@@ -232,10 +232,11 @@ def _metrics_callback(writer: MetricsWriter, rows: list[dict], fields: dict, epo
             if not state.is_world_process_zero:
                 return
             writer.append(row)
-            log.info(
-                "step %d/%d reward %.3f kl %s | %.1fs/step (generate %.1f, score %.2f)",
-                row["step"], state.max_steps // epochs, row["reward/mean"],
-                "n/a" if row["kl"] is None else f"{row['kl']:.3f}", row["time/step"], row["time/generate"] or 0.0, row["time/score"] or 0.0,
+            if self.progress is None:
+                self.progress = StepProgress(state.max_steps // epochs, log)
+            self.progress(
+                row["step"], f"reward {row['reward/mean']:.3f} kl {'n/a' if row['kl'] is None else format(row['kl'], '.3f')}", row["time/step"],
+                f"generate {row['time/generate'] or 0.0:.1f}, score {row['time/score'] or 0.0:.2f}",
             )
             if on_step is not None:
                 on_step(dict(row))
