@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TAG_RUN_DESCRIPTION = "mlflow.note.content"
+"""The run's description in the MLflow UI (Markdown): the verdict and a link to the Airflow DAG run."""
 TRAINING_VIEW = "custom_model_development"
 """The MLflow UI opens an experiment with this kind on its runs table, not on traces."""
 UI_TRAINING_QUERY = "?workflowType=machine_learning"

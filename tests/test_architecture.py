@@ -23,7 +23,7 @@ LAYERS = [
     ("inputs", ["rlaif_tasks.data", "rlaif_tasks.generation", "rlaif_tasks.rewards", "rlaif_tasks.overrides"]),
     ("measures", ["rlaif_tasks.preferences", "rlaif_tasks.evaluation"]),
     ("train", ["rlaif_tasks.train"]),
-    ("mlflow", ["rlaif_tasks.tracking", "rlaif_tasks.registry", "rlaif_tasks.gate", "rlaif_tasks.retention"]),
+    ("mlflow", ["rlaif_tasks.tracking", "rlaif_tasks.registry", "rlaif_tasks.gate", "rlaif_tasks.retention", "rlaif_tasks.model_card"]),
     ("stages", ["rlaif_tasks.stages"]),
     ("entry points", ["rlaif_tasks.orchestration", "rlaif_tasks.cli"]),
 ]

@@ -56,10 +56,11 @@ def variant(config_path: Path, filename: str, **sections) -> Path:
     return path
 
 
-def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, config_path, capsys):
+def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, config_path, capsys, monkeypatch):
     from mlflow import MlflowClient
     from rlaif_tasks.cli import main
 
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")  # what the api-server's workers see
     first = nightly.run_all(str(config_path), {"train.steps": 2}, dag_run_id="scheduled__2026-01-01T02:00:00+00:00")
     run_dir = home / "runs" / "tiny" / safe_run_id("scheduled__2026-01-01T02:00:00+00:00")
     assert first["run_dir"] == str(run_dir) and (run_dir / "config.yaml").is_file()
@@ -77,6 +78,14 @@ def test_nightly_promotes_then_refuses_an_equal_model_and_retries_cleanly(home, 
     assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "champion").version) == "1"
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    description = run.data.tags["mlflow.note.content"]  # the run's description in the MLflow UI (issue 23)
+    assert description.startswith("**model rlaif-tiny-policy version 1: promoted to champion")
+    assert "[the DAG run](http://127.0.0.1:8080/dags/rlaif_nightly/runs/scheduled__2026-01-01T02%3A00%3A00%2B00%3A00)" in description
+    card = client.get_model_version("rlaif-tiny-policy", "1").description  # the version's model card
+    for part in ("## What trained it", "ppo, 2 steps", "## The gate's evidence", "| profanity-check (decides) |", "## Answers to the same prompts",
+                 "make serve MODEL=models:/rlaif-tiny-policy/1"):
+        assert part in card, part
+    assert card.count("\n| ") >= 3 + 3  # the gate's rows and three paired answers
     assert run.data.params["train.steps"] == "2"
     assert run.data.tags[TAG_DAG_RUN_ID] == "scheduled__2026-01-01T02:00:00+00:00"
     assert len(run.data.tags[TAG_DATASET]) == 64

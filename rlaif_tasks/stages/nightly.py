@@ -347,7 +347,7 @@ def _decided_against(decision: dict | None, name: str, version: str, champion: s
 def report(refs: dict) -> dict:
     """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
 
-    from rlaif_tasks import gate
+    from rlaif_tasks import gate, model_card
     from rlaif_tasks.evaluation.toxicity import format_comparison
 
     config, run_dir = load_run(refs)
@@ -386,6 +386,12 @@ def report(refs: dict) -> dict:
     }
     write_json(run_dir / "nightly.json", result)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
+    verdict = f"model {name} version {version}: {outcome}"
+    airflow_url = client.get_run(refs["mlflow_run_id"]).data.tags.get(TAG_AIRFLOW_URL)
+    client.set_tag(refs["mlflow_run_id"], tracking.TAG_RUN_DESCRIPTION, model_card.run_description(verdict, decision, refs["mlflow_run_id"], airflow_url))
+    if name and version:
+        card = model_card.model_card(config, name, str(version), verdict, decision, refs, model_card.paired_samples(run_dir, decision.get("judge")))
+        client.update_model_version(name, str(version), description=card)
     finish_run(client, refs["mlflow_run_id"])  # and drops the failure an earlier try of this DAG run recorded
     return result
 

@@ -1,0 +1,73 @@
+"""What a person reads in the MLflow UI: the run's description and each registered version's model card.
+
+MLflow renders both as Markdown. The run's description says the verdict first and links back to the
+Airflow DAG run; a version's description is its card: what trained it, on which data and config,
+the gate's evidence with intervals, a few answers of the base policy and of this version to the
+same prompts, and how to serve it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlaif_tasks.config import RunConfig
+from rlaif_tasks.gate import format_note
+
+SAMPLES_SHOWN = 3
+
+
+def run_description(verdict: str, decision: dict, mlflow_run_id: str, airflow_url: str | None) -> str:
+    """The verdict, the gate's table and a link to the Airflow DAG run."""
+    link = f"\n\nAirflow: [the DAG run]({airflow_url})" if airflow_url else ""
+    return format_note(verdict, decision, mlflow_run_id) + link
+
+
+def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN) -> list[dict]:
+    """The first `n` test prompts' first answers, the base policy's and the trained one's, with the deciding judge's score."""
+    import pandas as pd
+
+    base_path, final_path = run_dir / "eval" / "baseline_samples.parquet", run_dir / "eval" / "final_samples.parquet"
+    if not (base_path.is_file() and final_path.is_file()):
+        return []
+    base, final = pd.read_parquet(base_path), pd.read_parquet(final_path)
+    first = lambda frame: frame.sort_values("sample").drop_duplicates("prompt_id").set_index("prompt_id")  # noqa: E731
+    base, final = first(base), first(final)
+    def score(frame, pid):
+        return float(frame.loc[pid, judge]) if judge and judge in frame.columns else None
+
+    return [
+        {"prompt": str(final.loc[pid, "prompt"]), "base": str(base.loc[pid, "response"]), "trained": str(final.loc[pid, "response"]),
+         "base_score": score(base, pid), "trained_score": score(final, pid)}
+        for pid in list(final.index)[:n] if pid in base.index
+    ]
+
+
+def _cell(text: str, score: float | None) -> str:
+    """A table cell: one line, no pipe, at most 160 characters, the judge's score after it."""
+    return text.replace("|", "/").replace("\n", " ")[:160] + (f" [{score:.2f}]" if score is not None else "")
+
+
+def model_card(config: RunConfig, name: str, version: str, verdict: str, decision: dict, refs: dict, samples: list[dict]) -> str:
+    """A registered version's description (Markdown)."""
+    t = config.train
+    lines = [
+        f"# {name} version {version}", "",
+        f"**{verdict}**", "",
+        "## What trained it", "",
+        f"- {t.describe()} from `{config.model.policy}` ({config.model.dtype}), learning rate {t.learning_rate:g}, batch {t.batch_size}, "
+        f"LoRA {'r=' + str(t.lora_r) if t.use_lora else 'off'}, seed {config.seed}",
+        f"- reward `{config.reward.display_name}`; run config `{config.name}` (hash `{refs.get('config_hash', '?')}`)",
+        f"- prompts `{config.data.source}` (prepared splits sha256 `{str(refs.get('dataset_sha256', '?'))[:16]}`), "
+        f"MLflow run `{refs.get('mlflow_run_id')}`",
+    ]
+    if decision.get("judges"):
+        lines += ["", "## The gate's evidence", "", format_note(verdict, decision, refs.get("mlflow_run_id", "")).split("\n\n", 1)[1]]
+    if samples:
+        judge = decision.get("judge")
+        lines += ["", f"## Answers to the same prompts (first sample; {judge or 'no judge'} score in brackets)", "",
+                  "| prompt | base policy | this version |", "|---|---|---|"]
+        for s in samples:
+            lines.append(f"| {_cell(s['prompt'], None)} | {_cell(s['base'], s['base_score'])} | {_cell(s['trained'], s['trained_score'])} |")
+    lines += ["", "## Serve it", "", f"    make serve MODEL=models:/{name}/{version}", "",
+              "then `curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{\"inputs\": [\"a prompt\"]}'`."]
+    return "\n".join(lines)
