@@ -291,7 +291,7 @@ def evaluate_train_and_gate(refs):
     @task
     def report(refs: dict) -> dict:
         summary = run_stage(nightly.report, refs)
-        print(summary["text"])
+        print(summary["text"], flush=True)  # in the task's main log group, not flushed later into "Post Execute"
         return summary
 
     refs = baseline_eval(refs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 DAG_ID = "rlaif_nightly"
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print()
     print(report["text"])
+    if report.get("experiment_id"):  # where `make up`'s MLflow UI shows them (its model-training view, not GenAI)
+        ui = f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}/#"
+        print(f"\nAfter `make up`: the run {ui}/experiments/{report['experiment_id']}/runs/{report['mlflow_run_id']}?workflowType=machine_learning")
+        if report.get("model_name"):
+            print(f"and the registered version {ui}/models/{report['model_name']}/versions/{report['model_version']}")
     return 0
 
 

@@ -124,6 +124,11 @@ def test_a_healthy_run_logs_no_error_line_in_any_task_log_or_the_terminal(projec
     assert errors == []
     assert not [line for line in nightly.splitlines() if " | error " in line]  # the terminal stream of `make run`
     assert "it/s]" not in "".join(path.read_text() for path in logs)  # no progress bar
+    [report_log] = [path for path in logs if path.parent.name == "task_id=report"]
+    events = [json.loads(line).get("event", "") for line in report_log.read_text().splitlines()]
+    verdict = next(i for i, event in enumerate(events) if "promoted to champion" in event)
+    assert verdict < events.index("::group::Post Execute") if "::group::Post Execute" in events else True  # visible without expanding
+    assert "After `make up`: the run http://127.0.0.1:" in nightly and "/models/rlaif-tiny-policy/versions/1" in nightly
 
 
 def test_mlflow_holds_the_metrics_and_the_champion(project, nightly, mlflow_client):

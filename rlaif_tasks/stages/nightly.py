@@ -383,6 +383,7 @@ def report(refs: dict) -> dict:
         "run_dir": str(run_dir), "mlflow_run_id": refs["mlflow_run_id"], "model_name": name, "model_version": version,
         "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url,
         "note": gate.format_note(f"model {name} version {version}: {outcome}", decision, refs["mlflow_run_id"]),
+        "experiment_id": client.get_run(refs["mlflow_run_id"]).info.experiment_id,
     }
     write_json(run_dir / "nightly.json", result)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
