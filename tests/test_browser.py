@@ -99,7 +99,12 @@ def test_airflow_ui_shows_the_train_log_and_the_report(ui, chromium):
     page.goto(f"{ui['airflow']}/dags/rlaif_nightly/runs/{ui['run_id']}")
     outcome = page.get_by_text(f"model rlaif-tiny-policy version {ui['summary']['model_version']}: promoted").first
     outcome.wait_for(timeout=60_000)  # the run's note (the report), whose first line is the outcome
+    page.get_by_role("button", name="Edit note").first.click()  # the header clamps the note to one line; the note's modal shows it whole
+    gate_table = page.locator("table").filter(has_text="profanity-check (decides)").first
+    gate_table.wait_for(timeout=30_000)  # Markdown, rendered as a table (a fenced report showed as one line of inline code)
+    assert "[" in gate_table.inner_text()  # the deciding interval
     page.screenshot(path=str(SHOTS / "airflow-run-note.png"))
+    page.keyboard.press("Escape")
 
     page.goto(f"{ui['airflow']}/dags/rlaif_nightly")
     page.get_by_role("button", name="Trigger").first.click()
@@ -136,4 +141,15 @@ def test_mlflow_ui_shows_the_curves_and_the_champion(ui, chromium):
     expect_text(page, "champion", "mlflow-model-champion")
     expect_text(page, f"Version {ui['summary']['model_version']}", "mlflow-model-champion", timeout=30_000)
     page.screenshot(path=str(SHOTS / "mlflow-model-champion.png"))
+
+    page.goto(f"{ui['mlflow']}/#/models/rlaif-tiny-policy/versions/{ui['summary']['model_version']}")
+    expect_text(page, "The gate's evidence", "mlflow-model-card", timeout=30_000)  # the version's description is its model card
+    assert page.locator("table").filter(has_text="profanity-check (decides)").first.is_visible()
+    page.screenshot(path=str(SHOTS / "mlflow-model-card.png"), full_page=True)
+
+    page.goto(f"{ui['mlflow']}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning")
+    link = page.get_by_role("link", name="the DAG run").first  # the run's description links back to Airflow
+    link.wait_for(timeout=30_000)
+    assert "/dags/rlaif_nightly/runs/" in (link.get_attribute("href") or "")
+    page.screenshot(path=str(SHOTS / "mlflow-run-description.png"))
     page.close()
