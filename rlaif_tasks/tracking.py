@@ -427,7 +427,8 @@ def log_prompt_datasets(client: "MlflowClient", run_id: str, run_dir: Path, mani
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
             dataset = mlflow.data.from_pandas(frame, source=str(Path(run_dir) / "data" / f"{split}.parquet"), name=name, digest=digest)
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training" if split == "train" else "evaluation")]))
+            entity = dataset._to_mlflow_entity()  # infers the schema: the integer-column hint again
+        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training" if split == "train" else "evaluation")]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
     return len(inputs)

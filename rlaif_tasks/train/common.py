@@ -5,10 +5,21 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif_tasks.config import LoraSettings
+
+
+def with_lora(model, settings: LoraSettings, task_type: str):
+    """peft's get_peft_model with `settings`; peft still asks transformers' deprecated `is_gradient_checkpointing`,
+    a FutureWarning we cannot act on, so it is silenced here."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora_config(settings, task_type))
 
 
 def lora_config(settings: LoraSettings, task_type: str):

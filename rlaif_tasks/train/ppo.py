@@ -46,7 +46,7 @@ from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
-from rlaif_tasks.train.common import StepProgress, TrainResult, lora_config
+from rlaif_tasks.train.common import StepProgress, TrainResult, with_lora
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -412,9 +412,7 @@ def train_ppo(
     policy, tokenizer = loaded.model, loaded.tokenizer
     reference = None
     if t.use_lora:
-        from peft import get_peft_model
-
-        policy = get_peft_model(policy, lora_config(t, "SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM"))
+        policy = with_lora(policy, t, "SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM")
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False).to(procs.device)
         policy.requires_grad_(True)
