@@ -34,7 +34,7 @@ def stack(tmp_path_factory):
     stack = ProductionStack(home, config, executor="LocalExecutor", mlflow_server=True)
     stack.config = config
     # a gate that passes, so that every night moves the aliases: from a config file, since no trigger may waive checks
-    stack.always_promote = write_tiny_project(home, name="faults", steps=4, filename="faults-always-promote.yaml", gate="{require: []}")
+    stack.always_promote = write_tiny_project(home, name="faults", steps=4, filename="faults-always-promote.yaml", gate="{judge: profanity-check, min_improvement: -1.0, require: []}")
     stack.faults = home / "faults"
     stack.faults.mkdir()
     stack.proxy = FlakyProxy(stack.mlflow_url)
