@@ -96,6 +96,11 @@ def test_airflow_ui_shows_the_train_log_and_the_report(ui, chromium):
     page.get_by_text("step 2/2 reward").first.wait_for(timeout=60_000)  # a PPO step line in the task's log
     page.screenshot(path=str(SHOTS / "airflow-train-log.png"))
 
+    page.goto(f"{ui['airflow']}/dags/rlaif_nightly/runs/{ui['run_id']}/tasks/report")
+    page.get_by_text("(decides)").first.wait_for(timeout=60_000)  # the gate's lines in the report task's log, no group to expand
+    page.get_by_text("checks: diversity ok").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "airflow-report-log.png"))
+
     page.goto(f"{ui['airflow']}/dags/rlaif_nightly/runs/{ui['run_id']}")
     outcome = page.get_by_text(f"model rlaif-tiny-policy version {ui['summary']['model_version']}: promoted").first
     outcome.wait_for(timeout=60_000)  # the run's note (the report), whose first line is the outcome
