@@ -33,13 +33,21 @@ PY
 logs="$AIRFLOW_HOME/logs/run"
 mkdir -p "$logs"
 pids=()
+# Each service runs in its own process group, so that stopping it stops its children too (the
+# LocalExecutor's workers). SIGTERM first; whatever still runs after 30 s gets SIGKILL: the run is
+# over by then, and the LocalExecutor has been seen to wait forever on a worker at shutdown.
 stop() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for _ in $(seq 60); do
+        [[ -z "$(jobs -pr)" ]] && break  # every service has exited
+        sleep 0.5
+    done
+    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
 trap stop EXIT
 for component in api-server scheduler dag-processor; do
-    bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
+    setsid bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
     pids+=($!)
 done
 
