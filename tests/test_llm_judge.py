@@ -76,10 +76,11 @@ def test_scores_normalise_and_requests_are_openai_shaped(api_key):
             assert judge.score(["idiot?"], prompts=["what are you?"]) == [9.0]
         scorer = Scorer("llm", "toxicity", judge, batch_size=2)
         assert scorer(["you idiot", "hello", "thanks a lot"]) == [0.9, 0.0, 0.1]
-    req = stub.requests[0]
+    # the first three requests are concurrent: find "you idiot"'s by its content, not by its arrival order
+    [req] = [r for r in stub.requests[:3] if "RESPONSE: you idiot" in r.body["messages"][0]["content"]]
     assert req.path == "/v1/chat/completions"
     assert req.body["model"] == "stub-judge" and req.body["temperature"] == 0
-    assert req.body["messages"][0]["role"] == "user" and "RESPONSE: you idiot" in req.body["messages"][0]["content"]
+    assert req.body["messages"][0]["role"] == "user"
     assert "PROMPT: what are you?" in stub.requests[3].body["messages"][0]["content"]
     assert len(stub.requests) == 4
 
