@@ -27,9 +27,9 @@ from typing import Any, Callable
 from airflow.sdk import Asset, Param, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override, pattern_escape
+from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override
 from rlaif_tasks.faults import fault_point
-from rlaif_tasks.overrides import check_trigger_overrides, model_value_pattern, set_item_pattern
+from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern, model_value_pattern, set_item_pattern
 from rlaif_tasks.stages import nightly
 from rlaif_tasks.stages.preferences import reward_model_name
 
@@ -60,7 +60,7 @@ CONFIG = load_config(resolve_config_path(DAG_CONFIG))
 SET_ITEM_PATTERN = set_item_pattern(CONFIG, ROOTS)
 """What one line of a form's `set` may say: a key of the DAG config's orchestration.trigger_overrides (overrides.py)."""
 MODEL_VALUE_PATTERN = "^" + model_value_pattern(CONFIG, ROOTS) + "$"
-FOLDER_PATTERN = r"^(?!(?:.*/)?\.\.(?:/|$))(?:" + "|".join(f"{pattern_escape(r.rstrip('/'))}/[^\\x00-\\x1f]+" for r in ROOTS) + ")$"
+FOLDER_PATTERN = "^" + folder_pattern(ROOTS) + "$"
 PREFERENCES = preferences_asset(CONFIG.name)
 REWARD_MODEL = reward_model_asset(reward_model_name(CONFIG), CONFIG.name)
 

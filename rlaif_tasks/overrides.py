@@ -33,12 +33,16 @@ def registered_names(config: RunConfig) -> list[str]:
     return [policy, f"{policy}-reward"]
 
 
+def folder_pattern(roots: Iterable[str]) -> str:
+    """An unanchored ECMA/Python regex for a path a trigger may name: below one of `roots`, no `..` segment, no control character."""
+    return r"(?!(?:.*/)?\.\.(?:/|$))(?:" + "|".join(f"{pattern_escape(r.rstrip('/'))}/[^\\x00-\\x1f]+" for r in roots) + ")"
+
+
 def model_value_pattern(config: RunConfig, roots: Iterable[str]) -> str:
     """An unanchored ECMA/Python regex for the values `model.policy` and `reward.model` may take from a trigger."""
     names = [pattern_escape(n) for n in (*BUNDLED_MODELS, *JUDGE_NAMES)]
     registry = r"models:/(?:" + "|".join(pattern_escape(n) for n in registered_names(config)) + r")(?:@[A-Za-z0-9_-]+|/[0-9]+)"
-    folders = r"(?!(?:.*/)?\.\.(?:/|$))(?:" + "|".join(f"{pattern_escape(r.rstrip('/'))}/[^\\x00-\\x1f]+" for r in roots) + ")"
-    return "(?:" + "|".join([*names, registry, folders]) + ")"
+    return "(?:" + "|".join([*names, registry, folder_pattern(roots)]) + ")"
 
 
 def set_item_pattern(config: RunConfig, roots: Iterable[str]) -> str:

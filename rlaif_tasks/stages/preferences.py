@@ -24,7 +24,7 @@ from pathlib import Path
 from rlaif_tasks import registry, tracking
 from rlaif_tasks.config import RunConfig, config_roots, load_config
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.overrides import check_trigger_overrides
+from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern
 from rlaif_tasks.rewards.reward_model import SUMMARY_FILE
 from rlaif_tasks.stages import nightly
 from rlaif_tasks.stages.common import connect, finish_run, load_run
@@ -137,8 +137,8 @@ def preference_source(trigger: dict, *, default_config: str, config_pattern: str
 
 
 def _under(path: str, roots: list[str]) -> bool:
-    """An absolute path below one of `roots`, with no `..` segment."""
-    return Path(path).is_absolute() and ".." not in Path(path).parts and any(path.startswith(root.rstrip("/") + "/") for root in roots)
+    """A path the forms' `pairs` field would accept too (overrides.folder_pattern)."""
+    return re.fullmatch(folder_pattern(roots), path) is not None
 
 
 def _checked_pairs(source: dict) -> dict:
@@ -149,7 +149,6 @@ def _checked_pairs(source: dict) -> dict:
 
 
 def _tag_source(refs: dict, source: dict, manifest: dict) -> None:
-
     config, _ = load_run(refs)
     client = connect(config)
     client.set_tag(refs["mlflow_run_id"], TAG_PREFERENCES, manifest["sha256"])
