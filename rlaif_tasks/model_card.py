@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlaif_tasks.config import RunConfig
-from rlaif_tasks.gate import format_note
 
 SAMPLES_SHOWN = 3
 
 
-def run_description(verdict: str, decision: dict, mlflow_run_id: str, airflow_url: str | None) -> str:
-    """The verdict, the gate's table and a link to the Airflow DAG run."""
-    link = f"\n\nAirflow: [the DAG run]({airflow_url})" if airflow_url else ""
-    return format_note(verdict, decision, mlflow_run_id) + link
+def run_description(note: str, airflow_url: str | None) -> str:
+    """The DAG run's note (gate.format_note: the verdict, the gate's table) and a link to the Airflow DAG run."""
+    return note + (f"\n\nAirflow: [the DAG run]({airflow_url})" if airflow_url else "")
 
 
 def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN) -> list[dict]:
@@ -32,6 +30,7 @@ def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN) -> 
     base, final = pd.read_parquet(base_path), pd.read_parquet(final_path)
     first = lambda frame: frame.sort_values("sample").drop_duplicates("prompt_id").set_index("prompt_id")  # noqa: E731
     base, final = first(base), first(final)
+
     def score(frame, pid):
         return float(frame.loc[pid, judge]) if judge and judge in frame.columns else None
 
@@ -47,12 +46,13 @@ def _cell(text: str, score: float | None) -> str:
     return text.replace("|", "/").replace("\n", " ")[:160] + (f" [{score:.2f}]" if score is not None else "")
 
 
-def model_card(config: RunConfig, name: str, version: str, verdict: str, decision: dict, refs: dict, samples: list[dict]) -> str:
-    """A registered version's description (Markdown)."""
+def model_card(config: RunConfig, name: str, version: str, note: str, refs: dict, samples: list[dict], judge: str | None) -> str:
+    """A registered version's description (Markdown), around the DAG run's `note` (gate.format_note): its verdict, then its evidence."""
+    verdict, _, evidence = note.partition("\n\n")
     t = config.train
     lines = [
         f"# {name} version {version}", "",
-        f"**{verdict}**", "",
+        verdict, "",
         "## What trained it", "",
         f"- {t.describe()} from `{config.model.policy}` ({config.model.dtype}), learning rate {t.learning_rate:g}, batch {t.batch_size}, "
         f"LoRA {'r=' + str(t.lora_r) if t.use_lora else 'off'}, seed {config.seed}",
@@ -60,10 +60,9 @@ def model_card(config: RunConfig, name: str, version: str, verdict: str, decisio
         f"- prompts `{config.data.source}` (prepared splits sha256 `{str(refs.get('dataset_sha256', '?'))[:16]}`), "
         f"MLflow run `{refs.get('mlflow_run_id')}`",
     ]
-    if decision.get("judges"):
-        lines += ["", "## The gate's evidence", "", format_note(verdict, decision, refs.get("mlflow_run_id", "")).split("\n\n", 1)[1]]
+    if evidence:
+        lines += ["", "## The gate's evidence", "", evidence]
     if samples:
-        judge = decision.get("judge")
         lines += ["", f"## Answers to the same prompts (first sample; {judge or 'no judge'} score in brackets)", "",
                   "| prompt | base policy | this version |", "|---|---|---|"]
         for s in samples:

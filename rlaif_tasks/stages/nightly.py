@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlaif_tasks import registry, retention, tracking
+from rlaif_tasks import model_card, registry, retention, tracking
 from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import config_roots, load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
@@ -300,7 +300,6 @@ def promote_if_better(refs: dict) -> dict:
     it was measured against, and made again otherwise (a cleared old DAG run never undoes a later
     promotion). A version whose status is no longer `challenger` was decided before and is left alone.
     """
-
     from rlaif_tasks import gate
 
     config, run_dir = load_run(refs)
@@ -346,8 +345,7 @@ def _decided_against(decision: dict | None, name: str, version: str, champion: s
 
 def report(refs: dict) -> dict:
     """Before/after toxicity per judge, the model version and the gate outcome; closes the MLflow run."""
-
-    from rlaif_tasks import gate, model_card
+    from rlaif_tasks import gate
     from rlaif_tasks.evaluation.toxicity import format_comparison
 
     config, run_dir = load_run(refs)
@@ -369,6 +367,7 @@ def report(refs: dict) -> dict:
         )
     else:
         outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
+    verdict = f"model {name} version {version}: {outcome}"
     client = connect(config)
     mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
     text = "\n".join([
@@ -377,21 +376,20 @@ def report(refs: dict) -> dict:
         *(f"out-of-distribution set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
         *([gate.format_decision(decision)] if decision.get("judges") else []),
         f"MLflow run {refs['mlflow_run_id']}" + (f" ({mlflow_url})" if mlflow_url else ""),
-        f"model {name} version {version}: {outcome}",
+        verdict,
     ])
+    note = gate.format_note(verdict, decision, refs["mlflow_run_id"])
+    run = client.get_run(refs["mlflow_run_id"])
     result = {
         "run_dir": str(run_dir), "mlflow_run_id": refs["mlflow_run_id"], "model_name": name, "model_version": version,
-        "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url,
-        "note": gate.format_note(f"model {name} version {version}: {outcome}", decision, refs["mlflow_run_id"]),
-        "experiment_id": client.get_run(refs["mlflow_run_id"]).info.experiment_id,
+        "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url, "note": note,
+        "experiment_id": run.info.experiment_id,
     }
     write_json(run_dir / "nightly.json", result)
     client.log_text(refs["mlflow_run_id"], text, "report.txt")
-    verdict = f"model {name} version {version}: {outcome}"
-    airflow_url = client.get_run(refs["mlflow_run_id"]).data.tags.get(TAG_AIRFLOW_URL)
-    client.set_tag(refs["mlflow_run_id"], tracking.TAG_RUN_DESCRIPTION, model_card.run_description(verdict, decision, refs["mlflow_run_id"], airflow_url))
+    client.set_tag(refs["mlflow_run_id"], tracking.TAG_RUN_DESCRIPTION, model_card.run_description(note, run.data.tags.get(TAG_AIRFLOW_URL)))
     if name and version:
-        card = model_card.model_card(config, name, str(version), verdict, decision, refs, model_card.paired_samples(run_dir, decision.get("judge")))
+        card = model_card.model_card(config, name, str(version), note, refs, model_card.paired_samples(run_dir, decision.get("judge")), decision.get("judge"))
         client.update_model_version(name, str(version), description=card)
     finish_run(client, refs["mlflow_run_id"])  # and drops the failure an earlier try of this DAG run recorded
     return result
@@ -416,7 +414,6 @@ def record_failure(config_path: str | None, dag_id: str, dag_run_id: str, messag
     and a consumer DAG's config came from an asset event that the callback does not see.
     """
     from mlflow.entities import ViewType
-
 
     client = connect(load_config(config_path) if config_path else None)
     experiments = [e.experiment_id for e in client.search_experiments()]
