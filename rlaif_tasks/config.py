@@ -21,6 +21,7 @@ import yaml
 
 from rlaif_tasks.atomic import write_text
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.stores import rlaif_home
 
 
 @dataclass
@@ -360,6 +361,12 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def runs_root(config: RunConfig) -> Path:
+    """Where a config's DAG runs keep their folders: `run_dir` with its {name}, a relative one under $RLAIF_HOME."""
+    base = Path(config.run_dir.format(name=config.name)).expanduser()
+    return base if base.is_absolute() else rlaif_home() / base
 
 
 def open_run_dir(config: RunConfig) -> Path:

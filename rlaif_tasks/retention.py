@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif_tasks import tracking
-from rlaif_tasks.config import RunConfig
+from rlaif_tasks.config import RunConfig, runs_root
 from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.evaluation.cache import CACHE_FOLDER
 from rlaif_tasks.models.cache import model_cache_dir
 from rlaif_tasks.registry import CHALLENGER, CHAMPION, PREVIOUS
-from rlaif_tasks.stores import rlaif_home
 from rlaif_tasks.tags import TAG_RUN_DIR
 
 if TYPE_CHECKING:
@@ -45,12 +44,6 @@ KEPT_ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
 def registered_models(config: RunConfig) -> list[str]:
     name = tracking.registered_model_name(config)
     return [name, f"{name}-reward"]
-
-
-def runs_root(config: RunConfig) -> Path:
-    """Where this config's DAG runs keep their folders (stages/common.run_folder without the run id)."""
-    base = Path(config.run_dir.format(name=config.name)).expanduser()
-    return base if base.is_absolute() else rlaif_home() / base
 
 
 def _versions(client: "MlflowClient", name: str) -> list:
@@ -83,8 +76,8 @@ def plan(config: RunConfig, client: "MlflowClient") -> dict:
             if str(v.version) in keep and v.tags.get(TAG_RUN_DIR):
                 kept_run_dirs.add(str(Path(v.tags[TAG_RUN_DIR]).resolve()))
     cutoff = time.time() - r.run_folder_days * 86400
-    expired_folders = [str(f) for f in _run_folders(runs_root(config)) if str(f.resolve()) not in kept_run_dirs and _last_touched(f) < cutoff]
     root = runs_root(config)
+    expired_folders = [str(f) for f in _run_folders(root) if str(f.resolve()) not in kept_run_dirs and _last_touched(f) < cutoff]
     caches = [root / CACHE_FOLDER, *(child / CACHE_FOLDER for child in (root.iterdir() if root.is_dir() else []) if child.is_dir())]
     expired_folders += [str(entry) for cache in caches if cache.is_dir() for entry in cache.iterdir() if entry.stat().st_mtime < cutoff]
     cache = []

@@ -15,9 +15,9 @@ import socket
 from pathlib import Path
 
 from rlaif_tasks import tracking
-from rlaif_tasks.config import RunConfig, load_config
+from rlaif_tasks.config import RunConfig, load_config, runs_root
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.stores import rlaif_home, use_tracking_uri
+from rlaif_tasks.stores import use_tracking_uri
 from rlaif_tasks.tags import TAG_FAILURE
 
 
@@ -35,9 +35,7 @@ def run_folder(config: RunConfig, dag_run_id: str, *, dag_id: str | None = None)
     rlaif_nightly's runs leave out the DAG id; the preference DAGs put it in, since run ids of
     different DAGs can coincide (`scheduled__<date>` has no random part) and their folders must not.
     """
-    base = Path(config.run_dir.format(name=config.name)).expanduser()
-    if not base.is_absolute():
-        base = rlaif_home() / base
+    base = runs_root(config)
     if dag_id is not None:
         base = base / dag_id
     return base / safe_run_id(dag_run_id)
