@@ -126,7 +126,6 @@ def cmd_run(args) -> int:
 
 
 def _model_name(args) -> str:
-
     return args.name or registered_model_name(_config(args))
 
 

@@ -20,7 +20,6 @@ from rlaif_tasks.rewards.relevance import SentenceEncoder
 
 
 def load_policy(config: RunConfig, spec: str | None = None):
-
     m = config.model
     return load_model(
         spec or m.policy, kind="auto", revision=m.revision, trust_remote_code=m.trust_remote_code,
@@ -29,7 +28,6 @@ def load_policy(config: RunConfig, spec: str | None = None):
 
 
 def load_judges(config: RunConfig):
-
     device = resolve_device(config.device)
     return [build_scorer(j, purpose="toxicity", device=device) for j in config.evaluation.judges]
 

@@ -90,7 +90,6 @@ def _download(name: str, version: str, folder: Path) -> None:
     """Fetch the registered version into `folder` as one save_pretrained folder, whatever flavour it was logged with."""
     from mlflow import MlflowClient
 
-
     uri = active_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="rlaif-registry-") as tmp:
         checkpoint = download_policy(MlflowClient(tracking_uri=uri, registry_uri=uri), name, version, tmp)

@@ -76,7 +76,6 @@ class HFClassifierBackend:
     """Batched scoring with a transformers sequence classifier on its own tokenizer."""
 
     def __init__(self, cfg: ScorerConfig, device: str = "cpu"):
-
         loaded = load_model(cfg.model, kind="sequence-classifier", device=device)
         self.model, self.tokenizer = loaded.model.eval(), loaded.tokenizer
         self.tokenizer.padding_side = "right"
