@@ -36,18 +36,23 @@ pids=()
 # Each service runs in its own process group, so that stopping it stops its children too (the
 # LocalExecutor's workers). SIGTERM first; whatever still runs after 30 s gets SIGKILL: the run is
 # over by then, and the LocalExecutor has been seen to wait forever on a worker at shutdown.
+signal_service() {  # its process group where setsid made one (Linux), else the process alone (no setsid, e.g. macOS)
+    kill "-$1" -- "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null || true
+}
 stop() {
-    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do signal_service TERM "$pid"; done
     for _ in $(seq 60); do
         [[ -z "$(jobs -pr)" ]] && break  # every service has exited
         sleep 0.5
     done
-    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do signal_service KILL "$pid"; done
     wait 2>/dev/null || true
 }
 trap stop EXIT
+own_group=()
+if command -v setsid >/dev/null; then own_group=(setsid); fi
 for component in api-server scheduler dag-processor; do
-    setsid bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
+    ${own_group[@]+"${own_group[@]}"} bash scripts/service.sh "$component" >"$logs/$component.log" 2>&1 &
     pids+=($!)
 done
 
