@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,11 +290,13 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
         )
     gen = config.generation
     temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+    start = time.perf_counter()
     result = sampled_token_kl(
         challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
         temperature=temperature, batch_size=gen.batch_size,
     )
     result.pop("kl_per_response")
+    result["seconds"] = round(time.perf_counter() - start, 3)
     write_json(cache, result)
     return result
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -47,9 +48,14 @@ class Evaluation:
     """One row per response: prompt, query, response, prompt_id, sample, response_ids, quality columns, one column per judge."""
     tokens_per_second: float = 0.0
     quality: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each phase: `generate`, `judge/<name>`, `fluency`, `relevance` (what bench/bench_nightly.py reads)."""
 
     def summary(self) -> dict:
-        return {"judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second, "quality": self.quality}
+        return {
+            "judges": {k: asdict(v) for k, v in self.judges.items()}, "tokens_per_second": self.tokens_per_second,
+            "quality": self.quality, "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -79,10 +85,8 @@ def summarise(scores: Sequence[float], threshold: float) -> JudgeStats:
     )
 
 
-def score_responses(
-    responses: Sequence[str], prompts: Sequence[str], judges: Sequence[Scorer], threshold: float
-) -> tuple[dict[str, JudgeStats], dict[str, list[float]]]:
-    """Score already-generated responses with every judge (the judges' `prompts` are the raw prompts)."""
+def check_judge_names(judges: Sequence[Scorer]) -> None:
+    """Each judge's scores become a samples column named after it: two alike, or one named like a column, would overwrite."""
     names = [judge.name for judge in judges]
     clashes = sorted({n for n in names if names.count(n) > 1 or n in SAMPLE_COLUMNS})
     if clashes:
@@ -90,8 +94,13 @@ def score_responses(
             f"judge name(s) {clashes} are used twice or clash with the sample columns {list(SAMPLE_COLUMNS)}, so their scores would overwrite each other",
             "give every judge in evaluation.judges its own name (e.g. name: dynabench-hate)",
         )
-    columns = {judge.name: judge(responses, prompts) for judge in judges}
-    return {name: summarise(scores, threshold) for name, scores in columns.items()}, columns
+
+
+def _timed(seconds: dict[str, float], phase: str, fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds[phase] = round(time.perf_counter() - start, 3)
+    return result
 
 
 def evaluate_policy(
@@ -114,20 +123,25 @@ def evaluate_policy(
             f"nothing to evaluate: {len(queries)} test prompt(s) x {cfg.samples_per_prompt} sample(s) per prompt",
             "set evaluation.num_prompts (or unset it) and evaluation.samples_per_prompt to at least 1, and check data.test_size",
         )
+    check_judge_names(judges)
     log.info("evaluating on %d prompts x %d samples with %d judge(s)", len(queries), cfg.samples_per_prompt, len(judges))
     ids = [prompt_id(p) for p in rows["prompt"]]
     sample_no = [k for _ in queries for k in range(cfg.samples_per_prompt)]
     row_keys = [f"{ids[i]}/{k}" for i in range(len(queries)) for k in range(cfg.samples_per_prompt)]
-    out = generate(model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=cfg.seed, row_seeds=sampling_seeds(cfg.seed, row_keys))
+    seconds: dict[str, float] = {}
+    out = _timed(seconds, "generate", generate, model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=cfg.seed,
+                 row_seeds=sampling_seeds(cfg.seed, row_keys))
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
     response_queries = [queries[i] for i in out.prompt_index]
-    stats, columns = score_responses(out.responses, prompts, judges, cfg.toxic_threshold)
+    columns = {judge.name: _timed(seconds, f"judge/{judge.name}", judge, out.responses, prompts) for judge in judges}
+    stats = {name: summarise(scores, cfg.toxic_threshold) for name, scores in columns.items()}
     quality = quality or QualityModels()
     perplexity = relevance = None
     if quality.fluency is not None:
-        perplexity = response_perplexities(quality.fluency.model, quality.fluency.tokenizer, response_queries, out.responses, batch_size=gen.batch_size)
+        perplexity = _timed(seconds, "fluency", response_perplexities, quality.fluency.model, quality.fluency.tokenizer, response_queries,
+                            out.responses, batch_size=gen.batch_size)
     if quality.encoder is not None:
-        relevance = quality.encoder.similarity(prompts, out.responses)
+        relevance = _timed(seconds, "relevance", quality.encoder.similarity, prompts, out.responses)
     samples = pd.DataFrame({
         "prompt": prompts, "query": response_queries, "response": out.responses,
         "prompt_id": [ids[i] for i in out.prompt_index], "sample": sample_no, "response_ids": out.token_ids,
@@ -135,7 +149,7 @@ def evaluate_policy(
         **({"relevance": relevance} if relevance is not None else {}),
         **columns,
     })
-    return Evaluation(stats, samples, out.tokens_per_second, summarise_quality(out.responses, perplexity, relevance))
+    return Evaluation(stats, samples, out.tokens_per_second, summarise_quality(out.responses, perplexity, relevance), seconds)
 
 
 def relative_improvement(before: float, after: float) -> float:

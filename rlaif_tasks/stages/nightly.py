@@ -189,19 +189,23 @@ def _same_registered_model(requested: str, earlier: str) -> str | None:
 
 def baseline_eval(refs: dict) -> dict:
     """Toxicity of the base policy on the test prompts: reused when eval/baseline.json exists (a retry), else from
-    the evaluation cache when nothing it depends on changed since an earlier night (evaluation/cache.py)."""
+    the evaluation cache when nothing it depends on changed since an earlier night (evaluation/cache.py).
+    `baseline_source` in the refs says which (`evaluated`, `cache`, `earlier attempt`)."""
     from rlaif_tasks.evaluation.runner import evaluate_model
 
     config, run_dir = load_run(refs)
+    source = "earlier attempt"  # a retry of this task: the evaluation is in the run folder already
     if not _has_evaluation(run_dir, "baseline"):
         identity = baseline_identity(config, run_dir)
         key, root = eval_cache.cache_key(identity), run_dir.parent / eval_cache.CACHE_FOLDER  # beside this DAG's run folders
+        source = "cache"
         if key is None or not eval_cache.restore(root, key, run_dir, "baseline"):
+            source = "evaluated"
             evaluate_model(config, "baseline")
             if key is not None:
                 eval_cache.store(root, key, run_dir, "baseline", identity)
     _log_evaluation(connect(config), config, refs["mlflow_run_id"], run_dir, "baseline")
-    return dict(refs)
+    return {**refs, "baseline_source": source}
 
 
 def baseline_identity(config, run_dir: Path) -> dict:
