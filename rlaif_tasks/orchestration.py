@@ -30,6 +30,7 @@ from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryActi
 from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern, model_value_pattern, set_item_pattern
+from rlaif_tasks.services import quiet_libraries
 from rlaif_tasks.stages import nightly
 from rlaif_tasks.stages.preferences import reward_model_name
 
@@ -178,22 +179,6 @@ def use_mlflow_connection() -> None:
     if conn.login:
         os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
-
-
-QUIET_LIBRARIES = {
-    "MLFLOW_CONFIGURE_LOGGING": "false",  # MLflow's own stderr handler would make every INFO line an ERROR in the task log
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars (GGUF conversion) follow this too
-    "TQDM_DISABLE": "1",
-}
-"""A task's log is read line by line in the UI: no progress bars, and library logs at their own level, not as stderr."""
-
-
-def quiet_libraries() -> None:
-    """Library logs through the task's logging at their true level, progress bars off (before the stage imports them)."""
-    for name, value in QUIET_LIBRARIES.items():
-        os.environ.setdefault(name, value)
-    logging.captureWarnings(True)  # warnings become WARNING records of py.warnings, not stderr (ERROR) lines
 
 
 def run_stage(fn: Callable[..., Any], *args, **kwargs):

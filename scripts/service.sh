@@ -25,6 +25,9 @@
 #   RLAIF_HOME                               run folders, mounted at the same path on every worker
 #   MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD   (tasks)
 #
+# The scheduler and the Celery workers start through rlaif_tasks/warm_start.py, which imports torch,
+# transformers, mlflow and the like before Airflow forks task processes (RLAIF_PRELOAD: what, or empty).
+#
 # Optional: RLAIF_API_WORKERS (1), RLAIF_WORKER_CONCURRENCY (default queue, 2), RLAIF_GPU_QUEUE
 # (gpu), RLAIF_SKIP_SERVE_LOGS=1 (two workers on one host: the log server takes port 8793),
 # RLAIF_WORKER_HOSTNAME (the name task instances record; default the host's FQDN).
@@ -96,8 +99,9 @@ case "$component" in
     api-server)
         exec airflow api-server --host "$AIRFLOW__API__HOST" --port "$AIRFLOW__API__PORT" --workers "${RLAIF_API_WORKERS:-1}" "$@"
         ;;
+    # The scheduler forks the LocalExecutor's task processes: they start with the libraries imported (rlaif_tasks/warm_start.py).
     scheduler)
-        exec airflow scheduler "${serve_logs[@]}" "$@"
+        exec python -m rlaif_tasks.warm_start scheduler "${serve_logs[@]}" "$@"
         ;;
     dag-processor)
         exec airflow dag-processor "$@"
@@ -106,11 +110,11 @@ case "$component" in
         exec airflow triggerer "${serve_logs[@]}" "$@"
         ;;
     worker-default)
-        exec airflow celery worker --queues "${AIRFLOW__CELERY__DEFAULT_QUEUE:-default}" \
+        exec python -m rlaif_tasks.warm_start celery worker --queues "${AIRFLOW__CELERY__DEFAULT_QUEUE:-default}" \
             --concurrency "${RLAIF_WORKER_CONCURRENCY:-2}" --celery-hostname "default@%h" "${serve_logs[@]}" "$@"
         ;;
     worker-gpu)
-        exec airflow celery worker --queues "${RLAIF_GPU_QUEUE:-gpu}" --concurrency 1 \
+        exec python -m rlaif_tasks.warm_start celery worker --queues "${RLAIF_GPU_QUEUE:-gpu}" --concurrency 1 \
             --celery-hostname "gpu@%h" "${serve_logs[@]}" "$@"
         ;;
     *)

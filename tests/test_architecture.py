@@ -18,7 +18,7 @@ PACKAGE = ROOT / "rlaif_tasks"
 
 LAYERS = [
     ("ground", ["rlaif_tasks", "rlaif_tasks.errors", "rlaif_tasks.atomic", "rlaif_tasks.stores", "rlaif_tasks.tags", "rlaif_tasks.faults",
-                "rlaif_tasks.services", "rlaif_tasks.config"]),
+                "rlaif_tasks.services", "rlaif_tasks.warm_start", "rlaif_tasks.config"]),
     ("models", ["rlaif_tasks.models"]),
     ("inputs", ["rlaif_tasks.data", "rlaif_tasks.generation", "rlaif_tasks.rewards", "rlaif_tasks.overrides"]),
     ("measures", ["rlaif_tasks.preferences", "rlaif_tasks.evaluation"]),

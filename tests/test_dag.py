@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -241,3 +242,28 @@ def test_compose_publishes_on_loopback_and_refuses_to_start_without_its_secrets(
     secrets = {(name, rest.startswith(":?")) for name, rest in uses if re.search("PASSWORD|SECRET|FERNET", name)}
     assert {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD"} <= {name for name, _ in secrets}
     assert [name for name, required in secrets if not required] == []  # each secret is ${VAR:?...}, never empty by default
+
+
+def test_warm_start_imports_the_libraries_quietly_then_runs_the_airflow_command():
+    """The scheduler and Celery workers start through rlaif_tasks.warm_start: the preloaded modules are imported before
+    Airflow's command runs (so forked tasks inherit them), MLflow without its own stderr handler (a task log would show
+    its INFO lines as errors), and the Airflow command's output and exit code are its own."""
+    probe = (
+        "import sys, logging, runpy\n"
+        "sys.argv = ['warm_start', 'version']\n"
+        "import airflow.__main__ as am\n"
+        "real = am.main\n"
+        "def main():\n"
+        "    print('LOADED', sorted(m for m in ('mlflow', 'pandas', 'torch') if m in sys.modules), flush=True)\n"
+        "    print('MLFLOW_HANDLERS', len(logging.getLogger('mlflow').handlers), flush=True)\n"
+        "    return real()\n"
+        "am.main = main\n"
+        "runpy.run_module('rlaif_tasks.warm_start', run_name='__main__')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_CONFIGURE_LOGGING"} | {"RLAIF_PRELOAD": "mlflow,pandas,no_such_module"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED ['mlflow', 'pandas']" in done.stdout  # torch was not asked for: RLAIF_PRELOAD decides
+    assert "MLFLOW_HANDLERS 0" in done.stdout
+    assert importlib.metadata.version("apache-airflow") in done.stdout
+    assert "rlaif warm start: preloaded mlflow, pandas in" in done.stderr
