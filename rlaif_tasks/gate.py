@@ -293,7 +293,7 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
     start = time.perf_counter()
     result = sampled_token_kl(
         challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
-        temperature=temperature, batch_size=gen.batch_size,
+        temperature=temperature, batch_size=config.evaluation.batch_size,
     )
     result.pop("kl_per_response")
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
 
 import evaluate
 import pandas as pd
@@ -46,7 +45,7 @@ def test_prompts() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def evaluation(policy, judges):
     frame = pd.DataFrame({"prompt": PROMPTS, "query": [f"{p} :" for p in PROMPTS]})
-    cfg = EvaluationConfig(samples_per_prompt=2, toxic_threshold=0.5, seed=3, relevance_model=None)
+    cfg = EvaluationConfig(samples_per_prompt=2, toxic_threshold=0.5, seed=3, relevance_model=None, batch_size=3)
     return evaluate_policy(policy.model, policy.tokenizer, frame, judges, GEN, cfg)
 
 
@@ -145,7 +144,7 @@ def test_evaluation_is_deterministic_for_a_seed(policy, judges, test_prompts, ev
 def test_each_response_has_its_own_seed_whatever_its_batch(policy, judges, test_prompts, evaluation):
     """Per-prompt seeds: a prompt answered alone, in another order or batch size gets the same responses (paired comparisons)."""
     subset = test_prompts.iloc[[2, 0]]
-    alone = evaluate_policy(policy.model, policy.tokenizer, subset, judges[:1], replace(GEN, batch_size=1), EvaluationConfig(samples_per_prompt=2, seed=3))
+    alone = evaluate_policy(policy.model, policy.tokenizer, subset, judges[:1], GEN, EvaluationConfig(samples_per_prompt=2, seed=3, batch_size=1))
     full = evaluation.samples.set_index(["prompt_id", "sample"])["response"]
     assert [full[(row.prompt_id, row.sample)] for row in alone.samples.itertuples()] == alone.samples["response"].tolist()
     other_seed = evaluate_policy(policy.model, policy.tokenizer, subset, judges[:1], GEN, EvaluationConfig(samples_per_prompt=2, seed=4))

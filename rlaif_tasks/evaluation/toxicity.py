@@ -130,7 +130,7 @@ def evaluate_policy(
     row_keys = [f"{ids[i]}/{k}" for i in range(len(queries)) for k in range(cfg.samples_per_prompt)]
     seconds: dict[str, float] = {}
     out = _timed(seconds, "generate", generate, model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=cfg.seed,
-                 row_seeds=sampling_seeds(cfg.seed, row_keys))
+                 row_seeds=sampling_seeds(cfg.seed, row_keys), batch_size=cfg.batch_size)
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
     response_queries = [queries[i] for i in out.prompt_index]
     columns = {judge.name: _timed(seconds, f"judge/{judge.name}", judge, out.responses, prompts) for judge in judges}
@@ -139,7 +139,7 @@ def evaluate_policy(
     perplexity = relevance = None
     if quality.fluency is not None:
         perplexity = _timed(seconds, "fluency", response_perplexities, quality.fluency.model, quality.fluency.tokenizer, response_queries,
-                            out.responses, batch_size=gen.batch_size)
+                            out.responses, batch_size=cfg.batch_size)
     if quality.encoder is not None:
         relevance = _timed(seconds, "relevance", quality.encoder.similarity, prompts, out.responses)
     samples = pd.DataFrame({
