@@ -1,11 +1,13 @@
-"""The same tiny-config nightly run on the embedded LocalExecutor (SQLite) and on Celery + Postgres + Redis.
+"""The same tiny-config nightly run on the embedded LocalExecutor (SQLite) and on Celery + Postgres + Redis, cold and warm.
 
 Both topologies are started with scripts/service.sh by tests/production_stack.py (the Celery one
 with an authenticated MLflow server on Postgres, the embedded one with MLflow's SQLite store), one
 after the other, and run `rounds` DAG runs each on the tiny policy, so the numbers are Airflow's
-overhead rather than training. Per task: queued -> running (the executor's pick-up delay) and
-scheduled -> queued; per run: the DAG run's wall time. Writes the `executors` section of
-docs/benchmarks.md.
+overhead rather than training. Each topology runs twice: cold (RLAIF_PRELOAD empty: every task
+process imports torch, transformers, mlflow & co. itself, as before rlaif_tasks/warm_start.py; the
+baseline) and warm (the default: the scheduler or worker imported them before forking the task).
+Per task: queued -> running (the executor's pick-up delay) and running time; per run: the DAG
+run's wall time. Writes the `executors` section of docs/benchmarks.md.
 
     .venv/bin/python bench/bench_executors.py [--rounds 3] [--no-write]
 """
@@ -33,11 +35,15 @@ def seconds(a: str | None, b: str | None) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
-def measure(executor: str, rounds: int) -> dict:
+def measure(executor: str, rounds: int, warm: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{executor}-") as tmp:
         home = Path(tmp)
         config = write_tiny_project(home)
         stack = ProductionStack(home, config, executor=executor, redis_db=12)
+        if warm:
+            stack.env.pop("RLAIF_PRELOAD", None)
+        else:
+            stack.env["RLAIF_PRELOAD"] = ""
         started = time.monotonic()
         try:
             stack.start_all()
@@ -74,9 +80,13 @@ def main() -> None:
     missing = servers_missing()
     if missing:
         sys.exit(f"Postgres and Redis are needed for the Celery side: {missing}")
-    results = {name: measure(executor, args.rounds) for name, executor in (("LocalExecutor, SQLite", "LocalExecutor"), ("Celery, Postgres + Redis", "CeleryExecutor"))}
-    local, celery = results.values()
+    results = {}
+    for name, executor in (("LocalExecutor, SQLite", "LocalExecutor"), ("Celery, Postgres + Redis", "CeleryExecutor")):
+        for start, warm in (("cold (baseline)", False), ("warm", True)):
+            results[f"{name}, {start}"] = measure(executor, args.rounds, warm)
+    local_cold, local, celery_cold, celery = results.values()
     ratio = statistics.mean(celery["walls"]) / statistics.mean(local["walls"])
+    warm_gain = {name: statistics.mean(cold["walls"]) / statistics.mean(hot["walls"]) for name, cold, hot in (("LocalExecutor", local_cold, local), ("Celery", celery_cold, celery))}
     lines = [
         "## Scheduling overhead: embedded LocalExecutor against Celery + Postgres + Redis",
         "",
@@ -84,7 +94,10 @@ def main() -> None:
         "policy, 2 PPO steps, 8 test prompts), so the run is mostly Airflow: each topology is started with "
         "`scripts/service.sh` (tests/production_stack.py), then runs the DAG that many times in a row. "
         "Celery: two workers (`default`, `gpu`) and an MLflow server with basic auth on Postgres; "
-        "embedded: the scheduler runs the tasks and MLflow writes to SQLite. Mean (min-max) over the runs.",
+        "embedded: the scheduler runs the tasks and MLflow writes to SQLite. Cold: `RLAIF_PRELOAD=` (empty), so every task "
+        "process imports torch, transformers, mlflow & co. itself (the baseline, as before the warm start); warm: the default, "
+        "the scheduler or Celery worker imported them before forking the task process (rlaif_tasks/warm_start.py). "
+        "Mean (min-max) over the runs.",
         "",
         "| | startup (s) | DAG run wall time (s) | task end -> next task running (s) | queued -> running, per task (s) |",
         "|---|---|---|---|---|",
@@ -93,17 +106,19 @@ def main() -> None:
         lines.append(f"| {name} | {r['startup']:.0f} | {spread(r['walls'])} | {spread(r['gaps'])} | {spread(r['pickups'])} |")
     lines += [
         "",
-        f"Celery over embedded, whole run: **{ratio:.2f}x**. Per task, queued -> running / running time (s), mean over the runs:",
+        f"Warm over cold, DAG run wall time: **{warm_gain['LocalExecutor']:.1f}x faster** on the LocalExecutor, "
+        f"**{warm_gain['Celery']:.1f}x** on Celery. Celery over embedded (both warm), whole run: **{ratio:.2f}x**. "
+        "Per task, queued -> running / running time (s), mean over the runs:",
         "",
         "| task | " + " | ".join(results) + " |",
-        "|---|---|---|",
+        "|---|" + "---|" * len(results),
     ]
     for task in STAGES:
         cells = [f"{statistics.mean(p for p, _ in r['tasks'][task]):.1f} / {statistics.mean(d for _, d in r['tasks'][task]):.1f}" for r in results.values()]
         lines.append(f"| `{task}` | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "A task's running time includes its process start (the Task SDK supervisor, imports) and, on Celery, every "
+        "A task's running time includes its process start (the Task SDK supervisor, and cold, the imports) and, on Celery, every "
         "MLflow call going over HTTP with a login to the server instead of into a local SQLite file: `register` "
         "uploads the policy through the server. "
         "On a GPU night the tasks run for minutes to hours, so a few seconds of pick-up per task is noise; "
