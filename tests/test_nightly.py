@@ -287,14 +287,19 @@ def test_the_base_policys_evaluation_is_computed_once_and_identical_from_the_cac
     real = runner.evaluate_model
     monkeypatch.setattr(runner, "evaluate_model", lambda config, label, *a, **k: computed.append(label) or real(config, label, *a, **k))
 
+    sources = []
+
     def night(run_id: str, **overrides) -> Path:
         refs = nightly.prepare_dataset(str(config_path), overrides, "rlaif_nightly", run_id)
-        nightly.baseline_eval(refs)
+        sources.append(nightly.baseline_eval(refs)["baseline_source"])
         return Path(refs["run_dir"]) / "eval"
 
     first = night("scheduled__1")
     second = night("scheduled__2")
     assert computed == ["baseline"]  # the second night evaluated nothing
+    assert sources == ["evaluated", "cache"]
+    refs = nightly.prepare_dataset(str(config_path), {}, "rlaif_nightly", "scheduled__2")
+    assert nightly.baseline_eval(refs)["baseline_source"] == "earlier attempt"  # a retry of the second night's task
     cache = home / "runs" / "tiny" / ".evaluation-cache"
     [entry] = list(cache.iterdir())
     shutil.rmtree(entry)  # recompute the same evaluation from scratch
