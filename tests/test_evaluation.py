@@ -220,3 +220,29 @@ def test_evaluate_module_takes_an_hf_classifier_judge(toxicity_module, tmp_path)
     scores = toxicity_module.compute(predictions=[TOXIC, *HARMLESS], judge=folder)["toxicity"]
     expected = build_scorer(ScorerConfig(model=folder), purpose="toxicity")([TOXIC, *HARMLESS])
     assert scores == pytest.approx(expected, abs=1e-6)
+
+
+def test_perplexity_of_each_response_is_its_own_whatever_the_batch(policy):
+    """Fluency: exp(mean NLL of a response's tokens given its query), as one unpadded sequence would give it, in any batch."""
+    import torch
+
+    from rlaif_tasks.evaluation.quality import response_perplexities
+
+    tok = policy.tokenizer
+    queries = ["you are", "what do you think of people who always", "", "hi"]
+    responses = ["a kind person", "they are fine", "well then", ""]
+
+    def alone(query: str, response: str) -> float:
+        q = tok(query, add_special_tokens=True)["input_ids"]
+        r = tok(response, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([q + r])
+        with torch.inference_mode():
+            logp = torch.log_softmax(policy.model(input_ids=ids).logits.float()[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        scored = logp[max(len(q), 1) - 1 :]
+        return math.exp(-float(scored.sum()) / len(scored)) if len(scored) else math.nan
+
+    expected = [alone(q, r) for q, r in zip(queries, responses)]
+    for batch_size in (1, 3, 4):
+        got = response_perplexities(policy.model, tok, queries, responses, batch_size=batch_size)
+        assert math.isnan(got[3]) and math.isnan(expected[3])
+        assert got[:3] == pytest.approx(expected[:3], rel=1e-4), batch_size

@@ -54,11 +54,15 @@ def response_perplexities(model, tokenizer, queries: Sequence[str], responses: S
     """Per response, exp(mean NLL of its tokens given its query) under a causal LM; NaN for an empty response.
 
     The texts are tokenised with the fluency model's own tokenizer, since it need not be the policy's.
+    Queries are left-padded and responses right-padded (`generation.lm_forward`'s layout), so only the
+    response positions go through the output head: a query is often longer than its answer, and the
+    head (the vocabulary's width) is the largest matrix of a small LM.
     """
     import torch
 
-    if getattr(model.config, "is_encoder_decoder", False):
+    from rlaif_tasks.generation import lm_forward, token_logprobs
 
+    if getattr(model.config, "is_encoder_decoder", False):
         raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -66,26 +70,24 @@ def response_perplexities(model, tokenizer, queries: Sequence[str], responses: S
     model.eval()
     with torch.inference_mode():
         for b in range(0, len(queries), batch_size):
-            rows = []
-            for query, response in zip(queries[b : b + batch_size], responses[b : b + batch_size]):
-                q = tokenizer(query, add_special_tokens=True)["input_ids"]
-                r = tokenizer(response, add_special_tokens=False)["input_ids"]
-                rows.append((q, r))
-            width = max(len(q) + len(r) for q, r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            target = torch.zeros((len(rows), width), dtype=torch.bool)
+            rows = [
+                (tokenizer(query, add_special_tokens=True)["input_ids"], tokenizer(response, add_special_tokens=False)["input_ids"])
+                for query, response in zip(queries[b : b + batch_size], responses[b : b + batch_size])
+            ]
+            rows = [(q, r) if q or not r else (r[:1], r[1:]) for q, r in rows]  # a first token with nothing before it is not scored
+            query_width, response_width = max(len(q) for q, _ in rows), max(1, max(len(r) for _, r in rows))
+            batch = {name: torch.full((len(rows), width), fill, dtype=torch.long) for name, width, fill in (
+                ("query_ids", query_width, pad), ("query_mask", query_width, 0), ("response_ids", response_width, pad), ("response_mask", response_width, 0))}
             for i, (q, r) in enumerate(rows):
-                seq = q + r
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-                target[i, len(q) : len(seq)] = True
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            scored = target[:, 1:]
-            for i in range(len(rows)):
-                n = int(scored[i].sum())
-                out.append(math.exp(-float(logp[i][scored[i]].sum()) / n) if n else math.nan)
+                if q:
+                    batch["query_ids"][i, query_width - len(q) :] = torch.tensor(q)
+                    batch["query_mask"][i, query_width - len(q) :] = 1
+                batch["response_ids"][i, : len(r)] = torch.tensor(r, dtype=torch.long)
+                batch["response_mask"][i, : len(r)] = 1
+            logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq=False, want_hidden=False)
+            logp = token_logprobs(logits.float().cpu(), batch["response_ids"]) * batch["response_mask"]
+            for i, (_, r) in enumerate(rows):
+                out.append(math.exp(-float(logp[i].sum()) / len(r)) if r else math.nan)
     return out
 
 
