@@ -470,5 +470,8 @@ def test_unreachable_hub_while_online_is_transient_not_a_config_error(tmp_path, 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    waits = []
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", waits.append)  # the hub client's back-off (23 s), not this test's subject
     with pytest.raises(TransientError, match="could not be reached"):
         load_model("someone/some-model", kind="causal-lm")
+    assert waits, "the hub client retried before giving up"
