@@ -23,6 +23,8 @@ from rlaif_tasks.train.metrics import read_metrics
 QUERIES = ["you are", "the day is", "i think that", "hello my friend", "what is this", "they are very", "she was so", "we love the"] * 4
 TIMING_KEYS = {"time/generate", "time/score", "time/update", "time/step", "tokens_per_second"}
 
+pytestmark = pytest.mark.slow  # most tests start `accelerate launch` process groups
+
 
 @pytest.fixture(scope="module")
 def causal_path(tmp_path_factory):

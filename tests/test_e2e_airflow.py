@@ -25,6 +25,8 @@ DAG_ID = "rlaif_nightly"
 STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
 RERUN = ["prepare_dataset", "register", "promote_if_better", "report"]
 
+pytestmark = pytest.mark.slow  # whole DAG runs through `make run` and the scheduler
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):

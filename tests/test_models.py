@@ -310,6 +310,7 @@ def _files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
+@pytest.mark.slow  # converts the bundled GGUF
 def test_conversion_crash_leaves_no_folder_and_the_next_call_converts(smol_cache, monkeypatch):
     models_dir = smol_cache.parent
     seen_midway: list[str] = []

@@ -484,6 +484,7 @@ def test_registry_uris_are_model_specs_resolved_per_call_and_cached_by_version(m
         describe_spec("models:/rlaif-specs-policy")
 
 
+@pytest.mark.slow  # starts `mlflow models serve`
 def test_the_champion_serves_with_the_runs_sampling_and_per_request_params(models, prompts_file, store, tmp_path):
     """`mlflow models serve` on models:/NAME@champion answers at once, and a caller's params apply."""
     import os

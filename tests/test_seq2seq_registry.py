@@ -53,6 +53,7 @@ def test_a_registered_policy_downloads_as_one_save_pretrained_folder(flavour, st
     assert registry.verify_registered_weights(client, version["name"], version["version"], trained) == registry.weights_sha256(trained)
 
 
+@pytest.mark.slow  # starts a model server in a venv without this project
 def test_a_seq2seq_policy_serves_without_rlaif_tasks_installed(store, tmp_path):
     """Logged from code, the pyfunc model needs only the pinned runtime: a process that cannot import rlaif_tasks answers."""
     from tiny_models import tiny_seq2seq_lm
