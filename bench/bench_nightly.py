@@ -186,7 +186,7 @@ def main() -> None:
         "home, one after the other. The first starts from empty stores; later ones find the base policy's evaluation in the "
         "evaluation cache (evaluation/cache.py) and the first night's champion for the gate. Running and queued seconds are read "
         "from the DAG run's task instances in the metadata DB; the phases inside a task from the stages' own timings (each "
-        "evaluation's `seconds`, summed over the test split and the extra sets; the training steps' `time/*`; the gate's KL pass); "
+        "evaluation's `seconds`, summed over the test split and the extra sets; the training steps' `time/*`, where `update` includes the no-grad forwards for old log-probs, values and the reference; the gate's KL pass); "
         "`rest` is loading models, MLflow logging and process start.",
         "",
         "| task | " + " | ".join(f"night {i + 1}: running s (queued s) | night {i + 1}: inside the task, s" for i in range(len(nights))) + " |",
