@@ -8,8 +8,9 @@ each task process is forked from one of them (Airflow's supervisor, without exec
 here is in every task already, instead of 8-10 s of `import torch, transformers, mlflow, ...` per task
 on 2 cores, most of a short task's time. Only third-party libraries are preloaded: this project's own
 modules are imported by each task, so a changed stage takes effect at the next task without a restart.
-Importing starts no thread and no OpenMP pool, so forking afterwards is safe (PyTorch's DataLoader
-workers rely on the same). Set RLAIF_PRELOAD to a comma-separated list to change what is imported,
+Importing computes nothing, so no OpenMP pool exists yet when Airflow forks; the few native helper
+threads some of these libraries start at import (3 here) are not copied into a forked child, as with
+PyTorch's DataLoader workers, which fork after the same imports. Set RLAIF_PRELOAD to a comma-separated list to change what is imported,
 or to an empty string for none.
 """
 
