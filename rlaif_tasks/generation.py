@@ -172,6 +172,20 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def query_response_batch(query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int, *, left_pad_queries: bool = True) -> dict[str, torch.Tensor]:
+    """`lm_forward`'s layout from token ids: queries padded on the left (a causal LM; on the right for an encoder), responses on the right."""
+    batch = {}
+    for name, rows, left, least in (("query", query_ids, left_pad_queries, 0), ("response", response_ids, False, 1)):
+        width = max(least, max((len(r) for r in rows), default=0))
+        ids, mask = torch.full((len(rows), width), pad_id, dtype=torch.long), torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                span = slice(width - len(row), width) if left else slice(0, len(row))
+                ids[i, span], mask[i, span] = torch.tensor(list(row), dtype=torch.long), 1
+        batch[f"{name}_ids"], batch[f"{name}_mask"] = ids, mask
+    return batch
+
+
 def lm_forward(model, batch: dict[str, torch.Tensor], is_seq2seq: bool, want_hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predict each response token, and the last hidden state at those positions.
 

@@ -21,17 +21,13 @@ def _batch(tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[in
     """`generation.lm_forward`'s layout: left-padded queries as generation tokenised them, right-padded sampled ids."""
     import torch
 
+    from rlaif_tasks.generation import query_response_batch
+
     if not is_seq2seq:
         tokenizer.padding_side = "left"
-    enc = tokenizer(list(queries), return_tensors="pt", padding=True, add_special_tokens=is_seq2seq)
-    width = max(1, max(len(ids) for ids in response_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    response = torch.full((len(response_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(response_ids), width), dtype=torch.long)
-    for i, ids in enumerate(response_ids):
-        response[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-        mask[i, : len(ids)] = 1
-    batch = {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"], "response_ids": response, "response_mask": mask}
+    query_ids = [tokenizer(q, add_special_tokens=is_seq2seq)["input_ids"] for q in queries]
+    batch = query_response_batch(query_ids, response_ids, pad, left_pad_queries=tokenizer.padding_side == "left")
     if is_seq2seq:
         batch["decoder_start"] = torch.full((len(response_ids), 1), decoder_start if decoder_start is not None else pad, dtype=torch.long)
     return batch

@@ -60,7 +60,7 @@ def response_perplexities(model, tokenizer, queries: Sequence[str], responses: S
     """
     import torch
 
-    from rlaif_tasks.generation import lm_forward, token_logprobs
+    from rlaif_tasks.generation import lm_forward, query_response_batch, token_logprobs
 
     if getattr(model.config, "is_encoder_decoder", False):
         raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
@@ -75,15 +75,7 @@ def response_perplexities(model, tokenizer, queries: Sequence[str], responses: S
                 for query, response in zip(queries[b : b + batch_size], responses[b : b + batch_size])
             ]
             rows = [(q, r) if q or not r else (r[:1], r[1:]) for q, r in rows]  # a first token with nothing before it is not scored
-            query_width, response_width = max(len(q) for q, _ in rows), max(1, max(len(r) for _, r in rows))
-            batch = {name: torch.full((len(rows), width), fill, dtype=torch.long) for name, width, fill in (
-                ("query_ids", query_width, pad), ("query_mask", query_width, 0), ("response_ids", response_width, pad), ("response_mask", response_width, 0))}
-            for i, (q, r) in enumerate(rows):
-                if q:
-                    batch["query_ids"][i, query_width - len(q) :] = torch.tensor(q)
-                    batch["query_mask"][i, query_width - len(q) :] = 1
-                batch["response_ids"][i, : len(r)] = torch.tensor(r, dtype=torch.long)
-                batch["response_mask"][i, : len(r)] = 1
+            batch = query_response_batch([q for q, _ in rows], [r for _, r in rows], pad)
             logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq=False, want_hidden=False)
             logp = token_logprobs(logits.float().cpu(), batch["response_ids"]) * batch["response_mask"]
             for i, (_, r) in enumerate(rows):
