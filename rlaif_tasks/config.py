@@ -507,8 +507,8 @@ def validate(config: RunConfig) -> None:
         raise RlaifError(f"train.dpo_rounds must be >= 1, got {t.dpo_rounds}", "set train.dpo_rounds to 1 (plain DPO) or more (iterative DPO)")
     if t.steps < 0:
         raise RlaifError(f"train.steps must be >= 0 (0 evaluates the base policy only), got {t.steps}", "set train.steps to 0 or more")
-    if t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1:
-        raise RlaifError("train.batch_size, generation.max_new_tokens and generation.batch_size must be >= 1", "raise the value to at least 1")
+    if t.batch_size < 1 or g.max_new_tokens < 1 or g.batch_size < 1 or config.evaluation.batch_size < 1:
+        raise RlaifError("train.batch_size, generation.max_new_tokens, generation.batch_size and evaluation.batch_size must be >= 1", "raise the value to at least 1")
     if g.min_new_tokens > g.max_new_tokens:
         raise RlaifError(
             f"generation.min_new_tokens ({g.min_new_tokens}) exceeds generation.max_new_tokens ({g.max_new_tokens})",

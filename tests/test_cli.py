@@ -73,6 +73,7 @@ def test_config_show_applies_overrides(capsys):
         ("train.steps=many", "train.steps: expected an integer, got 'many'"),
         ("train.algorithm=sft", "train.algorithm: 'sft' is not one of"),
         ("train.mini_batch_size=5", "is not a multiple of train.mini_batch_size"),
+        ("evaluation.batch_size=0", "evaluation.batch_size must be >= 1"),
     ],
 )
 def test_bad_config_exits_2_with_a_fix(override, problem, capsys):
