@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
+from rlaif_tasks.evaluation.cache import label_files  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
 TASKS = ("prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report")
@@ -98,9 +100,7 @@ def _seconds(summary_path: Path) -> dict[str, float]:
 def evaluation_phases(run_dir: Path, label: str) -> dict[str, float]:
     """Generation, judges, fluency and relevance of one evaluation, summed over the test split and the extra sets."""
     phases: dict[str, float] = {}
-    for path in sorted((run_dir / "eval").glob(f"{label}*.json")):
-        if path.name.count(".") > 2 or not (path.stem == label or path.stem.startswith(label + ".")):
-            continue
+    for path in (p for p in label_files(run_dir / "eval", label) if p.suffix == ".json"):
         for name, value in _seconds(path).items():
             phase = "judges" if name.startswith("judge/") else name
             phases[phase] = phases.get(phase, 0.0) + value
