@@ -10,8 +10,8 @@ on 2 cores, most of a short task's time. Only third-party libraries are preloade
 modules are imported by each task, so a changed stage takes effect at the next task without a restart.
 Importing computes nothing, so no OpenMP pool exists yet when Airflow forks; the few native helper
 threads some of these libraries start at import (3 here) are not copied into a forked child, as with
-PyTorch's DataLoader workers, which fork after the same imports. Set RLAIF_PRELOAD to a comma-separated list to change what is imported,
-or to an empty string for none.
+PyTorch's DataLoader workers, which fork after the same imports. Set RLAIF_PRELOAD to a
+comma-separated list to change what is imported, or to an empty string for none.
 """
 
 from __future__ import annotations
