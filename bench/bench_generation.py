@@ -6,12 +6,13 @@ rollouts of training (batch 16), the evaluation's batch (64) in float32 and in b
 machine's matmul peak on the policy's layer shapes for scale. Writes the
 `generation` section of docs/benchmarks.md.
 
-    .venv/bin/python bench/bench_generation.py [--prompts 64] [--new-tokens 24]
+    .venv/bin/python bench/bench_generation.py [--prompts 64] [--new-tokens 24] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--policy", default="smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/ alone")
     args = parser.parse_args()
 
@@ -71,43 +73,50 @@ def main() -> None:
     flops_per_token = 2 * sum(p.numel() for p in model.parameters())  # every weight once per token; the tied head is the embedding
 
     generate(model, tokenizer, queries[:2], GenerationConfig(max_new_tokens=4, min_new_tokens=4))  # warm-up
-    torch.manual_seed(0)
-    seq_tokens, seq_seconds = one_at_a_time(model, tokenizer, queries, gen)
     expected = len(queries) * args.new_tokens
-    assert seq_tokens == expected, (seq_tokens, expected)
-    rows = [("one prompt at a time (baseline: the seed's loop)", "float32", 1, seq_tokens, seq_seconds)]
     settings = [
+        ("one prompt at a time (baseline: the seed's loop)", "float32", 1, None),
         ("batched, one random stream per batch (PPO rollouts: generation.batch_size)", "float32", 16, None),
         ("batched, one random stream per response (evaluation at evaluation.batch_size)", "float32", 64, seeds),
         ("the same in bfloat16", "bfloat16", 64, seeds),
     ]
-    for label, dtype, batch, row_seeds in settings:
-        model.to(getattr(torch, dtype))
-        out = generate(model, tokenizer, queries, gen, seed=0, batch_size=batch, row_seeds=row_seeds)
-        assert out.new_tokens == expected, (label, out.new_tokens, expected)
-        rows.append((label, dtype, batch, out.new_tokens, out.seconds))
+    tps: dict[int, list[float]] = {i: [] for i in range(len(settings))}  # tokens/s of each setting, one entry per round
+    for _ in range(args.rounds):
+        for i, (label, dtype, batch, row_seeds) in enumerate(settings):
+            model.to(getattr(torch, dtype))
+            if batch == 1:
+                torch.manual_seed(0)
+                tokens, seconds = one_at_a_time(model, tokenizer, queries, gen)
+            else:
+                out = generate(model, tokenizer, queries, gen, seed=0, batch_size=batch, row_seeds=row_seeds)
+                tokens, seconds = out.new_tokens, out.seconds
+            assert tokens == expected, (label, tokens, expected)
+            tps[i].append(tokens / seconds)
     model.to(torch.float32)
     peaks = {dtype: matmul_peak(model, getattr(torch, dtype)) for dtype in ("float32", "bfloat16")}
 
-    baseline_tps = seq_tokens / seq_seconds
+    def spread(values: list[float], spec: str) -> str:
+        return f"{statistics.median(values):{spec}} ({min(values):{spec}}-{max(values):{spec}})"
+
     table = [
-        "| generation | dtype | batch | new tokens | seconds | tokens/s | vs the seed's loop | GFLOP/s (share of the matmul peak) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| generation | dtype | batch | tokens/s, median (min-max) | vs the seed's loop, same round | GFLOP/s (share of the matmul peak) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for label, dtype, batch, tokens, seconds in rows:
-        tps = tokens / seconds
-        gflops = tps * flops_per_token / 1e9
-        table.append(f"| {label} | {dtype} | {batch} | {tokens} | {seconds:.1f} | {tps:.1f} | {tps / baseline_tps:.1f}x | {gflops:.0f} ({gflops / peaks[dtype]:.0%}) |")
-    at = {batch: tokens / seconds / baseline_tps for label, dtype, batch, tokens, seconds in rows if dtype == "float32"}
+    speedup = {i: [t / base for t, base in zip(tps[i], tps[0])] for i in tps}
+    for i, (label, dtype, batch, _) in enumerate(settings):
+        gflops = statistics.median(tps[i]) * flops_per_token / 1e9
+        table.append(f"| {label} | {dtype} | {batch} | {spread(tps[i], '.1f')} | {spread(speedup[i], '.1f')}x | {gflops:.0f} ({gflops / peaks[dtype]:.0%}) |")
+    at = {settings[i][2]: spread(speedup[i], ".1f") for i in (1, 2)}
     body = f"""## Rollout generation: batched vs the seed's one-prompt-at-a-time loop
 
-`bench/bench_generation.py --prompts {args.prompts} --new-tokens {args.new_tokens}` — policy `{args.policy}`, {len(queries)} bundled provocative
-prompts, exactly {args.new_tokens} new tokens per prompt (sampling, top_k=0, top_p=1.0), {machine()}; every row in
-this one process, one after the other.
+`bench/bench_generation.py --prompts {args.prompts} --new-tokens {args.new_tokens} --rounds {args.rounds}` — policy `{args.policy}`,
+{len(queries)} bundled provocative prompts, exactly {expected // len(queries)} new tokens per prompt (sampling, top_k=0, top_p=1.0),
+{machine()}; every row in this one process, {args.rounds} rounds of all rows in turn (the speed-up is taken
+within a round, against that round's baseline).
 
 {chr(10).join(table)}
 
-Speed-up over the seed's loop: **{at[16]:.1f}x at batch 16** (PPO's rollouts) and **{at[64]:.1f}x at batch 64** (evaluation,
+Speed-up over the seed's loop, median (min-max over rounds): **{at[16]}x at batch 16** (PPO's rollouts) and **{at[64]}x at batch 64** (evaluation,
 `evaluation.batch_size`; the responses are the same as at 16, since each has its own random stream).
 
 How far from the machine's limit: the matmul peak, measured on the policy's own layer shapes with 1,024 rows, is
@@ -115,7 +124,7 @@ How far from the machine's limit: the matmul peak, measured on the policy's own 
 {flops_per_token // 2 / 1e6:.0f}M parameters per token. Decoding multiplies {16}-{64} rows by every weight matrix per step, which reaches
 a fraction of that peak; the rest of a step is the per-token work of `generate` (sampling, cache, masks) that does
 not shrink with the batch. This CPU has AVX-512 BF16 but no AMX (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
-at about half the float32 rate here, so the project evaluates in `model.dtype` (float32 in configs/demo.yaml);
+at {peaks["bfloat16"] / peaks["float32"]:.0%} of the float32 rate here, so the project evaluates in `model.dtype` (float32 in configs/demo.yaml);
 on a GPU the seed configs use bfloat16."""
     print(body)
     if not args.no_write:

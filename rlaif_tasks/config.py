@@ -120,7 +120,7 @@ class EvaluationConfig:
     toxic_threshold: float = 0.5
     batch_size: int = 64
     """Sequences per forward pass when evaluating (generation, fluency, KL): larger than training's generation.batch_size,
-    since nothing is kept for a backward pass, and 1.9x the tokens/s of 16 on 2 CPU cores (docs/benchmarks.md). The
+    since nothing is kept for a backward pass: about twice the tokens/s of 16 on 2 CPU cores (bench/bench_generation.py). The
     responses do not depend on it (one random stream per response); it is hashed with the other settings all the same."""
     num_table_rows: int = 50
     extra_sets: list[str] = field(default_factory=list)
