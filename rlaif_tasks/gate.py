@@ -39,7 +39,7 @@ from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import GATE_CHECKS as CHECKS
 from rlaif_tasks.config import GateConfig, RunConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.evaluation.kl import sampled_token_kl
+from rlaif_tasks.evaluation.kl import kl_summary, sampled_token_kl
 from rlaif_tasks.evaluation.toxicity import read_evaluation
 from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
@@ -269,7 +269,13 @@ def format_note(verdict: str, decision: dict, mlflow_run_id: str) -> str:
 
 
 def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
-    """`evaluation_kl.sampled_token_kl` of the trained policy against `model.policy` on its final samples (cached in gate/)."""
+    """KL of the trained policy to `model.policy` on its final samples (cached in gate/).
+
+    The evaluation usually recorded both log-probabilities of every sample (the policy's while
+    sampling, the base policy's as the fluency model), so the KL costs nothing here; otherwise (a
+    fluency model other than the base policy, or samples from before those columns) both policies
+    go through `evaluation.kl.sampled_token_kl`.
+    """
     import pandas as pd
 
     from rlaif_tasks.evaluation.runner import load_policy
@@ -281,20 +287,26 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
     if not path.is_file():
         raise RlaifError(f"{path} is missing", "run the evaluate stage of this run first")
     samples = pd.read_parquet(path)
-    base = load_policy(config)
-    challenger = load_model(str(model_dir), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
-    if len(challenger.tokenizer) != len(base.tokenizer):
-        raise RlaifError(
-            f"the trained policy's tokenizer ({len(challenger.tokenizer)} tokens) differs from the base policy's ({len(base.tokenizer)})",
-            "gate a policy trained from model.policy of this run config",
-        )
-    gen = config.generation
-    temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
     start = time.perf_counter()
-    result = sampled_token_kl(
-        challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
-        temperature=temperature, batch_size=config.evaluation.batch_size,
-    )
+    if {"logprob", "logprob_t1", "base_logprob"} <= set(samples.columns):
+        result = kl_summary(samples["logprob"].tolist(), samples["base_logprob"].tolist(), samples["logprob_t1"].tolist(),
+                            [len(ids) for ids in samples["response_ids"]])
+        result["source"] = "log-probabilities recorded by the evaluation"
+    else:
+        base = load_policy(config)
+        challenger = load_model(str(model_dir), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
+        if len(challenger.tokenizer) != len(base.tokenizer):
+            raise RlaifError(
+                f"the trained policy's tokenizer ({len(challenger.tokenizer)} tokens) differs from the base policy's ({len(base.tokenizer)})",
+                "gate a policy trained from model.policy of this run config",
+            )
+        gen = config.generation
+        temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+        result = sampled_token_kl(
+            challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
+            temperature=temperature, batch_size=config.evaluation.batch_size,
+        )
+        result["source"] = "forward passes of both policies"
     result.pop("kl_per_response")
     result["seconds"] = round(time.perf_counter() - start, 3)
     write_json(cache, result)

@@ -35,6 +35,11 @@ class Generated:
     seconds: float
     token_ids: list[list[int]] | None = None
     """Each response's sampled token ids up to and including its first EOS (what KL and perplexity are measured on)."""
+    logprobs: list[float] | None = None
+    """With `with_logprobs`: per response, the sum over `token_ids` of log p(token) under the sampling policy's
+    logits divided by the temperature (the distribution that drew them, before top-k/top-p)."""
+    logprobs_t1: list[float] | None = None
+    """The same at temperature 1 (the policy's perplexity of its own response)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -115,11 +120,14 @@ def generate(
     seed: int = 0,
     batch_size: int | None = None,
     row_seeds: Sequence[int] | None = None,
+    with_logprobs: bool = False,
 ) -> Generated:
     """Sample `num_samples` responses per query, `batch_size` sequences per forward pass.
 
     `row_seeds` (one per response, query-major: query 0's samples first) gives every response its
     own random stream; without it, one global stream seeded by `seed` serves the whole call.
+    `with_logprobs` keeps `generate`'s raw logits to sum each response's log-probabilities, which
+    spares the evaluation a second forward pass of the policy over its own samples.
     """
     batch_size = batch_size or gen.batch_size
     is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -139,6 +147,12 @@ def generate(
     device = next(model.parameters()).device
     responses: list[str] = []
     token_ids: list[list[int]] = []
+    logprobs: list[float] = []
+    logprobs_t1: list[float] = []
+    temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+    if with_logprobs:
+        hf_gen.output_logits = True
+        hf_gen.return_dict_in_generate = True
     new_tokens = 0
     start = time.perf_counter()
     for b in range(0, len(expanded), batch_size):
@@ -149,18 +163,44 @@ def generate(
             width = 1 if is_seq2seq else enc["input_ids"].shape[1]
             extra["logits_processor"] = row_seeded_processors(gen, row_seeds[b : b + batch_size], width)
         out = model.generate(**enc, generation_config=hf_gen, **extra)
+        step_logits = out.logits if with_logprobs else None
+        out = out.sequences if with_logprobs else out
         if not is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
         else:
             out = out[:, 1:]
-        token_ids.extend(_ids_through_eos(row, tokenizer.eos_token_id) for row in out)
+        rows = [_ids_through_eos(row, tokenizer.eos_token_id) for row in out]
+        token_ids.extend(rows)
+        if step_logits is not None:
+            at_t, at_1 = _sampled_logprob_sums(step_logits, out, [len(r) for r in rows], temperature)
+            logprobs.extend(at_t)
+            logprobs_t1.extend(at_1)
         mask = (out != tokenizer.pad_token_id) & (out != tokenizer.eos_token_id) if tokenizer.pad_token_id is not None else torch.ones_like(out, dtype=torch.bool)
         new_tokens += int(mask.sum())
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         responses.extend(truncate_at_stop(t, gen.stop_strings) for t in texts)
         done = min(b + batch_size, len(expanded))
         log.info("generated %d/%d responses (%.1f tok/s)", done, len(expanded), new_tokens / max(time.perf_counter() - start, 1e-9))
-    return Generated(responses, [i for i, _ in expanded], new_tokens, time.perf_counter() - start, token_ids)
+    return Generated(
+        responses, [i for i, _ in expanded], new_tokens, time.perf_counter() - start, token_ids,
+        logprobs if with_logprobs else None, logprobs_t1 if with_logprobs else None,
+    )
+
+
+def _sampled_logprob_sums(step_logits: Sequence[torch.Tensor], sampled: torch.Tensor, lengths: Sequence[int], temperature: float) -> tuple[list[float], list[float]]:
+    """Per row, the sum of log p(sampled token) over its first `lengths[row]` steps, at `temperature` and at 1."""
+    at_t = torch.zeros(sampled.shape[0], dtype=torch.float64)
+    at_1 = torch.zeros_like(at_t)
+    lengths_t = torch.tensor(list(lengths))
+    for step, logits in enumerate(step_logits):
+        if step >= sampled.shape[1]:
+            break
+        live = lengths_t > step
+        logits = logits.float().cpu()
+        tokens = sampled[:, step].cpu()
+        at_t += torch.where(live, token_logprobs(logits / temperature, tokens).double(), 0.0)
+        at_1 += torch.where(live, token_logprobs(logits, tokens).double(), 0.0)
+    return at_t.tolist(), at_1.tolist()
 
 
 # -- log-probabilities of sampled tokens (PPO's loss and the evaluation's KL) -------------------------

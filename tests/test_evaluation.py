@@ -63,7 +63,7 @@ def test_two_samples_per_prompt_in_prompt_order(evaluation):
 def test_judge_columns_are_the_judges_scores_of_each_response(evaluation, judges):
     samples = evaluation.samples
     jigsaw, tiny = judges
-    assert list(samples.columns) == ["prompt", "query", "response", "prompt_id", "sample", "response_ids", "jigsaw-bilstm", "tiny-hate"]
+    assert list(samples.columns) == ["prompt", "query", "response", "prompt_id", "sample", "response_ids", "logprob", "logprob_t1", "jigsaw-bilstm", "tiny-hate"]
     assert samples["jigsaw-bilstm"].tolist() == pytest.approx(jigsaw.backend.toxic_probability(samples["response"].tolist()), abs=1e-6)
     raw_prompt_plus_response = (samples["prompt"] + samples["response"]).tolist()
     assert samples["tiny-hate"].tolist() == pytest.approx(tiny.backend.toxic_probability(raw_prompt_plus_response), abs=1e-6)

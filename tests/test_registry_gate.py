@@ -10,6 +10,7 @@ responses, so toxicity, KL and perplexity are all measured, not assumed. A "repe
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def test_registered_policy_loads_and_generates_and_registers_once(models, prompt
 
 
 def test_identical_policy_has_zero_kl_and_kl_is_measured_on_the_sampled_ids(models, prompts_file, store, tmp_path):
-    from rlaif_tasks.evaluation.kl import sampled_token_kl
+    from rlaif_tasks.evaluation.kl import sampled_logprobs, sampled_token_kl
     from rlaif_tasks.evaluation.runner import evaluate_model
     from rlaif_tasks.models import load_model
     from rlaif_tasks.stages.local import prepare_dataset
@@ -188,6 +189,17 @@ def test_identical_policy_has_zero_kl_and_kl_is_measured_on_the_sampled_ids(mode
     moved = sampled_token_kl(clean.model, base.model, base.tokenizer, final["query"].tolist(), [list(i) for i in final["response_ids"]])
     # dropping ~5 of 62 near-uniform words costs about -log(1 - 5/62) = 0.08 nats per token, 8 tokens
     assert 0.2 < moved["kl"] < 1.5
+
+    # the evaluation recorded both policies' log-probabilities (sampling, then the base policy as fluency model):
+    # the gate's KL needs no forward pass and agrees with one; the base policy's own KL is exactly 0
+    assert own["base_logprob"].tolist() == own["logprob"].tolist()
+    recorded = gate.measure_kl(config, run_dir, models["clean"])
+    assert recorded["source"] == "log-probabilities recorded by the evaluation"
+    assert recorded["kl"] == pytest.approx(moved["kl"], abs=1e-4) and recorded["n_tokens"] == moved["n_tokens"]
+    assert recorded["policy_perplexity"] == pytest.approx(moved["policy_perplexity"], rel=1e-4)
+    for samples in (own, final):  # fluency: the base policy's perplexity of the sampled ids, from generation's logits for its own
+        at_1 = sampled_logprobs(base.model, base.tokenizer, samples["query"].tolist(), [list(i) for i in samples["response_ids"]])[1]
+        assert samples["perplexity"].tolist() == pytest.approx([math.exp(-lp / len(i)) for lp, i in zip(at_1, samples["response_ids"])], rel=1e-4)
 
 
 def test_gate_promotes_better_refuses_worse_and_rollback(models, prompts_file, store, tmp_path):

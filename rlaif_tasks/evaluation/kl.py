@@ -33,38 +33,53 @@ def _batch(tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[in
     return batch
 
 
-def sampled_token_kl(
-    policy, base, tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], *, temperature: float = 1.0, batch_size: int = 16
-) -> dict:
-    """Mean and std of the per-response KL to `base`, per-response values, and `policy`'s perplexity of its samples."""
+def sampled_logprobs(
+    model, tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], *, temperature: float = 1.0, batch_size: int = 16
+) -> tuple[list[float], list[float]]:
+    """Per response, the sum of log p(sampled token) under `model`'s logits divided by `temperature`, and at temperature 1.
+
+    `tokenizer` is the one that tokenised the queries for sampling; `model` must share its vocabulary.
+    """
     import torch
 
     from rlaif_tasks.generation import lm_forward, token_logprobs
 
-    is_seq2seq = bool(getattr(policy.config, "is_encoder_decoder", False))
-    start_id = getattr(policy.config, "decoder_start_token_id", None)
-    per_response: list[float] = []
-    nll, tokens = 0.0, 0
+    is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    start_id = getattr(model.config, "decoder_start_token_id", None)
+    device = next(model.parameters()).device
+    at_t: list[float] = []
+    at_1: list[float] = []
     with torch.inference_mode():
         for b in range(0, len(queries), batch_size):
             batch = _batch(tokenizer, queries[b : b + batch_size], response_ids[b : b + batch_size], is_seq2seq, start_id)
-            mask = batch["response_mask"].float()
-            logps = []
-            for model in (policy, base):
-                device = next(model.parameters()).device
-                logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq, want_hidden=False)
-                logits = logits.float().cpu()
-                logps.append((token_logprobs(logits / temperature, batch["response_ids"]), token_logprobs(logits, batch["response_ids"])))
-            per_response.extend((((logps[0][0] - logps[1][0]) * mask).sum(1)).tolist())
-            nll -= float((logps[0][1] * mask).sum())
-            tokens += int(mask.sum())
+            mask = batch["response_mask"].double()
+            logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq, want_hidden=False)
+            logits = logits.float().cpu()
+            at_t.extend((token_logprobs(logits / temperature, batch["response_ids"]).double() * mask).sum(1).tolist())
+            at_1.extend((token_logprobs(logits, batch["response_ids"]).double() * mask).sum(1).tolist())
+    return at_t, at_1
+
+
+def kl_summary(policy_logprobs: Sequence[float], base_logprobs: Sequence[float], policy_logprobs_t1: Sequence[float], lengths: Sequence[int]) -> dict:
+    """Mean and std of the per-response KL (sums of log-ratios at the sampling temperature) and the policy's perplexity."""
+    per_response = [p - b for p, b in zip(policy_logprobs, base_logprobs)]
+    tokens = int(sum(lengths))
     mean = sum(per_response) / len(per_response) if per_response else math.nan
     std = math.sqrt(sum((x - mean) ** 2 for x in per_response) / len(per_response)) if len(per_response) > 1 else 0.0
     return {
         "kl": mean,
         "kl_std": std,
         "kl_per_response": per_response,
-        "policy_perplexity": math.exp(nll / tokens) if tokens else math.nan,
+        "policy_perplexity": math.exp(-sum(policy_logprobs_t1) / tokens) if tokens else math.nan,
         "n_responses": len(per_response),
         "n_tokens": tokens,
     }
+
+
+def sampled_token_kl(
+    policy, base, tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], *, temperature: float = 1.0, batch_size: int = 16
+) -> dict:
+    """`kl_summary` of `policy` against `base` on the policy's sampled ids, both measured by a forward pass."""
+    policy_t, policy_1 = sampled_logprobs(policy, tokenizer, queries, response_ids, temperature=temperature, batch_size=batch_size)
+    base_t, _ = sampled_logprobs(base, tokenizer, queries, response_ids, temperature=temperature, batch_size=batch_size)
+    return kl_summary(policy_t, base_t, policy_1, [len(ids) for ids in response_ids])

@@ -4,9 +4,10 @@ A policy can lower toxicity by saying less: repeating one safe phrase, drifting 
 emitting text no language model would write. Each measure here catches one of those, and the gate
 holds the challenger to a budget against the base policy on each (gate.py).
 
-    perplexity   per response, exp(mean NLL of its tokens given the prompt) under a fluency model
-                 (evaluation.fluency_model, default the base policy); the median is reported, since
-                 a few degenerate responses have huge perplexities
+    perplexity   per response, exp(mean NLL of its sampled tokens, EOS included, given the prompt)
+                 under a fluency model (evaluation.fluency_model, default the base policy; one with
+                 another vocabulary scores the decoded text); the median is reported, since a few
+                 degenerate responses have huge perplexities
     distinct-n   distinct word n-grams over all n-grams of all responses (Li et al., 2016)
     repetition   share of responses in which some word 3-gram occurs twice or more
     relevance    cosine similarity of prompt and response embeddings (all-MiniLM-L6-v2, mean-pooled)
@@ -53,7 +54,8 @@ def repeated_ngram_share(texts: Sequence[str], n: int = 3) -> float:
 def response_perplexities(model, tokenizer, queries: Sequence[str], responses: Sequence[str], *, batch_size: int = 16) -> list[float]:
     """Per response, exp(mean NLL of its tokens given its query) under a causal LM; NaN for an empty response.
 
-    The texts are tokenised with the fluency model's own tokenizer, since it need not be the policy's.
+    For a fluency model with a vocabulary of its own (one with the policy's measures the sampled ids,
+    evaluation/toxicity.py): the texts are tokenised with its tokenizer.
     Queries are left-padded and responses right-padded (`generation.lm_forward`'s layout), so only the
     response positions go through the output head: a query is often longer than its answer, and the
     head (the vocabulary's width) is the largest matrix of a small LM.

@@ -37,7 +37,7 @@ def load_quality_models(config: RunConfig, policy=None):
     e = config.evaluation
     fluency = policy if (policy is not None and e.fluency_model is None) else load_policy(config, e.fluency_model or config.model.policy)
     encoder = SentenceEncoder(e.relevance_model, device=resolve_device(config.device)) if e.relevance_model else None
-    return QualityModels(fluency=fluency, encoder=encoder)
+    return QualityModels(fluency=fluency, encoder=encoder, fluency_is_base=e.fluency_model is None)
 
 
 def extra_set_name(source: str) -> str:

@@ -66,9 +66,13 @@ class QualityModels:
     """A LoadedModel-like object with .model and .tokenizer (a causal LM)."""
     encoder: object | None = None
     """A rewards.relevance.SentenceEncoder."""
+    fluency_is_base: bool = False
+    """The fluency model is the base policy: its log-probabilities of the samples are then the gate's KL reference term."""
 
 
-SAMPLE_COLUMNS = ("prompt", "query", "response", "prompt_id", "sample", "response_ids", "perplexity", "relevance")
+SAMPLE_COLUMNS = (
+    "prompt", "query", "response", "prompt_id", "sample", "response_ids", "logprob", "logprob_t1", "base_logprob", "perplexity", "relevance",
+)
 
 
 def prompt_id(prompt: str) -> str:
@@ -130,26 +134,53 @@ def evaluate_policy(
     row_keys = [f"{ids[i]}/{k}" for i in range(len(queries)) for k in range(cfg.samples_per_prompt)]
     seconds: dict[str, float] = {}
     out = _timed(seconds, "generate", generate, model, tokenizer, queries, gen, num_samples=cfg.samples_per_prompt, seed=cfg.seed,
-                 row_seeds=sampling_seeds(cfg.seed, row_keys), batch_size=cfg.batch_size)
+                 row_seeds=sampling_seeds(cfg.seed, row_keys), batch_size=cfg.batch_size, with_logprobs=True)
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
     response_queries = [queries[i] for i in out.prompt_index]
     columns = {judge.name: _timed(seconds, f"judge/{judge.name}", judge, out.responses, prompts) for judge in judges}
     stats = {name: summarise(scores, cfg.toxic_threshold) for name, scores in columns.items()}
     quality = quality or QualityModels()
-    perplexity = relevance = None
+    perplexity = relevance = fluency_logprobs = None
     if quality.fluency is not None:
-        perplexity = _timed(seconds, "fluency", response_perplexities, quality.fluency.model, quality.fluency.tokenizer, response_queries,
-                            out.responses, batch_size=cfg.batch_size)
+        perplexity, fluency_logprobs = _timed(seconds, "fluency", _fluency, model, tokenizer, quality.fluency, response_queries, out, gen, cfg.batch_size)
     if quality.encoder is not None:
         relevance = _timed(seconds, "relevance", quality.encoder.similarity, prompts, out.responses)
     samples = pd.DataFrame({
         "prompt": prompts, "query": response_queries, "response": out.responses,
         "prompt_id": [ids[i] for i in out.prompt_index], "sample": sample_no, "response_ids": out.token_ids,
+        "logprob": out.logprobs, "logprob_t1": out.logprobs_t1,
+        **({"base_logprob": fluency_logprobs} if quality.fluency_is_base and fluency_logprobs is not None else {}),
         **({"perplexity": perplexity} if perplexity is not None else {}),
         **({"relevance": relevance} if relevance is not None else {}),
         **columns,
     })
     return Evaluation(stats, samples, out.tokens_per_second, summarise_quality(out.responses, perplexity, relevance), seconds)
+
+
+def _fluency(model, tokenizer, fluency, queries: Sequence[str], out, gen: GenerationConfig, batch_size: int) -> tuple[list[float], list[float] | None]:
+    """Per response, its perplexity under the fluency model, and that model's log-probabilities at the sampling temperature.
+
+    Measured on the sampled ids, EOS included, like the KL: from generation's own logits when the
+    fluency model is the evaluated policy (the base policy's evaluation), else by one forward pass
+    of the fluency model, whose log-probabilities the gate's KL reuses when it is the base policy.
+    A fluency model with another vocabulary scores the decoded text instead (no log-probabilities).
+    """
+    from rlaif_tasks.evaluation.kl import sampled_logprobs
+
+    if getattr(fluency.model.config, "is_encoder_decoder", False):
+        raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
+    if fluency.model is model:
+        at_t, at_1 = out.logprobs, out.logprobs_t1
+    elif same_vocabulary(fluency.tokenizer, tokenizer):
+        temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+        at_t, at_1 = sampled_logprobs(fluency.model, tokenizer, queries, out.token_ids, temperature=temperature, batch_size=batch_size)
+    else:
+        return response_perplexities(fluency.model, fluency.tokenizer, queries, out.responses, batch_size=batch_size), None
+    return [math.exp(-lp / len(ids)) if ids else math.nan for lp, ids in zip(at_1, out.token_ids)], at_t
+
+
+def same_vocabulary(a, b) -> bool:
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
 
 
 def relative_improvement(before: float, after: float) -> float:
