@@ -44,8 +44,8 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 BROKEN_PREFIX = "broken-"
 T = TypeVar("T")
 
-NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter", "num_processes"}
-"""TrainConfig fields that may change between a run and its resumption (e.g. train longer, on fewer GPUs)."""
+NOT_TRAINING_RELEVANT = {"steps", "save_every", "merge_adapter", "num_processes", "merge_lora_for_rollouts"}
+"""TrainConfig fields that may change between a run and its resumption (e.g. train longer, on fewer GPUs, sample faster)."""
 
 
 def training_fields(config: RunConfig, queries: Sequence[str]) -> dict[str, Any]:

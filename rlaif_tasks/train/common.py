@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -31,6 +32,32 @@ def lora_config(settings: LoraSettings, task_type: str):
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, task_type=task_type,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
     )
+
+
+@contextlib.contextmanager
+def lora_merged(model, frozen: dict):
+    """A peft model with its LoRA adapters merged into the weights, for sampling; on exit the weights are the frozen ones again, bit for bit.
+
+    Unmerged, every adapted layer adds two small matmuls and a Python call per generated token: on the
+    demo policy that made a rollout about 1.4x slower (bench/bench_rollout.py, docs/benchmarks.md).
+    Subtracting the update again (peft's unmerge) would leave rounding error in the weights that the
+    reference policy (adapters off) is made of, so they are copied back from `frozen`, which keeps a
+    copy of each adapted weight (filled on the first call; the weights are frozen).
+    """
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+    if not frozen:
+        frozen.update({name: module.get_base_layer().weight.detach().clone() for name, module in layers.items()})
+    with torch.no_grad():
+        model.merge_adapter()
+        try:
+            yield model
+        finally:
+            model.unmerge_adapter()
+            for name, module in layers.items():
+                module.get_base_layer().weight.copy_(frozen[name])
 
 
 @dataclass

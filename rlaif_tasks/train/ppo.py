@@ -3,7 +3,8 @@
 One training step:
 
     1. rollout    sample a response for each query of the batch (batched `generate`, KV cache,
-                  left padding); stop strings cut the text and mask the tokens after the stop
+                  left padding; LoRA adapters merged into the weights meanwhile); stop strings cut
+                  the text and mask the tokens after the stop
     2. reward     score the decoded texts with any judge (a classifier with its own tokenizer, or a
                   Python callable); optional missing-EOS penalty, clipping, whitening
     3. evaluate   one no-grad forward of the policy (log-probs, values, entropy) and one of the
@@ -27,6 +28,7 @@ The collectives are in collectives.py; in one process they are the identity.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -46,7 +48,7 @@ from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
-from rlaif_tasks.train.common import StepProgress, TrainResult, with_lora
+from rlaif_tasks.train.common import StepProgress, TrainResult, lora_merged, with_lora
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -427,6 +429,7 @@ def train_ppo(
         reward_fn = build_scorer(config.reward, purpose="reward", device=device)
     kl_ctl = kl_controller(t)
     temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
+    merge_for_rollouts, frozen_weights = t.use_lora and t.merge_lora_for_rollouts, {}
 
     # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
@@ -478,7 +481,8 @@ def train_ppo(
 
         # 1. rollout (this rank's share of the batch)
         t0 = time.perf_counter()
-        ro = rollout(model.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, procs.device)
+        with lora_merged(model.policy, frozen_weights) if merge_for_rollouts else contextlib.nullcontext():
+            ro = rollout(model.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, procs.device)
         batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
         mask = batch["response_mask"]
         time_generate = time.perf_counter() - t0
