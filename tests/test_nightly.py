@@ -268,7 +268,9 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
 
     from rlaif_tasks.config import parse_override
 
-    for forbidden in FORBIDDEN_SETS + ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion"]:
+    # merge_lora_for_rollouts trades the workers' memory for speed: the operator's to set, like device
+    others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true"]
+    for forbidden in FORBIDDEN_SETS + others:
         key, value = parse_override(forbidden)
         with pytest.raises(RlaifError, match=re.escape(key)):
             nightly.prepare_dataset(str(config_path), {"train.steps": 1, key: value}, "rlaif_nightly", "manual__forbidden")
