@@ -182,8 +182,8 @@ class TrainConfig(LoraSettings):
     save_every: int = 5
     merge_adapter: bool = True
     merge_lora_for_rollouts: bool = True
-    """PPO with LoRA: sample with the adapters merged into a copy-backed set of weights (faster on CPU; costs one
-    copy of the adapted weights in memory, so large models on a full GPU may turn it off)."""
+    """PPO with LoRA: sample from a copy of the policy with the adapters merged into its weights (faster; costs one
+    more copy of the model in memory, so a large model on a full GPU may turn it off)."""
     dpo_beta: float = 0.1
     """DPO only: strength of the pull towards the base policy (higher stays closer)."""
     dpo_rounds: int = 1

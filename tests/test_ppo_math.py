@@ -166,33 +166,31 @@ def test_disabled_adapter_is_exactly_the_base_model(tmp_path):
     assert torch.allclose(reference, base_logits, atol=0, rtol=0)
 
 
-def test_lora_merged_for_sampling_then_the_frozen_weights_are_the_base_bit_for_bit(tmp_path):
-    """PPO samples with the adapters merged; afterwards the reference (adapters off) must still be exactly the base."""
+def test_ppo_samples_from_a_merged_copy_that_follows_the_adapters_and_leaves_the_base_untouched(tmp_path):
+    """PPO samples from a copy with the adapters merged; the reference (adapters off) must still be exactly the base."""
     from peft import get_peft_model
     from tiny_models import tiny_causal_lm
     from transformers import AutoModelForCausalLM
 
     from rlaif_tasks.config import TrainConfig
-    from rlaif_tasks.train.common import lora_config, lora_merged
+    from rlaif_tasks.train.common import MergedSampler, lora_config
 
     path = tiny_causal_lm(tmp_path / "tiny")
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(path), lora_config(TrainConfig(lora_r=4, lora_alpha=8), "CAUSAL_LM")).eval()
-    frozen: dict = {}
+    model = AutoModelForCausalLM.from_pretrained(path)
+    sampler = MergedSampler(model)
+    policy = get_peft_model(model, lora_config(TrainConfig(lora_r=4, lora_alpha=8), "CAUSAL_LM")).eval()
     with torch.no_grad():
         base_logits = base(ids).logits.clone()
         for step in range(3):
             for name, param in policy.named_parameters():
                 if "lora_B" in name or "lora_A" in name:
                     param.add_(torch.randn_like(param) * 0.5)  # training moved the adapters since the last rollout
-            adapted = policy(ids).logits.clone()
-            with lora_merged(policy, frozen):
-                merged = policy(ids).logits.clone()
-            assert torch.allclose(merged, adapted, atol=1e-4), step  # the same policy, merged
-            assert not torch.allclose(merged, base_logits, atol=1e-3)
-            assert torch.allclose(policy(ids).logits, adapted, atol=0, rtol=0)  # unmerged again, not applied twice
+            adapted = policy(ids).logits
+            merged = sampler.refresh(policy)
+            assert not any(type(m).__module__.startswith("peft") for m in merged.modules())  # plain layers, no adapter calls
+            assert torch.allclose(merged(ids).logits, adapted, atol=1e-4), step  # the same policy
+            assert not torch.allclose(adapted, base_logits, atol=1e-3)
             with policy.disable_adapter():
                 assert torch.equal(policy(ids).logits, base_logits), step
-    weights = {n: p for n, p in policy.named_parameters() if "lora_" not in n}
-    assert weights and all(torch.equal(p, base.state_dict()[n.removeprefix("base_model.model.").replace(".base_layer", "")]) for n, p in weights.items())

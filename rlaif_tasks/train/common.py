@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import statistics
 import time
@@ -34,30 +34,38 @@ def lora_config(settings: LoraSettings, task_type: str):
     )
 
 
-@contextlib.contextmanager
-def lora_merged(model, frozen: dict):
-    """A peft model with its LoRA adapters merged into the weights, for sampling; on exit the weights are the frozen ones again, bit for bit.
+class MergedSampler:
+    """A plain copy of the policy with its LoRA adapters folded into the weights: what PPO samples from.
 
-    Unmerged, every adapted layer adds two small matmuls and a Python call per generated token: on the
-    demo policy that made a rollout about 1.4x slower (bench/bench_rollout.py, docs/benchmarks.md).
-    Subtracting the update again (peft's unmerge) would leave rounding error in the weights that the
-    reference policy (adapters off) is made of, so they are copied back from `frozen`, which keeps a
-    copy of each adapted weight (filled on the first call; the weights are frozen).
+    Through peft's layers every adapted linear layer adds two small matmuls and a Python call per
+    generated token (bench/bench_rollout.py measures what that costs). Merging into the policy itself
+    would move the weights the reference policy (adapters off) is made of, and un-merging by
+    subtraction leaves rounding error behind, so the merge goes into a copy, refreshed before each
+    rollout. It costs one more model in memory: a large model on a full GPU may turn it off
+    (`train.merge_lora_for_rollouts`).
     """
-    import torch
-    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = {name: module for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
-    if not frozen:
-        frozen.update({name: module.get_base_layer().weight.detach().clone() for name, module in layers.items()})
-    with torch.no_grad():
-        model.merge_adapter()
-        try:
-            yield model
-        finally:
-            model.unmerge_adapter()
-            for name, module in layers.items():
-                module.get_base_layer().weight.copy_(frozen[name])
+    def __init__(self, model):
+        """`model`: the policy before peft wraps it (peft replaces its layers in place)."""
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def to(self, device) -> "MergedSampler":
+        self.model.to(device)
+        return self
+
+    def refresh(self, peft_model):
+        """The copy with W + the adapters' update for every adapted layer of `peft_model`, now."""
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        with torch.no_grad():
+            for name, layer in peft_model.base_model.model.named_modules():
+                if isinstance(layer, LoraLayer):
+                    weight = layer.get_base_layer().weight
+                    for adapter in layer.active_adapters:
+                        weight = weight + layer.get_delta_weight(adapter)
+                    self.model.get_submodule(name).weight.copy_(weight)
+        return self.model
 
 
 @dataclass

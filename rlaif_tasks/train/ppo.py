@@ -3,8 +3,8 @@
 One training step:
 
     1. rollout    sample a response for each query of the batch (batched `generate`, KV cache,
-                  left padding; LoRA adapters merged into the weights meanwhile); stop strings cut
-                  the text and mask the tokens after the stop
+                  left padding; with LoRA from a copy with the adapters merged); stop strings
+                  cut the text and mask the tokens after the stop
     2. reward     score the decoded texts with any judge (a classifier with its own tokenizer, or a
                   Python callable); optional missing-EOS penalty, clipping, whitening
     3. evaluate   one no-grad forward of the policy (log-probs, values, entropy) and one of the
@@ -28,7 +28,6 @@ The collectives are in collectives.py; in one process they are the identity.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -48,7 +47,7 @@ from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
-from rlaif_tasks.train.common import StepProgress, TrainResult, lora_merged, with_lora
+from rlaif_tasks.train.common import MergedSampler, StepProgress, TrainResult, with_lora
 from rlaif_tasks.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -412,8 +411,9 @@ def train_ppo(
         raise RlaifError(f"the policy {config.model.policy!r} is a {loaded.kind}", "set model.policy to a causal or seq2seq language model")
     is_seq2seq = loaded.kind == "seq2seq-lm"
     policy, tokenizer = loaded.model, loaded.tokenizer
-    reference = None
+    reference = sampler = None
     if t.use_lora:
+        sampler = MergedSampler(policy).to(procs.device) if t.merge_lora_for_rollouts else None
         policy = with_lora(policy, t, "SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM")
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False).to(procs.device)
@@ -429,7 +429,6 @@ def train_ppo(
         reward_fn = build_scorer(config.reward, purpose="reward", device=device)
     kl_ctl = kl_controller(t)
     temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
-    merge_for_rollouts, frozen_weights = t.use_lora and t.merge_lora_for_rollouts, {}
 
     # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
@@ -481,8 +480,8 @@ def train_ppo(
 
         # 1. rollout (this rank's share of the batch)
         t0 = time.perf_counter()
-        with lora_merged(model.policy, frozen_weights) if merge_for_rollouts else contextlib.nullcontext():
-            ro = rollout(model.policy, tokenizer, batch_queries, gen_cfg, is_seq2seq, procs.device)
+        sampling_model = sampler.refresh(model.policy) if sampler is not None else model.policy
+        ro = rollout(sampling_model, tokenizer, batch_queries, gen_cfg, is_seq2seq, procs.device)
         batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
         mask = batch["response_mask"]
         time_generate = time.perf_counter() - t0
