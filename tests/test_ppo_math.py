@@ -194,3 +194,24 @@ def test_ppo_samples_from_a_merged_copy_that_follows_the_adapters_and_leaves_the
             assert not torch.allclose(adapted, base_logits, atol=1e-3)
             with policy.disable_adapter():
                 assert torch.equal(policy(ids).logits, base_logits), step
+
+
+def test_dropping_the_padding_columns_a_minibatch_shares_changes_no_logit(tmp_path):
+    """The update's minibatches drop the left padding all their queries share: same logits and values, fewer columns."""
+    from tiny_models import tiny_causal_lm
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_tasks.generation import lm_forward, query_response_batch
+    from rlaif_tasks.train.ppo import without_shared_left_padding
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm(tmp_path / "tiny")).eval()
+    batch = query_response_batch([[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16]], [[20, 21, 22], [23, 24], [25]], 0)
+    minibatch = {k: v[1:] for k, v in batch.items()}
+    trimmed = without_shared_left_padding(minibatch)
+    assert trimmed["query_ids"].shape[1] == 3 < minibatch["query_ids"].shape[1] == 7
+    with torch.no_grad():
+        full_logits, full_hidden = lm_forward(model, minibatch, is_seq2seq=False)
+        logits, hidden = lm_forward(model, trimmed, is_seq2seq=False)
+    mask = minibatch["response_mask"].bool()
+    assert torch.allclose(logits[mask], full_logits[mask], atol=1e-5) and torch.allclose(hidden[mask], full_hidden[mask], atol=1e-5)
+    assert without_shared_left_padding(batch)["query_ids"].shape[1] == 7  # the longest query keeps every column

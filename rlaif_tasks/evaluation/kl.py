@@ -17,17 +17,14 @@ import math
 from typing import Sequence
 
 
-def _batch(tokenizer, queries: Sequence[str], response_ids: Sequence[Sequence[int]], is_seq2seq: bool, decoder_start: int | None) -> dict:
-    """`generation.lm_forward`'s layout: left-padded queries as generation tokenised them, right-padded sampled ids."""
+def _batch(tokenizer, query_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], is_seq2seq: bool, decoder_start: int | None) -> dict:
+    """`generation.lm_forward`'s layout: left-padded queries (ids as generation tokenised them), right-padded sampled ids."""
     import torch
 
     from rlaif_tasks.generation import query_response_batch
 
-    if not is_seq2seq:
-        tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    query_ids = [tokenizer(q, add_special_tokens=is_seq2seq)["input_ids"] for q in queries]
-    batch = query_response_batch(query_ids, response_ids, pad, left_pad_queries=tokenizer.padding_side == "left")
+    batch = query_response_batch(query_ids, response_ids, pad, left_pad_queries=not is_seq2seq)
     if is_seq2seq:
         batch["decoder_start"] = torch.full((len(response_ids), 1), decoder_start if decoder_start is not None else pad, dtype=torch.long)
     return batch
@@ -39,6 +36,8 @@ def sampled_logprobs(
     """Per response, the sum of log p(sampled token) under `model`'s logits divided by `temperature`, and at temperature 1.
 
     `tokenizer` is the one that tokenised the queries for sampling; `model` must share its vocabulary.
+    Rows go through in order of length, so a batch's padding is what its longest row needs (queries
+    vary several-fold in length; padding is computed like any token).
     """
     import torch
 
@@ -47,16 +46,21 @@ def sampled_logprobs(
     is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     start_id = getattr(model.config, "decoder_start_token_id", None)
     device = next(model.parameters()).device
-    at_t: list[float] = []
-    at_1: list[float] = []
+    query_ids = [tokenizer(q, add_special_tokens=is_seq2seq)["input_ids"] for q in queries]
+    order = sorted(range(len(queries)), key=lambda i: (len(query_ids[i]), len(response_ids[i])))
+    at_t = [math.nan] * len(queries)
+    at_1 = [math.nan] * len(queries)
     with torch.inference_mode():
-        for b in range(0, len(queries), batch_size):
-            batch = _batch(tokenizer, queries[b : b + batch_size], response_ids[b : b + batch_size], is_seq2seq, start_id)
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            batch = _batch(tokenizer, [query_ids[i] for i in rows], [response_ids[i] for i in rows], is_seq2seq, start_id)
             mask = batch["response_mask"].double()
             logits, _ = lm_forward(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq, want_hidden=False)
             logits = logits.float().cpu()
-            at_t.extend((token_logprobs(logits / temperature, batch["response_ids"]).double() * mask).sum(1).tolist())
-            at_1.extend((token_logprobs(logits, batch["response_ids"]).double() * mask).sum(1).tolist())
+            sums_t = (token_logprobs(logits / temperature, batch["response_ids"]).double() * mask).sum(1).tolist()
+            sums_1 = (token_logprobs(logits, batch["response_ids"]).double() * mask).sum(1).tolist()
+            for i, st, s1 in zip(rows, sums_t, sums_1):
+                at_t[i], at_1[i] = st, s1
     return at_t, at_1
 
 
