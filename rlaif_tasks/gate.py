@@ -42,7 +42,7 @@ from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.kl import kl_summary, sampled_token_kl
 from rlaif_tasks.evaluation.toxicity import read_evaluation
 from rlaif_tasks.models import load_model, resolve_device
-from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
+from rlaif_tasks.tags import TAG_CODE, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -358,7 +358,7 @@ def _check_weights(client: "MlflowClient", name: str, version: str, folder: Path
         )
 
 
-COMPARABLE_TAGS = (TAG_DATASET, TAG_EVAL_SETTINGS, TAG_CODE_VERSION, TAG_JUDGES)
+COMPARABLE_TAGS = (TAG_DATASET, TAG_EVAL_SETTINGS, TAG_CODE, TAG_JUDGES)
 """Run tags that must all be set and equal before the champion's stored samples stand for tonight's:
 the same prompts, sampling, evaluation seed and judge settings, code, and judge revisions."""
 

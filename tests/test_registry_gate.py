@@ -20,8 +20,9 @@ import pytest
 from rlaif_tasks import gate, registry, tracking
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig, RunConfig, ScorerConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation.cache import package_sha256
 from rlaif_tasks.models import BUNDLED_MODELS
-from rlaif_tasks.tags import TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_JUDGES, TAG_PROMOTION_LOCK, TAG_REPLACED, TAG_WEIGHTS
+from rlaif_tasks.tags import TAG_CODE, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_JUDGES, TAG_PROMOTION_LOCK, TAG_REPLACED, TAG_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,6 +118,7 @@ def comparability_tags(config) -> dict[str, str]:
         TAG_DATASET: read_manifest(config.resolved_run_dir)["content_sha256"],
         TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
         TAG_CODE_VERSION: tracking.code_version(),
+        TAG_CODE: package_sha256(),
         **tracking.judge_tags(config),
     }
 
@@ -357,13 +359,20 @@ def test_champion_samples_come_from_its_run_when_prompts_settings_code_and_judge
     assert not (run_dir / "eval").exists()
 
 
-def test_champion_is_evaluated_again_under_other_code(champion, models, prompts_file, store, tmp_path, caplog):
-    new_code = "f" * 40
-    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{TAG_CODE_VERSION: new_code})
+def test_champion_is_evaluated_again_under_other_code_but_not_for_another_commit_of_the_same_code(
+    champion, models, prompts_file, store, tmp_path, caplog
+):
+    """A commit that changed docs or tests (the git commit differs, the package's files do not) keeps the stored samples."""
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "docs-commit", **{TAG_CODE_VERSION: "d" * 40})
+    reference, _ = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
+    assert reference["source"].startswith(f"MLflow run {champion['run_id']}")
+
+    new_code = "f" * 64
+    config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "new-code", **{TAG_CODE: new_code})
     with caplog.at_level("INFO", logger="rlaif_tasks.gate"):
         reference, samples = gate.reference_samples(client, config, run_dir, run_id, champion["name"])
     assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
-    assert f"rlaif.code_version: {tracking.code_version()} -> {new_code}" in caplog.text
+    assert f"rlaif.code_sha256: {package_sha256()} -> {new_code}" in caplog.text
     assert TAG_DATASET not in caplog.text and TAG_JUDGES not in caplog.text
 
 
@@ -383,7 +392,7 @@ def test_champion_is_evaluated_again_when_a_judge_changed_revision(champion, mod
     assert_champion_evaluated_here(reference, samples, client, run_id, run_dir, champion["version"])
     installed = BUNDLED_MODELS["profanity-check"].package  # alt-profanity-check==1.9.1
     assert f"profanity-check {installed} sha256=" in caplog.text and f"-> {upgraded}" in caplog.text
-    assert TAG_CODE_VERSION not in caplog.text
+    assert TAG_CODE not in caplog.text
 
 
 def test_gate_judge_defaults_to_a_judge_training_did_not_optimise():
@@ -714,7 +723,7 @@ def test_a_damaged_champion_artefact_stops_the_gate_with_the_fix(champion, model
     sound = weights.read_bytes()
     try:
         weights.write_bytes(sound[: len(sound) // 2])
-        config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "damaged-weights", **{TAG_CODE_VERSION: "e" * 40})
+        config, client, run_id, run_dir = challenger_run(models, prompts_file, store, tmp_path, "damaged-weights", **{TAG_CODE: "e" * 64})
         with pytest.raises(RlaifError) as stopped:
             gate.reference_samples(client, config, run_dir, run_id, champion["name"])
     finally:

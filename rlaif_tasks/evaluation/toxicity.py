@@ -25,6 +25,7 @@ import pandas as pd
 from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation.kl import sampled_logprobs
 from rlaif_tasks.evaluation.quality import response_perplexities, summarise_quality
 from rlaif_tasks.generation import generate
 from rlaif_tasks.rewards.base import Scorer
@@ -165,8 +166,6 @@ def _fluency(model, tokenizer, fluency, queries: Sequence[str], out, gen: Genera
     of the fluency model, whose log-probabilities the gate's KL reuses when it is the base policy.
     A fluency model with another vocabulary scores the decoded text instead (no log-probabilities).
     """
-    from rlaif_tasks.evaluation.kl import sampled_logprobs
-
     if getattr(fluency.model.config, "is_encoder_decoder", False):
         raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
     if fluency.model is model:

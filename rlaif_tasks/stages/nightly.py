@@ -37,7 +37,7 @@ from rlaif_tasks.overrides import check_trigger_overrides
 from rlaif_tasks.rewards.relevance import BUNDLED_RELEVANCE_MODEL
 from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
 from rlaif_tasks.stores import use_tracking_uri
-from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
+from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
 from rlaif_tasks.train import train as train_policy
 from rlaif_tasks.train.metrics import read_metrics
 
@@ -131,6 +131,7 @@ def prepare_dataset(
         tags={
             TAG_DATASET: manifest["content_sha256"],
             TAG_CODE_VERSION: tracking.code_version(),
+            TAG_CODE: eval_cache.package_sha256(),
             TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
             **tracking.judge_tags(config),
             TAG_RUN_DIR: str(run_dir),
