@@ -41,9 +41,10 @@ up: $(STAMP)
 serve: $(STAMP)
 	VENV=$(VENV) SERVE_PORT=$(SERVE_PORT) bash scripts/serve.sh $(CONFIG) $(MODEL)
 
+# Two pytest-xdist workers, a test file each at a time: the DAG-run tests mostly wait on servers.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The linter alone (make test runs it first).
 lint: $(STAMP)

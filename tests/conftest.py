@@ -8,6 +8,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest-xdist workers on the 2 cores: a torch thread pool each (and in the
+# processes they start) keeps the cores busy without the pools spinning against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -51,8 +55,8 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_sessionfinish(session, exitstatus):
     target = os.environ.get("RLAIF_RELIABILITY_REPORT")
-    if not target or not _FAULT_RESULTS:
-        return
+    if not target or not _FAULT_RESULTS or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one table from one process: `make faults` runs without workers
     import platform
     import time
 
