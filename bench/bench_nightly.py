@@ -178,11 +178,10 @@ def replaced_passes(config_path: str, overrides: list[str], home: Path, first_ru
     base = load_policy(config)
     challenger = load_model(str(last_run_dir / "train" / "final"), kind="auto", dtype=config.model.dtype)
     final = pd.read_parquet(last_run_dir / "eval" / "final_samples.parquet")
-    gen, batch = config.generation, config.evaluation.batch_size
-    temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
+    batch = config.evaluation.batch_size
     start = time.perf_counter()
     forward = sampled_token_kl(challenger.model, base.model, challenger.tokenizer, final["query"].tolist(), [list(i) for i in final["response_ids"]],
-                               temperature=temperature, batch_size=batch)
+                               temperature=config.generation.sampling_temperature, batch_size=batch)
     kl_seconds = time.perf_counter() - start
     recorded = json.loads((last_run_dir / "gate" / "kl.json").read_text())
     baseline = [pd.read_parquet(p) for p in label_files(first_run_dir / "eval", "baseline") if p.suffix == ".parquet"]

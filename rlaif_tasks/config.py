@@ -71,6 +71,11 @@ class GenerationConfig:
     batch_size: int = 16
     stop_strings: list[str] = field(default_factory=list)
 
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature the sampled tokens were drawn at (1 for greedy decoding): what their log-probabilities divide by."""
+        return self.temperature if self.do_sample and self.temperature > 0 else 1.0
+
 
 @dataclass
 class ScorerConfig:

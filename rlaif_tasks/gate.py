@@ -300,11 +300,9 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
                 f"the trained policy's tokenizer ({len(challenger.tokenizer)} tokens) differs from the base policy's ({len(base.tokenizer)})",
                 "gate a policy trained from model.policy of this run config",
             )
-        gen = config.generation
-        temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
         result = sampled_token_kl(
             challenger.model, base.model, challenger.tokenizer, samples["query"].tolist(), [list(ids) for ids in samples["response_ids"]],
-            temperature=temperature, batch_size=config.evaluation.batch_size,
+            temperature=config.generation.sampling_temperature, batch_size=config.evaluation.batch_size,
         )
         result["source"] = "forward passes of both policies"
     result.pop("kl_per_response")

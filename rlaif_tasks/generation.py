@@ -149,7 +149,6 @@ def generate(
     token_ids: list[list[int]] = []
     logprobs: list[float] = []
     logprobs_t1: list[float] = []
-    temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
     if with_logprobs:
         hf_gen.output_logits = True
         hf_gen.return_dict_in_generate = True
@@ -172,7 +171,7 @@ def generate(
         rows = [_ids_through_eos(row, tokenizer.eos_token_id) for row in out]
         token_ids.extend(rows)
         if step_logits is not None:
-            at_t, at_1 = _sampled_logprob_sums(step_logits, out, [len(r) for r in rows], temperature)
+            at_t, at_1 = _sampled_logprob_sums(step_logits, out, [len(r) for r in rows], gen.sampling_temperature)
             logprobs.extend(at_t)
             logprobs_t1.extend(at_1)
         mask = (out != tokenizer.pad_token_id) & (out != tokenizer.eos_token_id) if tokenizer.pad_token_id is not None else torch.ones_like(out, dtype=torch.bool)

@@ -51,6 +51,12 @@ def repeated_ngram_share(texts: Sequence[str], n: int = 3) -> float:
     return sum(has_repeated_ngram(t, n) for t in texts) / len(texts) if texts else math.nan
 
 
+def require_causal_fluency_model(model) -> None:
+    """Perplexity of a response given its prompt needs a causal LM."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
+
+
 def response_perplexities(model, tokenizer, queries: Sequence[str], responses: Sequence[str], *, batch_size: int = 16) -> list[float]:
     """Per response, exp(mean NLL of its tokens given its query) under a causal LM; NaN for an empty response.
 
@@ -64,8 +70,7 @@ def response_perplexities(model, tokenizer, queries: Sequence[str], responses: S
 
     from rlaif_tasks.generation import lm_forward, query_response_batch, token_logprobs
 
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
+    require_causal_fluency_model(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     out: list[float] = []

@@ -26,7 +26,7 @@ from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import EvaluationConfig, GenerationConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.kl import sampled_logprobs
-from rlaif_tasks.evaluation.quality import response_perplexities, summarise_quality
+from rlaif_tasks.evaluation.quality import require_causal_fluency_model, response_perplexities, summarise_quality
 from rlaif_tasks.generation import generate
 from rlaif_tasks.rewards.base import Scorer
 
@@ -166,13 +166,11 @@ def _fluency(model, tokenizer, fluency, queries: Sequence[str], out, gen: Genera
     of the fluency model, whose log-probabilities the gate's KL reuses when it is the base policy.
     A fluency model with another vocabulary scores the decoded text instead (no log-probabilities).
     """
-    if getattr(fluency.model.config, "is_encoder_decoder", False):
-        raise RlaifError("the fluency model is a seq2seq model; perplexity of a response given its prompt needs a causal LM", "set evaluation.fluency_model to a causal LM")
+    require_causal_fluency_model(fluency.model)
     if fluency.model is model:
         at_t, at_1 = out.logprobs, out.logprobs_t1
     elif same_vocabulary(fluency.tokenizer, tokenizer):
-        temperature = gen.temperature if gen.do_sample and gen.temperature > 0 else 1.0
-        at_t, at_1 = sampled_logprobs(fluency.model, tokenizer, queries, out.token_ids, temperature=temperature, batch_size=batch_size)
+        at_t, at_1 = sampled_logprobs(fluency.model, tokenizer, queries, out.token_ids, temperature=gen.sampling_temperature, batch_size=batch_size)
     else:
         return response_perplexities(fluency.model, fluency.tokenizer, queries, out.responses, batch_size=batch_size), None
     return [math.exp(-lp / len(ids)) if ids else math.nan for lp, ids in zip(at_1, out.token_ids)], at_t

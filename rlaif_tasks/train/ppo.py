@@ -440,7 +440,7 @@ def train_ppo(
 
         reward_fn = build_scorer(config.reward, purpose="reward", device=device)
     kl_ctl = kl_controller(t)
-    temperature = gen_cfg.temperature if gen_cfg.do_sample and gen_cfg.temperature > 0 else 1.0
+    temperature = gen_cfg.sampling_temperature
 
     # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
