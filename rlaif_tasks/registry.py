@@ -14,7 +14,7 @@ back through the promotion history.
 The registry has no transactions, so every move is written in an order a retry can finish: a
 promotion first records on the new version what it replaces, then moves `champion` (the commit
 point), then `previous` and the status tags. Promotions and rollbacks of one model are serialised
-by a lease tag on the registered model (`promotion_lock`), and `promote` can be a compare-and-set
+by a lease tag on the registered model (`lease.promotion_lock`), and `promote` can be a compare-and-set
 on the champion a gate decision was made against.
 """
 
@@ -24,19 +24,18 @@ import contextlib
 import hashlib
 import importlib.metadata
 import logging
-import random
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif_tasks import tracking
 from rlaif_tasks.config import RunConfig
-from rlaif_tasks.errors import RlaifError, TransientError, mlflow_not_found
+from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.faults import fault_point
+from rlaif_tasks.lease import promotion_lock
 from rlaif_tasks.models import load_model
 from rlaif_tasks.models.registry_spec import ARTIFACT_NAME, download_policy, model_uri
-from rlaif_tasks.tags import TAG_DAG_RUN_ID, TAG_GATE, TAG_PREFIX, TAG_PROMOTED_AT, TAG_PROMOTION_LOCK, TAG_REJECTED_REASON, TAG_REPLACED, TAG_ROLLED_BACK_AT, TAG_STATUS, TAG_WEIGHTS
+from rlaif_tasks.tags import TAG_DAG_RUN_ID, TAG_GATE, TAG_PREFIX, TAG_PROMOTED_AT, TAG_REJECTED_REASON, TAG_REPLACED, TAG_ROLLED_BACK_AT, TAG_STATUS, TAG_WEIGHTS
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -284,55 +283,6 @@ def _summary(name: str, mv: "ModelVersion", **extra) -> dict:
     return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "model_uri": model_uri(name, mv.version), **extra}
 
 
-@contextlib.contextmanager
-def promotion_lock(client: "MlflowClient", name: str, *, lease_s: float = 120.0, settle_s: float = 1.0, wait_s: float = 600.0):
-    """Hold the model's promotion lease (tag `rlaif.promotion_lock`) while aliases move.
-
-    MLflow tags are last-writer-wins, so a taker writes its token, waits `settle_s` and reads it
-    back: of two takers writing at once both see the same winner (or one write fails on the store's
-    unique key, and that taker reads the other's token). A holder killed mid-move leaves
-    a lease that expires after `lease_s`. Safe as long as one tag write lands within `settle_s`.
-    """
-    from mlflow.exceptions import MlflowException
-
-    token = f"{uuid.uuid4().hex} {socket_name()}"
-    deadline = time.monotonic() + wait_s
-    while True:
-        held = client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "")
-        if not held or _lease_expired(held):
-            try:
-                client.set_registered_model_tag(name, TAG_PROMOTION_LOCK, f"{token} {time.time() + lease_s:.0f}")
-            except MlflowException as exc:  # two first writes at once can collide in the store (a UNIQUE constraint)
-                if mlflow_not_found(exc):
-                    raise
-                log.info("the promotion lease write for %s collided with another (%s); reading who holds it", name, exc.message[:200])
-            time.sleep(settle_s)
-            if client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "").startswith(token):
-                break
-        if time.monotonic() > deadline:
-            raise TransientError(f"{name}: another promotion holds the registry lease ({held}) for longer than {wait_s:.0f} s")
-        time.sleep(settle_s * (0.5 + random.random()))
-    try:
-        yield
-    finally:
-        if client.get_registered_model(name).tags.get(TAG_PROMOTION_LOCK, "").startswith(token):
-            client.delete_registered_model_tag(name, TAG_PROMOTION_LOCK)
-
-
-def socket_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _lease_expired(held: str) -> bool:
-    try:
-        return float(held.rsplit(" ", 1)[-1]) < time.time()
-    except ValueError:
-        return True
-
-
 def promote(
     name: str, version: str | int, *, expected_champion: "str | None | object" = ANY,
     client: "MlflowClient | None" = None, config: RunConfig | None = None,
@@ -346,7 +296,7 @@ def promote(
     _require_model(client, name)
     target = _version(client, name, version)
     version = str(target.version)
-    with promotion_lock(client, name):
+    with promotion_lock(client, name) as client:
         current = _alias_version(client, name, CHAMPION)
         if current == version:  # done before, perhaps by an attempt killed before the tags: finish it
             replaced = client.get_model_version(name, version).tags.get(TAG_REPLACED) or None
@@ -381,7 +331,7 @@ def rollback(name: str, *, client: "MlflowClient | None" = None, config: RunConf
     """
     client = _client(client, config)
     _require_model(client, name)
-    with promotion_lock(client, name):
+    with promotion_lock(client, name) as client:
         champion = get_alias(client, name, CHAMPION)
         if champion is None:
             raise RlaifError(f"model {name!r} has no champion, so there is nothing to roll back", f"promote a version first: `rlaif registry promote {name} VERSION`")

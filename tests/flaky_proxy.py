@@ -1,4 +1,4 @@
-"""An HTTP proxy in front of the MLflow server that can answer 503 for a while, as an overloaded server or a load balancer would."""
+"""An HTTP proxy in front of the MLflow server that can answer 503 for a while, as an overloaded server or a load balancer would, or answer nothing at all, as a network partition does."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-encodin
 
 
 class FlakyProxy:
-    """Forwards every request to `upstream`; between `fail_for()` and its end it answers 503 instead."""
+    """Forwards every request to `upstream`; for `fail_for()`'s seconds it answers 503 instead, for `black_hole_for()`'s it drops them unanswered."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
         self.failing_until = 0.0
+        self.silent_until = 0.0
+        self.dropped = 0
         self.refused = 0
         self.forwarded = 0
         self._client = httpx.Client(timeout=300)
@@ -50,6 +52,11 @@ class FlakyProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                if time.monotonic() < proxy.silent_until:  # the request is lost: no answer, and the connection dies when the partition heals
+                    proxy.dropped += 1
+                    time.sleep(max(0.0, proxy.silent_until - time.monotonic()))
+                    self.close_connection = True
+                    return
                 if time.monotonic() < proxy.failing_until:
                     proxy.refused += 1
                     self._answer(503, {"Content-Type": "text/plain"}, b"Service Unavailable")
@@ -73,6 +80,9 @@ class FlakyProxy:
 
     def fail_for(self, seconds: float) -> None:
         self.failing_until = time.monotonic() + seconds
+
+    def black_hole_for(self, seconds: float) -> None:
+        self.silent_until = time.monotonic() + seconds
 
     def close(self) -> None:
         self._server.shutdown()
