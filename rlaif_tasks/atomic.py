@@ -7,6 +7,7 @@ kernel crash can leave the new name pointing at a file whose blocks never reache
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,8 +25,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _fsync(tmp_path)
+        with _naming_a_full_disk(final):
+            yield tmp_path
+            _fsync(tmp_path)
         os.replace(tmp_path, final)
         _fsync(final.parent)
     finally:
@@ -39,10 +41,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        yield tmp
-        for path in sorted(tmp.rglob("*"), reverse=True):  # files, then their folders
-            _fsync(path)
-        _fsync(tmp)
+        with _naming_a_full_disk(final):
+            yield tmp
+            for path in sorted(tmp.rglob("*"), reverse=True):  # files, then their folders
+                _fsync(path)
+            _fsync(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -54,6 +57,26 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         _fsync(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+FULL_BELOW_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(final: Path) -> Iterator[None]:
+    """Turn a failed write on a full disk into ENOSPC with the fix; torch, for one, reports it as "unexpected pos"."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        free = shutil.disk_usage(final.parent).free
+        if not (full or free < FULL_BELOW_BYTES):
+            raise
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on the disk of {final.parent} while writing {final.name} ({free / 2**20:.1f} MiB free); nothing "
+            "half-written is kept. Free space (`rlaif gc`, the `retention` settings, or a larger disk) and retry",
+        ) from exc
 
 
 def _fsync(path: Path) -> None:
