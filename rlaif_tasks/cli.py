@@ -165,12 +165,13 @@ def cmd_nightly(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    """Delete what retention no longer keeps: expired registered versions with their artefacts, old run folders, cached downloads."""
+    """Delete what retention no longer keeps: expired registered versions with their artefacts, old run folders and their MLflow runs' artefacts, cached downloads."""
     result = retention.collect_garbage(_config(args), dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     for name, versions in result["expire_versions"].items():
         print(f"{name}: {verb} versions {', '.join(versions) or 'none'}; kept {', '.join(result['keep_versions'][name])}")
-    print(f"run folders {verb}: {len(result['run_folders'])}; cached downloads {verb}: {len(result['cache'])}")
+    print(f"run folders {verb}: {len(result['run_folders'])}; MLflow runs whose artefacts are {verb.split()[-1]}: "
+          f"{len(result['run_artifacts'])}; cached downloads {verb}: {len(result['cache'])}")
     if not args.dry_run:
         print(f"freed {result['freed_bytes'] / 1e6:.1f} MB on this machine")
     return 0

@@ -9,7 +9,9 @@ downloaded copy in the model cache. `collect_garbage` keeps, per registered mode
   `retention.keep_challengers` others; older versions are deleted from the registry with their
   artefacts (the logged model's folder, or the run artefacts a reward model was registered from);
 - run folders untouched for `retention.run_folder_days`, except those of the kept versions, and cached
-  base-policy evaluations (evaluation/cache.py) unused for as long;
+  base-policy evaluations (evaluation/cache.py) unused for as long; the MLflow artefacts (samples,
+  plots, reports) of the finished runs whose folders these were go too, while their metrics, params
+  and tags stay as the experiment's history;
 - in the model cache, the kept aliases' downloads and the newest `registry_cache_versions` others.
 
 `rlaif gc` and the rlaif_maintenance DAG call it; `dry_run` only says what would go. The register
@@ -31,7 +33,7 @@ from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.evaluation.cache import CACHE_FOLDER
 from rlaif_tasks.models.cache import model_cache_dir
 from rlaif_tasks.registry import CHALLENGER, CHAMPION, PREVIOUS
-from rlaif_tasks.tags import TAG_RUN_DIR
+from rlaif_tasks.tags import TAG_ARTIFACTS_DELETED, TAG_RUN_DIR
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -85,7 +87,22 @@ def plan(config: RunConfig, client: "MlflowClient") -> dict:
         cached = sorted((p for p in (model_cache_dir("registry") / name).glob("v*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:]), reverse=True)
         others = [p for p in cached if p.name[1:] not in aliased_versions.get(name, set())]
         cache += [str(p) for p in others[r.registry_cache_versions:]]
-    return {"keep_versions": keep_versions, "expire_versions": expire_versions, "run_folders": sorted(expired_folders), "cache": cache}
+    run_artifacts = _runs_past_their_folder(client, config, kept_run_dirs, cutoff)
+    return {"keep_versions": keep_versions, "expire_versions": expire_versions, "run_folders": sorted(expired_folders), "cache": cache,
+            "run_artifacts": run_artifacts}
+
+
+def _runs_past_their_folder(client: "MlflowClient", config: RunConfig, kept_run_dirs: set[str], cutoff: float) -> list[str]:
+    """Finished runs of the config's experiment, ended before `cutoff`, whose run folder is not a kept version's."""
+    experiment = client.get_experiment_by_name(tracking.experiment_name(config))
+    if experiment is None:
+        return []
+    expired = []
+    for run in client.search_runs([experiment.experiment_id], max_results=50000):
+        run_dir, ended = run.data.tags.get(TAG_RUN_DIR), run.info.end_time
+        if run_dir and ended and ended / 1000 < cutoff and TAG_ARTIFACTS_DELETED not in run.data.tags and str(Path(run_dir).resolve()) not in kept_run_dirs:
+            expired.append(run.info.run_id)
+    return sorted(expired)
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -115,6 +132,8 @@ def collect_garbage(config: RunConfig, client: "MlflowClient | None" = None, *, 
         for name, versions in todo["expire_versions"].items():
             for version in versions:
                 freed += _delete_version(client, name, version)
+        for run_id in todo["run_artifacts"]:
+            freed += _delete_run_artifacts(client, run_id)
         for folder in todo["run_folders"] + todo["cache"]:
             freed += _size(Path(folder))
             shutil.rmtree(folder, ignore_errors=True)
@@ -138,6 +157,19 @@ def _delete_version(client: "MlflowClient", name: str, version: str) -> int:
     if _logged_model_id(mv):
         client.delete_logged_model(_logged_model_id(mv))
     log.info("deleted %s version %s (%s)", name, version, location)
+    return size
+
+
+def _delete_run_artifacts(client: "MlflowClient", run_id: str) -> int:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    location = client.get_run(run_id).info.artifact_uri
+    size = _size(_local_path(location))
+    try:
+        get_artifact_repository(location).delete_artifacts()
+    except Exception as exc:  # as for versions: a store that cannot delete keeps the files, the run is still marked
+        log.warning("could not delete the artefacts of MLflow run %s at %s: %s", run_id, location, exc)
+    client.set_tag(run_id, TAG_ARTIFACTS_DELETED, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return size
 
 

@@ -26,6 +26,8 @@ TAG_FAILURE = "rlaif.failure"
 """Why the DAG run failed, set by the failure callback; removed when a retry repairs the run."""
 TAG_REWARD_MODEL = "rlaif.reward_model"
 """The registered reward model version a run trains against, when reward.model names one (`models:/NAME/N`)."""
+TAG_ARTIFACTS_DELETED = "rlaif.artifacts_deleted"
+"""When gc deleted the run's artefacts (samples, plots, reports): its run folder expired; metrics and params stay."""
 TAG_PREFERENCES = "rlaif.preferences_sha256"
 TAG_PREFERENCES_FROM = "rlaif.preferences_from"
 

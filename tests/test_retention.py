@@ -141,3 +141,63 @@ def test_the_maintenance_dag_runs_gc_daily_with_no_param_a_trigger_could_use(tmp
     dag = bag.dags["rlaif_maintenance"]
     assert dag.task_ids == ["collect_garbage"] and dag.timetable.expression == "30 1 * * *" and dict(dag.params) == {}
     monkeypatch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)
+
+
+def _disk_bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.mark.faults
+def test_five_nights_with_daily_gc_keep_disk_bounded_and_the_kept_versions_serving(home, tmp_path, monkeypatch):
+    """Five tiny nights, each promoted and followed by the daily gc (keep one other version, run folders of kept versions only): disk after night 5 within 10% of night 3's (the steady state: three nights' policies and folders), versions 1-2 gone from the registry and their artefact folders from disk, champion (5) and previous (4) load through MLflow and answer."""
+    import json
+    import random
+
+    from tiny_models import WORDS, tiny_causal_lm
+
+    import mlflow
+    from rlaif_tasks.stages import nightly
+    from rlaif_tasks.stages.common import safe_run_id
+
+    monkeypatch.setenv("RLAIF_CACHE_DIR", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=rng.randint(2, 5)))}) + "\n" for _ in range(24)))
+    path = tmp_path / "nights.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "device": "cpu",
+        "model": {"policy": str(tiny_causal_lm(tmp_path / "policy"))},
+        "data": {"source": str(prompts), "use_chat_template": False, "test_size": 8},
+        "generation": {"max_new_tokens": 4, "min_new_tokens": 4, "batch_size": 16},
+        "reward": {"model": "profanity-check"},
+        "evaluation": {"judges": [{"model": "profanity-check"}], "num_table_rows": 2, "samples_per_prompt": 4},
+        "train": {"steps": 1, "batch_size": 8, "mini_batch_size": 4, "lora_r": 4, "lora_alpha": 8},
+        "gate": {"judge": "profanity-check", "min_improvement": -10.0, "require": ["samples", "toxicity"]},
+        "retention": {"keep_challengers": 1, "run_folder_days": 0, "registry_cache_versions": 1},
+    }))
+    config = load_config(path)
+    sizes, logged = {}, {}
+    for night in range(1, 6):
+        result = nightly.run_all(str(path), {}, dag_run_id=f"scheduled__2026-01-0{night}T02:00:00+00:00")
+        assert (result["model_version"], result["promoted"]) == (str(night), True), result
+        client = tracking.connect(config)
+        source = client.get_model_version(NAME, str(night)).source.removeprefix("models:/")
+        logged[night] = client.get_logged_model(source).artifact_location.removeprefix("file://")
+        retention.collect_garbage(config, client)  # what the rlaif_maintenance DAG does every day
+        sizes[night] = _disk_bytes(home)
+
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == [3, 4, 5]
+    assert [os.path.isdir(logged[n]) for n in range(1, 6)] == [False, False, True, True, True]
+    runs = {r.data.tags[TAG_RUN_DIR]: r for r in client.search_runs([client.get_experiment_by_name("rlaif-tiny").experiment_id])}
+    assert len(runs) == 5 and all(r.data.metrics for r in runs.values())  # every night's history stays
+    emptied = sorted(d for d, r in runs.items() if not os.path.isdir(r.info.artifact_uri.removeprefix("file://")))
+    assert emptied == sorted(str(home / "runs" / "tiny" / safe_run_id(f"scheduled__2026-01-0{n}T02:00:00+00:00")) for n in (1, 2))
+    assert sorted(p.name for p in (home / "runs" / "tiny").iterdir() if (p / "config.yaml").is_file()) == sorted(
+        safe_run_id(f"scheduled__2026-01-0{n}T02:00:00+00:00") for n in (3, 4, 5))
+    print("disk after each night (bytes):", sizes)
+    assert sizes[5] <= 1.1 * sizes[3], sizes
+    assert sizes[5] <= 3.5 * sizes[1], sizes  # three nights' policies and folders, and one store
+    for alias, version in (("champion", "5"), ("previous", "4")):
+        assert str(client.get_model_version_by_alias(NAME, alias).version) == version
+        answer = mlflow.pyfunc.load_model(f"models:/{NAME}@{alias}").predict(["you are"])
+        assert len(answer) == 1 and isinstance(answer[0], str), answer
