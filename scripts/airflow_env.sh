@@ -1,7 +1,7 @@
 # The embedded Airflow of this project: source it, then use `airflow` as usual.
 #
 #     source scripts/airflow_env.sh [CONFIG]     # CONFIG: run config the DAG reads its schedule from
-#     rlaif_airflow_init                          # first use: metadata DB, pool, login
+#     rlaif_airflow_init                          # first use: metadata DB, pool, logins
 #
 # DAGs: <project>/dags. State lives under $RLAIF_HOME (default: the project folder): the Airflow
 # metadata DB (SQLite) in .airflow/, the embedded MLflow store in .mlflow/ (rlaif_tasks/tracking.py),
@@ -28,6 +28,7 @@ export AIRFLOW__API__PORT="$AIRFLOW_PORT"
 export AIRFLOW__API__BASE_URL="${AIRFLOW__API__BASE_URL:-http://127.0.0.1:$AIRFLOW_PORT}"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="${AIRFLOW__CORE__EXECUTION_API_SERVER_URL:-$AIRFLOW__API__BASE_URL/execution/}"
 # Simple auth manager: one admin whose password is in $AIRFLOW_HOME/passwords.json (see rlaif_airflow_init).
+# Production sets AIRFLOW__CORE__AUTH_MANAGER to FAB's instead: users with roles, made by rlaif_airflow_init.
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS:-admin:admin}"
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$AIRFLOW_HOME/passwords.json}"
 # Signing key of the API's JWTs, shared by every Airflow process of this home (written by rlaif_airflow_init).
@@ -59,7 +60,9 @@ print(pool, version("apache-airflow"))
 EOF
 )" || return 1
     read -r pool version <<<"$facts"
+    # FAB's own tables are migrated with Airflow's when it is the auth manager: a switch migrates again.
     local migrated="$AIRFLOW_HOME/.migrated-$version"
+    [[ "${AIRFLOW__CORE__AUTH_MANAGER:-}" == *FabAuthManager ]] && migrated="$migrated-fab"
     if [[ ! -f "$migrated" || ( -z "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" && ! -f "$AIRFLOW_HOME/airflow.db" ) ]]; then
         rm -f "$AIRFLOW_HOME"/.migrated-* "$AIRFLOW_HOME"/.pool-*
         echo "airflow: migrating the metadata DB in $AIRFLOW_HOME" >&2
@@ -74,10 +77,23 @@ EOF
         (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(64))' >"$AIRFLOW_HOME/jwt_secret")
         export AIRFLOW__API_AUTH__JWT_SECRET="$(<"$AIRFLOW_HOME/jwt_secret")"
     fi
+    if [[ "${AIRFLOW__CORE__AUTH_MANAGER:-}" == *FabAuthManager ]]; then
+        # Production: FAB's users admin/op/viewer with roles Admin/Op/Viewer, passwords from the
+        # environment (RLAIF_AIRFLOW_PASSWORD, _OP_PASSWORD, _VIEWER_PASSWORD), never on a command line.
+        (cd "$RLAIF_PROJECT" && python -m rlaif_tasks.access airflow-users) || return 1
+        return 0
+    fi
+    # The simple auth manager's passwords file: a new private file (mktemp: mode 600 from the start,
+    # whatever mode an old file had) moved into place; the password goes to python through the
+    # environment, not as an argument (a command line is readable by every local user).
     local passwords="$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
     if [[ -n "${RLAIF_AIRFLOW_PASSWORD:-}" || ! -s "$passwords" ]]; then
-        python -c 'import json, sys; print(json.dumps({u.split(":")[0]: sys.argv[1] for u in sys.argv[2].split(",") if u}))' \
-            "${RLAIF_AIRFLOW_PASSWORD:-admin}" "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS" >"$passwords"
-        chmod 600 "$passwords"
+        local tmp
+        tmp="$(umask 077 && mktemp "$passwords.XXXXXX")" || return 1
+        RLAIF_AIRFLOW_PASSWORD="${RLAIF_AIRFLOW_PASSWORD:-admin}" python -c '
+import json, os
+users = os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+print(json.dumps({u.split(":")[0]: os.environ["RLAIF_AIRFLOW_PASSWORD"] for u in users if u}))' >"$tmp" \
+            && mv -f "$tmp" "$passwords" || { rm -f "$tmp"; return 1; }
     fi
 }

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "rlaif_nightly"
 PG_ADMIN_URL = os.environ.get("RLAIF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RLAIF_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 START_SERVERS = (
     "start PostgreSQL on 127.0.0.1:5432 (trust auth for user postgres) and Redis on 127.0.0.1:6379, "
     "or point RLAIF_TEST_PG_URL / RLAIF_TEST_REDIS_URL at them"
@@ -86,7 +88,11 @@ def _db_url(database: str, driver: str = "postgresql+psycopg2") -> str:
 class ProductionStack:
     """Start, use and stop the whole topology; `stop()` drops the databases and flushes the Redis DB."""
 
-    def __init__(self, home: Path, dag_config: Path, *, redis_db: int = 11, executor: str = "CeleryExecutor", mlflow_server: bool = False):
+    def __init__(self, home: Path, dag_config: Path, *, redis_db: int = 11, executor: str = "CeleryExecutor", mlflow_server: bool = False,
+                 db_proxy: bool = False, redis_url: str | None = None):
+        """`db_proxy`: every connection of the stack to Postgres goes through a tests/tcp_proxy.py TcpProxy
+        (`self.db_proxy`), so a test can take the database away from this stack only; `redis_url`: another
+        broker (a private redis-server a test may kill) instead of DB `redis_db` of the shared one."""
         self.home = home
         self.dag_config = dag_config
         self.logs = home / "service-logs"
@@ -94,12 +100,25 @@ class ProductionStack:
         tag = uuid.uuid4().hex[:8]
         self.databases = [f"rlaif_test_{tag}_airflow", f"rlaif_test_{tag}_mlflow"]
         self.redis_db = redis_db
+        self.redis_url = redis_url or f"{REDIS_URL}/{redis_db}"
+        self.db_proxy = None
+        if db_proxy:
+            from tcp_proxy import TcpProxy
+
+            admin = urlsplit(PG_ADMIN_URL)
+            self.db_proxy = TcpProxy(admin.hostname or "127.0.0.1", admin.port or 5432)
         self.executor = executor
         self.api_port, self.mlflow_port = free_port(), free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
-        self.mlflow_password = secrets.token_urlsafe(16)
+        self.mlflow_password = secrets.token_urlsafe(16)  # MLflow's admin: the server and `mlflow-init` only
+        # The Celery shape's logins, as in docker/compose.yaml: the tasks log in to MLflow as the worker user, which
+        # `mlflow-init` grants this project's experiment and models only; Airflow's FAB auth manager has admin/op/viewer.
+        self.mlflow_worker = ("rlaif-worker", secrets.token_urlsafe(16))
+        self.mlflow_reader = ("rlaif-reader", secrets.token_urlsafe(16))
+        self.airflow_passwords = {user: secrets.token_urlsafe(12) for user in ("admin", "op", "viewer")}
         self.processes: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, tuple[str, dict]] = {}
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_")) and k not in ("RLAIF_HOME", "RLAIF_DAG_CONFIG")}
         self.env = {
             **keep,
@@ -111,8 +130,8 @@ class ProductionStack:
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "4" if executor == "CeleryExecutor" else "2",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
-            "AIRFLOW__CELERY__BROKER_URL": f"{REDIS_URL}/{redis_db}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": _db_url(self.databases[0], "db+postgresql"),
+            "AIRFLOW__CELERY__BROKER_URL": self.redis_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.db_url(self.databases[0], "db+postgresql"),
             "AIRFLOW__CELERY__DEFAULT_QUEUE": "default",
             # A killed worker's task is noticed within half a minute instead of five.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
@@ -133,7 +152,18 @@ class ProductionStack:
             for key in [k for k in self.env if k.startswith(drop)]:
                 del self.env[key]
         else:
-            self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _db_url(self.databases[0])
+            self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.db_url(self.databases[0])
+            self.env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
+            self.env["MLFLOW_TRACKING_USERNAME"], self.env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_worker
+
+    def db_url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
+        """The URL the stack's components use for `database`: through `self.db_proxy` when there is one."""
+        url = _db_url(database, driver)
+        if self.db_proxy is None:
+            return url
+        parts = urlsplit(url)
+        login = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{login}{'@' if login else ''}127.0.0.1:{self.db_proxy.port}"))
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -146,7 +176,14 @@ class ProductionStack:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes[name] = process
+        self.commands[name] = (component, env)
         return process
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start the component `name` again as it was started last (after a kill, or after it exited)."""
+        self.processes.pop(name, None)
+        component, env = self.commands[name]
+        return self.start(component, name, **env)
 
     def log_text(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -187,14 +224,17 @@ class ProductionStack:
             _admin_sql(*(f'CREATE DATABASE "{db}"' for db in self.databases))
             import redis
 
-            redis.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
-            self.start_mlflow(_db_url(self.databases[1]))
+            redis.Redis.from_url(self.redis_url).flushdb()
+            self.start_mlflow(self.db_url(self.databases[1]))
         elif self.sqlite_mlflow_server:
             self.start_mlflow(f"sqlite:///{self.home / 'mlflow.db'}")
+        logins = {} if self.embedded else {f"RLAIF_AIRFLOW_{'' if u == 'admin' else u.upper() + '_'}PASSWORD": pw for u, pw in self.airflow_passwords.items()}
         init = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "service.sh"), "init"], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600,
+            ["bash", str(ROOT / "scripts" / "service.sh"), "init"], cwd=ROOT, env={**self.env, **logins}, capture_output=True, text=True, timeout=600,
         )
         assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
+        if not self.embedded:
+            self.mlflow_init()
         self.start("api-server")
         self.start("scheduler")
         self.start("dag-processor")
@@ -203,7 +243,7 @@ class ProductionStack:
             # The default worker takes MLflow's URI and login from an Airflow connection; its own
             # environment's password is wrong, so its tasks only work if the connection is used.
             connection = {"conn_type": "http", "host": "127.0.0.1", "port": self.mlflow_port, "schema": "http",
-                          "login": "admin", "password": self.mlflow_password}
+                          "login": self.mlflow_worker[0], "password": self.mlflow_worker[1]}
             self.start(
                 "worker-default", RLAIF_WORKER_HOSTNAME="default-worker", RLAIF_MLFLOW_CONN_ID="rlaif_mlflow",
                 AIRFLOW_CONN_RLAIF_MLFLOW=json.dumps(connection), MLFLOW_TRACKING_PASSWORD="not-the-password",
@@ -238,6 +278,15 @@ class ProductionStack:
             MLFLOW_FLASK_SERVER_SECRET_KEY="rlaif-test-stack",
         )
 
+    def mlflow_init(self) -> None:
+        """`scripts/service.sh mlflow-init`: the worker and reader users and their grants; the one step given the admin password."""
+        done = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "service.sh"), "mlflow-init"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env={**self.env, "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_password, "MLFLOW_WORKER_USERNAME": self.mlflow_worker[0],
+                 "MLFLOW_WORKER_PASSWORD": self.mlflow_worker[1], "MLFLOW_READER_USERNAME": self.mlflow_reader[0], "MLFLOW_READER_PASSWORD": self.mlflow_reader[1]},
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
     def stop_all(self) -> None:
         for name in list(self.processes)[::-1]:
             self.stop(name)
@@ -247,8 +296,10 @@ class ProductionStack:
             return
         import redis
 
+        if self.db_proxy is not None:
+            self.db_proxy.close()
         try:
-            redis.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
+            redis.Redis.from_url(self.redis_url).flushdb()
         finally:
             _admin_sql(*(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in self.databases))
 
@@ -272,9 +323,13 @@ class ProductionStack:
         except httpx.HTTPError:
             return False
 
-    def _api_client(self) -> httpx.Client:
-        passwords = json.loads((self.home / "airflow" / "passwords.json").read_text())
-        token = httpx.post(f"{self.api_url}/auth/token", json={"username": "admin", "password": passwords["admin"]}, timeout=30)
+    def _api_client(self, username: str = "admin") -> httpx.Client:
+        """A REST client with `username`'s JWT: a user of the FAB auth manager (Celery shape), else the simple one's admin."""
+        if self.env.get("AIRFLOW__CORE__AUTH_MANAGER") == FAB_AUTH_MANAGER:
+            password = self.airflow_passwords[username]
+        else:
+            password = json.loads((self.home / "airflow" / "passwords.json").read_text())[username]
+        token = httpx.post(f"{self.api_url}/auth/token", json={"username": username, "password": password}, timeout=60)
         assert token.status_code == 201, token.text
         return httpx.Client(base_url=f"{self.api_url}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=60)
 

@@ -23,9 +23,9 @@ LAYERS = [
     ("inputs", ["rlaif_tasks.data", "rlaif_tasks.generation", "rlaif_tasks.rewards", "rlaif_tasks.overrides"]),
     ("measures", ["rlaif_tasks.preferences", "rlaif_tasks.evaluation"]),
     ("train", ["rlaif_tasks.train"]),
-    ("mlflow", ["rlaif_tasks.tracking", "rlaif_tasks.registry", "rlaif_tasks.gate", "rlaif_tasks.retention", "rlaif_tasks.model_card"]),
+    ("mlflow", ["rlaif_tasks.tracking", "rlaif_tasks.lease", "rlaif_tasks.registry", "rlaif_tasks.gate", "rlaif_tasks.retention", "rlaif_tasks.model_card"]),
     ("stages", ["rlaif_tasks.stages"]),
-    ("entry points", ["rlaif_tasks.orchestration", "rlaif_tasks.cli"]),
+    ("entry points", ["rlaif_tasks.orchestration", "rlaif_tasks.cli", "rlaif_tasks.access"]),
 ]
 """Lowest first: a module may import its own layer and those below it, never one above (docs/architecture.md)."""
 

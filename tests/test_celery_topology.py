@@ -9,6 +9,7 @@ CI (`CI=true`) it fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from production_stack import START_SERVERS, ProductionStack, servers_missing, write_tiny_project
+from production_stack import DAG_ID, START_SERVERS, ProductionStack, servers_missing, write_tiny_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
@@ -78,11 +79,132 @@ def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack)
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, timeout=30).status_code == 401
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", "wrong"), timeout=30).status_code == 401
     assert httpx.get(api, params={"experiment_name": "rlaif-tiny"}, auth=("admin", stack.mlflow_password), timeout=30).status_code == 200
-    # The credentials reach MLflow through the environment (gpu worker) or an Airflow connection
+    # The worker's credentials reach MLflow through the environment (gpu worker) or an Airflow connection
     # (default worker: prepare_dataset created the run above through it), never as params or tags, nor in task logs.
-    assert not any(stack.mlflow_password in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
     logs = [p for p in (stack.home / "airflow" / "logs").rglob("*.log") if f"run_id={run_id}" in str(p)]
-    assert len(logs) >= len(tis) and not any(stack.mlflow_password in p.read_text(errors="replace") for p in logs)
+    assert len(logs) >= len(tis)
+    for secret in (stack.mlflow_password, stack.mlflow_worker[1]):
+        assert not any(secret in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
+        assert not any(secret in p.read_text(errors="replace") for p in logs)
+
+
+@contextlib.contextmanager
+def mlflow_as(stack, username: str, password: str):
+    """An MlflowClient logged in as `username` (MLflow reads the login from the environment); admin again afterwards."""
+    from mlflow import MlflowClient
+
+    os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
+    try:
+        yield MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    finally:
+        stack.mlflow_client()
+
+
+def refused(call) -> str:
+    """The error code of an MLflow call that must fail with HTTP 403."""
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as caught:
+        call()
+    assert caught.value.get_http_status_code() == 403, caught.value
+    return caught.value.error_code
+
+
+def proc_text(pid: int, what: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{what}").read_bytes().replace(b"\0", b"\n").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+        return ""
+
+
+def test_workers_log_in_to_mlflow_as_a_user_with_rights_on_this_project_only(stack):
+    """Issue 20: the tasks' MLflow user may log to its experiment and move its model's aliases, and gets 403 on another
+    project's experiment and model and on user management; a READ user cannot move an alias (promote). MLflow's admin
+    password is in no process but the MLflow server: not in a Celery worker's environment, nor on any command line."""
+    import psutil
+    from mlflow.server import get_app_client
+
+    worker, reader = stack.mlflow_worker, stack.mlflow_reader
+    admin = stack.mlflow_client()
+    other_experiment = admin.create_experiment("another-project")
+    admin.create_registered_model("another-project-policy")
+
+    with mlflow_as(stack, *worker) as client:
+        experiment = client.get_experiment_by_name("rlaif-tiny")
+        run = client.create_run(experiment.experiment_id)
+        client.log_metric(run.info.run_id, "worker/probe", 1.0)
+        client.set_terminated(run.info.run_id)
+        client.set_registered_model_alias("rlaif-tiny-policy", "canary", "1")
+        assert str(client.get_model_version_by_alias("rlaif-tiny-policy", "canary").version) == "1"
+        client.delete_registered_model_alias("rlaif-tiny-policy", "canary")
+        assert [e.name for e in client.search_experiments()] == ["rlaif-tiny"]  # default_permission NO_PERMISSIONS: nothing else shows
+        assert refused(lambda: client.get_experiment(other_experiment)) == "PERMISSION_DENIED"
+        assert refused(lambda: client.create_run(other_experiment)) == "PERMISSION_DENIED"
+        assert refused(lambda: client.get_registered_model("another-project-policy")) == "PERMISSION_DENIED"
+        assert refused(lambda: client.set_registered_model_alias("another-project-policy", "champion", "1")) == "PERMISSION_DENIED"
+        auth = get_app_client("basic-auth", tracking_uri=stack.mlflow_url)
+        assert refused(lambda: auth.create_user("intruder", "a-long-enough-password")) == "PERMISSION_DENIED"
+        assert refused(lambda: auth.grant_user_permission(worker[0], "experiment", other_experiment, "MANAGE")) == "PERMISSION_DENIED"
+        assert refused(lambda: auth.update_user_admin(worker[0], True)) == "PERMISSION_DENIED"
+    with mlflow_as(stack, *reader) as client:
+        assert client.get_registered_model("rlaif-tiny-policy").aliases["champion"] == "1"
+        assert refused(lambda: client.set_registered_model_alias("rlaif-tiny-policy", "champion", "1")) == "PERMISSION_DENIED"
+        assert refused(lambda: client.create_run(experiment.experiment_id)) == "PERMISSION_DENIED"
+    assert admin.get_run(run.info.run_id).data.metrics == {"worker/probe": 1.0}
+
+    # Which process holds what: the tasks' environment has the worker's login; no process but the server has the admin's,
+    # no command line holds any password or the store's URI (scripts/service.sh passes it to mlflow through the environment).
+    airflow_logins = list(stack.airflow_passwords.values())
+    seen = {}
+    for name, process in stack.processes.items():
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        for member in family:
+            environ, cmdline = proc_text(member.pid, "environ"), proc_text(member.pid, "cmdline")
+            seen[(name, member.pid)] = environ
+            assert not any(secret in cmdline for secret in [stack.mlflow_password, worker[1], reader[1], *airflow_logins]), (name, cmdline)
+            assert stack.mlflow_store not in cmdline, (name, cmdline)
+            assert not any(secret in environ for secret in [reader[1], *airflow_logins]), name  # init's and mlflow-init's alone
+            if name != "mlflow":
+                assert stack.mlflow_password not in environ, (name, cmdline)
+    celery = [(name, pid) for name, pid in seen if name.startswith("worker-")]
+    assert {name for name, _ in celery} >= {"worker-default", "worker-gpu-1"}
+    gpu = [seen[key] for key in celery if key[0] == "worker-gpu-1"]
+    assert all(f"MLFLOW_TRACKING_USERNAME={worker[0]}\n" in env and f"MLFLOW_TRACKING_PASSWORD={worker[1]}\n" in env for env in gpu)
+    assert any(f"MLFLOW_AUTH_ADMIN_PASSWORD={stack.mlflow_password}" in env for (name, _), env in seen.items() if name == "mlflow")
+
+    ini = stack.home / f"mlflow-basic-auth-{stack.mlflow_port}.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600 and ini.parent.stat().st_mode & 0o077 == 0
+    assert "default_permission = NO_PERMISSIONS" in ini.read_text()
+
+
+def test_airflow_users_have_roles_a_viewer_cannot_trigger_clear_or_change_an_op_can(stack):
+    """Issue 20: production runs Airflow's FAB auth manager with users made by `init` (passwords from the environment):
+    a Viewer reads DAG runs but gets 403 on triggering, clearing, changing a task instance or pausing; an Op triggers
+    (the run succeeds) and clears, but cannot manage users; a wrong password gets no token."""
+    assert stack.env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+    assert httpx.post(f"{stack.api_url}/auth/token", json={"username": "viewer", "password": "wrong"}, timeout=60).status_code == 401
+    viewer, op = stack._api_client("viewer"), stack._api_client("op")
+    try:
+        runs = viewer.get(f"/dags/{DAG_ID}/dagRuns")
+        assert runs.status_code == 200 and runs.json()["dag_runs"], runs.text
+        earlier = runs.json()["dag_runs"][0]["dag_run_id"]
+        assert viewer.get(f"/dags/{DAG_ID}/dagRuns/{earlier}/taskInstances").status_code == 200
+        assert viewer.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"config": str(stack.config)}}).status_code == 403
+        clear = {"dry_run": True, "only_failed": False, "dag_run_id": earlier, "task_ids": ["report"]}
+        assert viewer.post(f"/dags/{DAG_ID}/clearTaskInstances", json=clear).status_code == 403
+        assert viewer.patch(f"/dags/{DAG_ID}/dagRuns/{earlier}/taskInstances/report", json={"new_state": "failed"}).status_code == 403
+        assert viewer.patch(f"/dags/{DAG_ID}/dagRuns/{earlier}", json={"state": "failed"}).status_code == 403
+        assert viewer.patch(f"/dags/{DAG_ID}", json={"is_paused": True}).status_code == 403
+
+        triggered = op.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"config": str(stack.config)}})
+        assert triggered.status_code == 200, triggered.text
+        assert op.post(f"/dags/{DAG_ID}/clearTaskInstances", json=clear).status_code == 200
+        assert op.get(f"{stack.api_url}/auth/fab/v1/users").status_code == 403
+        assert stack.api.get(f"{stack.api_url}/auth/fab/v1/users").status_code == 200  # admin
+        assert stack.wait_for_run(triggered.json()["dag_run_id"]) == "success"
+    finally:
+        viewer.close()
+        op.close()
 
 
 def test_gpu_pool_keeps_two_runs_from_training_at_once(stack):

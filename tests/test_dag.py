@@ -204,10 +204,10 @@ def test_every_compose_service_runs_a_component_of_service_sh():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/opt/rlaif/scripts/service.sh"]' in dockerfile
     script = (ROOT / "scripts" / "service.sh").read_text()
-    known = set(re.findall(r"^    ([a-z-]+)\)$", script, re.M)) | {"mlflow"}
+    known = set(re.findall(r"^    ([a-z-]+)\)$", script, re.M)) | {"mlflow", "mlflow-init"}
     ours = {name: svc for name, svc in compose["services"].items() if svc.get("image", "").startswith("rlaif-airflow")}
     commands = {name: svc["command"] for name, svc in ours.items()}
-    assert {c[0] for c in commands.values()} == {"init", "api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "worker-gpu", "mlflow"}
+    assert {c[0] for c in commands.values()} == {"init", "api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "worker-gpu", "mlflow", "mlflow-init"}
     assert all(len(c) == 1 and c[0] in known for c in commands.values()), commands
     unknown = subprocess.run(["bash", str(ROOT / "scripts" / "service.sh"), "no-such-component"], capture_output=True, text=True, env={**os.environ, "VENV": str(Path(sys.executable).parent.parent)})
     assert unknown.returncode == 2 and "worker-gpu" in unknown.stderr
