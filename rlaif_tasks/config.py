@@ -234,6 +234,10 @@ class TrackingConfig:
     experiment: str = "rlaif-{name}"
     registered_model: str = "rlaif-{name}-policy"
     enabled: bool = True
+    registered_weights: str = "merged"
+    """What a LoRA policy's version stores: "merged" (the whole model, loads anywhere) or "adapter" (the LoRA adapter
+    and a reference to the base folder or hub id, which must be there when it is loaded; MLflow's transformers
+    flavour with PEFT). A night then stores megabytes instead of the model (docs/tracking_registry.md)."""
 
 
 TRIGGER_OVERRIDES = (
@@ -544,6 +548,13 @@ def validate(config: RunConfig) -> None:
         raise RlaifError("retention.keep_challengers, run_folder_days, registry_cache_versions and min_free_gb must be >= 0", "set them to 0 or more")
     if d.min_prompt_tokens > d.max_prompt_tokens:
         raise RlaifError("data.min_prompt_tokens exceeds data.max_prompt_tokens", "lower min_prompt_tokens or raise max_prompt_tokens")
+    if config.tracking.registered_weights not in ("merged", "adapter"):
+        raise RlaifError(f"tracking.registered_weights must be 'merged' or 'adapter', got {config.tracking.registered_weights!r}", "choose one of the two")
+    if config.tracking.registered_weights == "adapter" and not (t.use_lora and t.merge_adapter):
+        raise RlaifError(
+            "tracking.registered_weights is 'adapter', but training writes no adapter (it needs train.use_lora and train.merge_adapter)",
+            "set train.use_lora: true, or tracking.registered_weights: merged",
+        )
 
 
 def is_trust_key(key: str) -> bool:

@@ -34,7 +34,7 @@ from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.lease import promotion_lock
 from rlaif_tasks.models import load_model
-from rlaif_tasks.models.registry_spec import ARTIFACT_NAME, download_policy, model_uri
+from rlaif_tasks.models.registry_spec import ADAPTER_FOLDER, ARTIFACT_NAME, PEFT_FOLDER, download_policy, download_version, model_uri
 from rlaif_tasks.tags import TAG_DAG_RUN_ID, TAG_GATE, TAG_PREFIX, TAG_PROMOTED_AT, TAG_REJECTED_REASON, TAG_REPLACED, TAG_ROLLED_BACK_AT, TAG_STATUS, TAG_WEIGHTS
 
 if TYPE_CHECKING:
@@ -137,7 +137,9 @@ def inference_defaults(config: RunConfig) -> dict:
     return {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p}
 
 
-def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32", defaults: dict | None = None) -> str:
+def _log_policy(
+    client: "MlflowClient", run_id: str, model_dir: Path, dtype: str = "float32", defaults: dict | None = None, *, adapter_of: str | None = None,
+) -> str:
     """Log the policy folder as a model of the run; returns the logged model id.
 
     A causal LM is logged with the transformers flavour (a text-generation pipeline), a seq2seq LM
@@ -146,6 +148,9 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     that failed before registering) is reused. `defaults` become the served model's inference
     config and its signature's params, so `mlflow models serve` answers with the run's response
     length and a caller can override any of them per request.
+
+    With `adapter_of` (the base policy's spec), `model_dir` is a LoRA adapter: MLflow stores it and a
+    reference to the base, a local folder (`base_model_path`) or a hub id, not the base's weights.
     """
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import infer_signature
@@ -159,7 +164,7 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
     ready = [m for m in logged if str(m.status) == str(LoggedModelStatus.READY)]
     if ready:
         return ready[0].model_id
-    loaded = load_model(str(model_dir), kind="auto", dtype=dtype, device="cpu")
+    loaded = _with_adapter(adapter_of, model_dir, dtype) if adapter_of else load_model(str(model_dir), kind="auto", dtype=dtype, device="cpu")
     if loaded.kind not in ("causal-lm", "seq2seq-lm"):
         raise RlaifError(f"{model_dir} holds a {loaded.kind}; the registry stores language-model policies (causal or seq2seq)", "register the policy that training wrote (train/final)")
     for unfinished in logged:  # an attempt killed mid-upload: its files may be partial, so it is never registered
@@ -180,13 +185,23 @@ def _log_policy(client: "MlflowClient", run_id: str, model_dir: Path, dtype: str
         import transformers
 
         pipeline = transformers.pipeline("text-generation", model=loaded.model, tokenizer=loaded.tokenizer)
+        base = {"base_model_path": loaded.source} if adapter_of and Path(loaded.source).is_dir() else {}
         # return_full_text: answer with the continuation, as the evaluation scores it. The flavour warns that a local
         # folder has no hub model card or licence: our card is the version's description, so those two lines go.
-        with _quiet("mlflow.transformers"):
-            mlflow.transformers.log_model(pipeline, model_config={**defaults, "return_full_text": False}, **common)
+        with _quiet("mlflow.transformers"), _quiet("transformers.pipelines.base"):
+            mlflow.transformers.log_model(pipeline, model_config={**defaults, "return_full_text": False}, **common, **base)
     if str(client.get_logged_model(model.model_id).status) != str(LoggedModelStatus.READY):
         mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+def _with_adapter(base_spec: str, adapter_dir: Path, dtype: str):
+    """The base policy with the trained LoRA adapter on top (peft's layers, not merged), as MLflow stores it."""
+    from peft import PeftModel
+
+    base = load_model(base_spec, kind="causal-lm", dtype=dtype, device="cpu")
+    base.model = PeftModel.from_pretrained(base.model, str(adapter_dir))
+    return base
 
 
 @contextlib.contextmanager
@@ -241,7 +256,13 @@ def register_policy(
         return _summary(name, mv, reused=True)
     if not (model_dir / "config.json").is_file():
         raise RlaifError(f"{model_dir} is not a trained model folder (no config.json)", "run the train stage of this run first")
-    model_id = _log_policy(client, run_id, model_dir, config.model.dtype, inference_defaults(config))
+    if config.tracking.registered_weights == "adapter":
+        adapter = model_dir.parent / ADAPTER_FOLDER
+        if not (adapter / "adapter_config.json").is_file():
+            raise RlaifError(f"tracking.registered_weights is 'adapter', but {adapter} holds no LoRA adapter", "train with train.use_lora: true (run the train stage again)")
+        model_id = _log_policy(client, run_id, adapter, config.model.dtype, inference_defaults(config), adapter_of=config.model.policy)
+    else:
+        model_id = _log_policy(client, run_id, model_dir, config.model.dtype, inference_defaults(config))
     fault_point("register.logged")
     mv = create_version(
         client, name, run_id, f"models:/{model_id}", model_id=model_id, tags=tags,
@@ -408,7 +429,11 @@ def verify_registered_weights(client: "MlflowClient", name: str, version: str | 
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rlaif-verify-") as tmp:
-        local = download_policy(client, name, version, tmp)
+        root = download_version(client, name, version, tmp)
+        if (root / PEFT_FOLDER).is_dir():  # an adapter version: its adapter is the trained one
+            local, model_dir = root / PEFT_FOLDER, Path(model_dir).parent / ADAPTER_FOLDER
+        else:
+            local = download_policy(client, name, version, Path(tmp) / "policy")
         registered = weights_sha256(local)
         dtype = _float_dtype(local)
     trained = weights_sha256(model_dir, dtype)

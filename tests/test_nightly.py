@@ -312,3 +312,45 @@ def test_the_base_policys_evaluation_is_computed_once_and_identical_from_the_cac
         pd.testing.assert_frame_equal(pd.read_parquet(eval_dir / "baseline_samples.parquet"), pd.read_parquet(first / "baseline_samples.parquet"))
     night("scheduled__4", **{"generation.max_new_tokens": 8})  # another sampling setting: another key
     assert computed == ["baseline"] * 3 and len(list(cache.iterdir())) == 2
+
+
+def test_a_lora_policy_registered_as_its_adapter_stores_megabytes_and_loads_as_the_trained_model(home, config_path, tmp_path):
+    """tracking.registered_weights: adapter: the version stores the LoRA adapter and a reference to the base folder, no base weights; the gate's download merges it back to the trained model (same logits), the registered adapter's hash is checked, and MLflow loads and answers with it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import mlflow
+    from mlflow import MlflowClient
+    from rlaif_tasks import registry
+
+    path = variant(config_path, "tiny-adapter.yaml", tracking={"registered_weights": "adapter"})
+    result = nightly.run_all(str(path), {"train.steps": 2}, dag_run_id="manual__adapter")
+    assert (result["model_version"], result["promoted"]) == ("1", True)
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
+    name = "rlaif-tiny-policy"
+    version = client.get_model_version(name, "1")
+    stored = Path(client.get_logged_model(version.source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    weights = list(stored.rglob("*.safetensors"))
+    assert weights and all("peft" in w.relative_to(stored).parts for w in weights), weights  # the adapter only
+    run_dir = Path(result["run_dir"])
+    trained = run_dir / "train" / "final"
+    assert sum(w.stat().st_size for w in weights) < (trained / "model.safetensors").stat().st_size / 3
+    assert version.tags[TAG_WEIGHTS] == registry.weights_sha256(run_dir / "train" / "adapter", "float32")
+
+    merged = registry.download_policy(client, name, "1", tmp_path / "download")
+    tokens = AutoTokenizer.from_pretrained(trained)("you are my friend", return_tensors="pt")
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(trained)(**tokens).logits
+        got = AutoModelForCausalLM.from_pretrained(merged)(**tokens).logits
+    assert torch.allclose(want, got, atol=1e-5)
+    answer = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(["you are"])
+    assert len(answer) == 1 and isinstance(answer[0], str)
+
+
+def test_adapter_registration_needs_a_lora_policy(home, config_path):
+    from rlaif_tasks.config import load_config
+
+    path = variant(config_path, "tiny-full.yaml", tracking={"registered_weights": "adapter"}, train={"use_lora": False})
+    with pytest.raises(RlaifError, match="writes no adapter"):
+        load_config(path)

@@ -97,10 +97,35 @@ def _download(name: str, version: str, folder: Path) -> None:
             shutil.copytree(checkpoint, out, dirs_exist_ok=True)
 
 
+def _merged_adapter(root: Path) -> Path:
+    """Load the version as MLflow does (its base, then the adapter) and save the merged model beside it."""
+    import mlflow
+
+    components = mlflow.transformers.load_model(str(root), return_type="components")
+    folder = root / "merged"
+    components["model"].merge_and_unload().save_pretrained(folder)
+    components["tokenizer"].save_pretrained(folder)
+    return folder
+
+
 def model_uri(name: str, alias_or_version: str | int) -> str:
     """`models:/name@alias` for an alias, `models:/name/3` for a version number."""
     ref = str(alias_or_version)
     return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+
+
+ADAPTER_FOLDER = "adapter"
+"""Beside a run's `train/final`: a LoRA policy's adapter alone, for `tracking.registered_weights: adapter`."""
+PEFT_FOLDER = "peft"
+"""Where MLflow's transformers flavour keeps a PEFT adapter (a version registered with tracking.registered_weights: adapter)."""
+
+
+def download_version(client: "MlflowClient", name: str, version: str | int, dst: str | Path) -> Path:
+    """The registered version's files as MLflow stores them, under `dst`."""
+    import mlflow
+
+    uri = model_uri(name, version)
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri, registry_uri=client._registry_uri))
 
 
 def download_policy(client: "MlflowClient", name: str, version: str | int, dst: str | Path) -> Path:
@@ -108,12 +133,13 @@ def download_policy(client: "MlflowClient", name: str, version: str | int, dst: 
 
     Whatever the flavour: a seq2seq policy (pyfunc) keeps that folder as its artifact `policy`; a
     causal one (transformers flavour) splits it into model/ and components/tokenizer/, which are
-    put back together here; a reward model is registered as the plain folder itself.
+    put back together here; an adapter version is merged into its base here; a reward model is
+    registered as the plain folder itself.
     """
-    import mlflow
-
     uri = model_uri(name, version)
-    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst), tracking_uri=client._tracking_client.tracking_uri, registry_uri=client._registry_uri))
+    root = download_version(client, name, version, dst)
+    if (root / PEFT_FOLDER).is_dir():
+        return _merged_adapter(root)
     if (root / "config.json").is_file():
         return root
     pyfunc_folder = root / "artifacts" / ARTIFACT_NAME

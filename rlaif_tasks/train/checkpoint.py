@@ -35,6 +35,7 @@ import torch
 from rlaif_tasks.atomic import atomic_dir
 from rlaif_tasks.config import RunConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models.registry_spec import ADAPTER_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,8 @@ def resume_newest(
 def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) -> None:
     """The trained policy as a plain transformers folder (LoRA merged unless told not to), written atomically.
 
+    A merged LoRA policy's adapter is also kept, in `final_dir`'s sibling `adapter/` (megabytes).
+
     Every rank calls it; rank 0 writes while the others wait, so N processes leave one folder.
     """
     from peft import PeftModel
@@ -312,6 +315,8 @@ def save_final_policy(model, tokenizer, final_dir: Path, merge_adapter: bool) ->
 
     if collectives.is_main():
         if isinstance(model, PeftModel) and merge_adapter:
+            with atomic_dir(final_dir.parent / ADAPTER_FOLDER) as tmp:
+                model.save_pretrained(tmp)
             model = model.merge_and_unload()
         elif isinstance(model, PeftModel):
             log.warning("train.merge_adapter is false: %s holds the LoRA adapter only, which needs peft to load", final_dir)
