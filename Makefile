@@ -50,9 +50,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Only the fault-injection scenarios (also part of `make test`); writes docs/reliability.md.
+# Only the fault-injection scenarios (also part of `make test`); writes docs/reliability.md (so does
+# `RLAIF_RELIABILITY_REPORT=docs/reliability.md make test`, from the whole suite's run).
 faults: $(STAMP)
-	RLAIF_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m faults
+	RLAIF_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m faults -n 2 --dist loadfile
 
 # Benchmarks and demo results, written to docs/benchmarks.md and docs/results.md (results: about 2 hours here).
 bench: $(STAMP)

@@ -34,29 +34,33 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# -- docs/reliability.md: the fault scenarios' results, written by `make faults` ----------------------
+# -- docs/reliability.md: the fault scenarios' results, written by `make faults` or any run with RLAIF_RELIABILITY_REPORT --
 
 _FAULT_RESULTS: list[dict] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Label a fault scenario's reports with its row (name, module, docstring): they travel to xdist's controller."""
     outcome = yield
-    report = outcome.get_result()
-    if item.get_closest_marker("faults") is None or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
-        return
-    doc = " ".join((item.function.__doc__ or "").split())
-    param = f" [{item.callspec.id}]" if hasattr(item, "callspec") else ""
-    _FAULT_RESULTS.append({
-        "scenario": item.function.__name__.removeprefix("test_").replace("_", " ") + param,
-        "module": item.module.__name__, "asserts": doc, "result": report.outcome, "seconds": report.duration,
-    })
+    if item.get_closest_marker("faults") is not None:
+        param = f" [{item.callspec.id}]" if hasattr(item, "callspec") else ""
+        outcome.get_result().user_properties.append(("rlaif_fault", {
+            "scenario": item.function.__name__.removeprefix("test_").replace("_", " ") + param,
+            "module": item.module.__name__, "asserts": " ".join((item.function.__doc__ or "").split()),
+        }))
+
+
+def pytest_runtest_logreport(report):
+    row = dict(report.user_properties).get("rlaif_fault")
+    if row is not None and (report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
+        _FAULT_RESULTS.append({**row, "result": report.outcome, "seconds": report.duration})
 
 
 def pytest_sessionfinish(session, exitstatus):
     target = os.environ.get("RLAIF_RELIABILITY_REPORT")
     if not target or not _FAULT_RESULTS or os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # one table from one process: `make faults` runs without workers
+        return  # the controller writes the table: under xdist the workers' reports reach it too
     import platform
     import time
 
