@@ -127,6 +127,11 @@ class EvaluationConfig:
     """Sequences per forward pass when evaluating (generation, fluency, KL): larger than training's generation.batch_size,
     since nothing is kept for a backward pass: about twice the tokens/s of 16 on 2 CPU cores (bench/bench_generation.py). The
     responses do not depend on it (one random stream per response); it is hashed with the other settings all the same."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """The dtype the evaluated policies and the fluency model run in; unset: model.dtype; `auto`: bfloat16 where it is
+    fast (a CPU with AMX, a GPU), else model.dtype. docs/benchmarks.md compares bfloat16 with float32 on the same
+    prompts and seeds. The resolved dtype is part of the evaluation settings, so a change re-evaluates the champion
+    and the base instead of comparing across dtypes."""
     num_table_rows: int = 50
     extra_sets: list[str] = field(default_factory=list)
     """Further evaluation sets, judged whole and never trained on: `bundled:detox-ood` or a local .jsonl/.csv/.parquet file."""
@@ -189,6 +194,14 @@ class TrainConfig(LoraSettings):
     merge_lora_for_rollouts: bool = True
     """PPO with LoRA: sample from a copy of the policy with the adapters merged into its weights (faster; costs one
     more copy of the model in memory, so a large model on a full GPU may turn it off)."""
+    rollout_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """PPO with the merged copy: the copy's dtype, which the rollouts are sampled in (unset: model.dtype; `auto` as for
+    evaluation.dtype). The old
+    log-probabilities, values and the update stay in model.dtype, so the first ratio of each update is still 1."""
+    autocast_dtype: Literal["auto", "bfloat16", "float16"] | None = None
+    """PPO: run the policy's forward passes (old and reference log-probabilities, values, the update's forward) under
+    torch.autocast in this dtype; weights, gradients and the optimizer stay in model.dtype (mixed precision). Unset:
+    no autocast; `auto`: bfloat16 where it is fast (a CPU with AMX, a GPU)."""
     dpo_beta: float = 0.1
     """DPO only: strength of the pull towards the base policy (higher stays closer)."""
     dpo_rounds: int = 1

@@ -278,7 +278,7 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
     """
     import pandas as pd
 
-    from rlaif_tasks.evaluation.runner import load_policy
+    from rlaif_tasks.evaluation.runner import evaluation_dtype, load_policy
 
     cache = run_dir / "gate" / "kl.json"
     if cache.is_file():
@@ -294,7 +294,7 @@ def measure_kl(config: RunConfig, run_dir: Path, model_dir: str | Path) -> dict:
         result["source"] = "log-probabilities recorded by the evaluation"
     else:
         base = load_policy(config)
-        challenger = load_model(str(model_dir), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
+        challenger = load_model(str(model_dir), kind="auto", dtype=evaluation_dtype(config), device=resolve_device(config.device))
         if len(challenger.tokenizer) != len(base.tokenizer):
             raise RlaifError(
                 f"the trained policy's tokenizer ({len(challenger.tokenizer)} tokens) differs from the base policy's ({len(base.tokenizer)})",
@@ -323,7 +323,7 @@ def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path
     import tempfile
 
     from rlaif_tasks.data import load_prompts_split
-    from rlaif_tasks.evaluation.runner import load_judges
+    from rlaif_tasks.evaluation.runner import evaluation_dtype, load_judges
     from rlaif_tasks.evaluation.toxicity import evaluate_policy, write_evaluation
 
     label = f"champion-v{version}"
@@ -334,7 +334,7 @@ def evaluate_registered(client: "MlflowClient", config: RunConfig, run_dir: Path
     with tempfile.TemporaryDirectory(prefix="rlaif-champion-") as tmp:
         folder = registry.download_policy(client, name, version, tmp)
         _check_weights(client, name, version, folder)
-        champion = load_model(str(folder), kind="auto", dtype=config.model.dtype, device=resolve_device(config.device))
+        champion = load_model(str(folder), kind="auto", dtype=evaluation_dtype(config), device=resolve_device(config.device))
         evaluation = evaluate_policy(champion.model, champion.tokenizer, load_prompts_split(run_dir, "test"), load_judges(config), config.generation, config.evaluation)
     write_evaluation(evaluation, run_dir / "eval", label)
     return path

@@ -132,9 +132,15 @@ def _hash(obj: Any) -> str:
 
 
 def eval_settings_hash(config: RunConfig) -> str:
-    """What makes two evaluations comparable, besides the prompts: sampling, judges, evaluation seed (not the training seed)."""
+    """What makes two evaluations comparable, besides the prompts: sampling, judges, evaluation seed (not the training seed),
+    and the dtype the policies ran in on this machine (evaluation.dtype resolved, so `auto` on two machines can differ)."""
+    from rlaif_tasks.models import resolve_device, resolve_dtype
+
     d = config.to_dict()
-    return _hash({"generation": d["generation"], "evaluation": d["evaluation"]})
+    evaluation = {**d["evaluation"], "dtype": resolve_dtype(config.evaluation.dtype, config.model.dtype, resolve_device(config.device))}
+    if evaluation["dtype"] == config.model.dtype:  # the policies' own dtype, as before the key existed: the hash stays what it was
+        evaluation.pop("dtype")
+    return _hash({"generation": d["generation"], "evaluation": evaluation})
 
 
 def judge_fingerprints(config: RunConfig) -> dict[str, str | None]:

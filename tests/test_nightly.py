@@ -354,3 +354,23 @@ def test_adapter_registration_needs_a_lora_policy(home, config_path):
     path = variant(config_path, "tiny-full.yaml", tracking={"registered_weights": "adapter"}, train={"use_lora": False})
     with pytest.raises(RlaifError, match="writes no adapter"):
         load_config(path)
+
+
+def test_the_evaluation_dtype_loads_the_policies_and_keeps_evaluations_in_other_dtypes_apart(config_path):
+    """evaluation.dtype: bfloat16 loads the evaluated policy in bfloat16, is part of the settings the gate compares (so a champion evaluated in float32 is evaluated again), and no trigger may set it by default."""
+    import torch
+
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.evaluation.runner import evaluation_dtype, load_policy
+    from rlaif_tasks.models import hub
+    from rlaif_tasks.overrides import check_trigger_overrides
+
+    float32, bf16 = load_config(config_path), load_config(variant(config_path, "tiny-bf16.yaml", evaluation={"dtype": "bfloat16"}))
+    assert (evaluation_dtype(float32), evaluation_dtype(bf16)) == ("float32", "bfloat16")
+    auto = load_config(variant(config_path, "tiny-auto.yaml", evaluation={"dtype": "auto"}))
+    assert evaluation_dtype(auto) == ("bfloat16" if hub._cpu_has_amx() else "float32")
+    assert tracking.eval_settings_hash(auto) == tracking.eval_settings_hash(bf16 if hub._cpu_has_amx() else float32)
+    assert {p.dtype for p in load_policy(bf16).model.parameters()} == {torch.bfloat16}
+    assert tracking.eval_settings_hash(float32) != tracking.eval_settings_hash(bf16)
+    with pytest.raises(RlaifError, match="evaluation.dtype"):
+        check_trigger_overrides(float32, {"evaluation.dtype": "bfloat16"}, [])

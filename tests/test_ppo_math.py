@@ -196,6 +196,32 @@ def test_ppo_samples_from_a_merged_copy_that_follows_the_adapters_and_leaves_the
                 assert torch.equal(policy(ids).logits, base_logits), step
 
 
+def test_a_bfloat16_rollout_copy_samples_the_same_policy_up_to_rounding_and_leaves_the_policy_in_float32(tmp_path):
+    """train.rollout_dtype: bfloat16 makes the merged copy bfloat16; its logits follow the float32 adapted policy within bfloat16's rounding, the policy stays float32."""
+    from peft import get_peft_model
+    from tiny_models import tiny_causal_lm
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_tasks.config import TrainConfig
+    from rlaif_tasks.train.common import MergedSampler, lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm(tmp_path / "tiny"))
+    sampler = MergedSampler(model, "bfloat16")
+    policy = get_peft_model(model, lora_config(TrainConfig(lora_r=4, lora_alpha=8), "CAUSAL_LM")).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+        adapted = policy(ids).logits
+        merged = sampler.refresh(policy)
+        assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in policy.parameters()} == {torch.float32}
+        logits = merged(ids).logits.float()
+    assert torch.allclose(logits, adapted, atol=0.1) and not torch.equal(logits, adapted)
+    assert torch.equal(logits.argmax(-1), adapted.argmax(-1))
+
+
 def test_dropping_the_padding_columns_a_minibatch_shares_changes_no_logit(tmp_path):
     """The update's minibatches drop the left padding all their queries share: same logits and values, fewer columns."""
     from tiny_models import tiny_causal_lm

@@ -59,6 +59,21 @@ def test_ppo_learns_to_say_good(causal_path, tmp_path, caplog):
     assert sum(m["reward/mean"] for m in more.metrics[-2:]) / 2 > first + 1.0
 
 
+def test_ppo_learns_in_mixed_bfloat16(causal_path, tmp_path):
+    """train.autocast_dtype bfloat16: the forward passes in bfloat16, the weights and optimiser in float32; it learns as float32 does (test above), and the first update starts from the sampled policy."""
+    import torch
+
+    config = tiny_run_config(causal_path, steps=30, learning_rate=1e-2, use_lora=False, save_every=0, autocast_dtype="bfloat16")
+    result = train_ppo(config, tmp_path, QUERIES, reward_fn=count_good)
+    rewards = [m["reward/mean"] for m in result.metrics]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 1.0, rewards
+    assert all(math.isfinite(m[k]) for m in result.metrics for k in METRIC_KEYS)
+    assert max(abs(m["approx_kl"]) for m in result.metrics[:1]) < 0.05
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(tmp_path / "train" / "final" / "model.safetensors").values()} == {torch.float32}
+
+
 def test_same_seed_same_first_step_and_final_folder_is_a_plain_model(causal_path, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM

@@ -14,16 +14,22 @@ from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import RunConfig, open_run_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.toxicity import QualityModels, compare, evaluate_policy, read_evaluation, write_evaluation
-from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.models import load_model, resolve_device, resolve_dtype
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.rewards.relevance import SentenceEncoder
 
 
+def evaluation_dtype(config: RunConfig) -> str:
+    """evaluation.dtype resolved on this machine: what the evaluated policies run in."""
+    return resolve_dtype(config.evaluation.dtype, config.model.dtype, resolve_device(config.device))
+
+
 def load_policy(config: RunConfig, spec: str | None = None):
+    """The configured policy (or `spec`) as the evaluation runs it: in `evaluation.dtype`."""
     m = config.model
     return load_model(
         spec or m.policy, kind="auto", revision=m.revision, trust_remote_code=m.trust_remote_code,
-        dtype=m.dtype, device=resolve_device(config.device),
+        dtype=evaluation_dtype(config), device=resolve_device(config.device),
     )
 
 

@@ -21,6 +21,7 @@ from rlaif_tasks.models.hub import (
     load_tokenizer,
     model_kind,
     resolve_device,
+    resolve_dtype,
     validate_spec,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "model_kind",
     "model_cache_dir",
     "resolve_device",
+    "resolve_dtype",
     "validate_spec",
 ]

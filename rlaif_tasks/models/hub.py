@@ -190,6 +190,28 @@ def resolve_device(device: str = "auto") -> str:
     return str(parsed)
 
 
+def resolve_dtype(dtype: str | None, fallback: str, device: str) -> str:
+    """An inference dtype setting: unset -> `fallback` (model.dtype); `auto` -> bfloat16 where its matmuls are fast
+    (a CUDA device that supports it, or a CPU with AMX), else `fallback`; anything else as given."""
+    if dtype is None:
+        return fallback
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else fallback
+    return "bfloat16" if device == "cpu" and _cpu_has_amx() else fallback
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bfloat16 with AMX tiles (Linux's flags); without them bfloat16 is slower than float32."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def torch_dtype(dtype: Any):
     import torch
 

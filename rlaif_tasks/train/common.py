@@ -45,9 +45,13 @@ class MergedSampler:
     (`train.merge_lora_for_rollouts`).
     """
 
-    def __init__(self, model):
-        """`model`: the policy before peft wraps it (peft replaces its layers in place)."""
+    def __init__(self, model, dtype: str | None = None):
+        """`model`: the policy before peft wraps it (peft replaces its layers in place); `dtype`: the copy's, if not the policy's."""
+        import torch
+
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        if dtype is not None:
+            self.model.to(getattr(torch, dtype))
 
     def to(self, device) -> "MergedSampler":
         self.model.to(device)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from rlaif_tasks.config import RunConfig, TrainConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.generation import lm_forward, token_logprobs
-from rlaif_tasks.models import load_model, resolve_device
+from rlaif_tasks.models import load_model, resolve_device, resolve_dtype
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
@@ -424,8 +424,15 @@ def train_ppo(
     is_seq2seq = loaded.kind == "seq2seq-lm"
     policy, tokenizer = loaded.model, loaded.tokenizer
     reference = sampler = None
+    amp_dtype = resolve_dtype(t.autocast_dtype, config.model.dtype, str(procs.device))
+    mixed = amp_dtype != config.model.dtype
+
+    def autocast():
+        """Mixed precision for the forward passes (train.autocast_dtype); a no-op in model.dtype."""
+        return torch.autocast(torch.device(procs.device).type, dtype=getattr(torch, amp_dtype), enabled=mixed)
+
     if t.use_lora:
-        sampler = MergedSampler(policy).to(procs.device) if t.merge_lora_for_rollouts else None
+        sampler = MergedSampler(policy, resolve_dtype(t.rollout_dtype, config.model.dtype, str(procs.device))).to(procs.device) if t.merge_lora_for_rollouts else None
         policy = with_lora(policy, t, "SEQ_2_SEQ_LM" if is_seq2seq else "CAUSAL_LM")
     else:
         reference = copy.deepcopy(policy).eval().requires_grad_(False).to(procs.device)
@@ -515,11 +522,11 @@ def train_ppo(
         size = max(gen_cfg.batch_size, local_mini)  # no activations kept: generation-sized chunks fit
         chunks = [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
         old_logp, old_values, ref_logp, entropy = [], [], [], []
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for c in chunks:
                 sub = {k: v[c] for k, v in batch.items()}
                 logits, values = model(sub)
-                logits = logits / temperature
+                logits = logits.float() / temperature
                 old_logp.append(token_logprobs(logits, sub["response_ids"]))
                 entropy.append(token_entropy(logits))
                 old_values.append(values.float())
@@ -528,7 +535,7 @@ def train_ppo(
                         ref_logits, _ = lm_forward(model.policy, sub, is_seq2seq, want_hidden=False)
                 else:
                     ref_logits, _ = lm_forward(reference, sub, is_seq2seq, want_hidden=False)
-                ref_logp.append(token_logprobs(ref_logits / temperature, sub["response_ids"]))
+                ref_logp.append(token_logprobs(ref_logits.float() / temperature, sub["response_ids"]))
         old_logp, old_values, ref_logp, entropy = (torch.cat(x) for x in (old_logp, old_values, ref_logp, entropy))
         time_forward = time.perf_counter() - t0
 
@@ -547,8 +554,9 @@ def train_ppo(
             for mb in torch.randperm(n).split(local_mini):
                 sub = {k: v[mb] for k, v in batch.items()}
                 sub = sub if is_seq2seq else without_shared_left_padding(sub)
-                logits, values = model(sub)
-                logp = token_logprobs(logits / temperature, sub["response_ids"])
+                with autocast():
+                    logits, values = model(sub)
+                logp = token_logprobs(logits.float() / temperature, sub["response_ids"])
                 m = mask[mb]
                 pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], advantages[mb], m, t.cliprange)
                 vf_loss, _ = value_loss(values.float(), old_values[mb], returns[mb], m, t.cliprange_value)
