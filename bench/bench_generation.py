@@ -78,7 +78,8 @@ def main() -> None:
         ("one prompt at a time (baseline: the seed's loop)", "float32", 1, None),
         ("batched, one random stream per batch (PPO rollouts: generation.batch_size)", "float32", 16, None),
         ("batched, one random stream per response (evaluation at evaluation.batch_size)", "float32", 64, seeds),
-        ("the same in bfloat16", "bfloat16", 64, seeds),
+        ("the same in bfloat16 (evaluation.dtype: auto, on AMX)", "bfloat16", 64, seeds),
+        ("PPO rollouts in bfloat16 (train.rollout_dtype: auto, on AMX)", "bfloat16", 16, None),
     ]
     tps: dict[int, list[float]] = {i: [] for i in range(len(settings))}  # tokens/s of each setting, one entry per round
     for _ in range(args.rounds):
@@ -106,7 +107,8 @@ def main() -> None:
     for i, (label, dtype, batch, _) in enumerate(settings):
         gflops = statistics.median(tps[i]) * flops_per_token / 1e9
         table.append(f"| {label} | {dtype} | {batch} | {spread(tps[i], '.1f')} | {spread(speedup[i], '.1f')}x | {gflops:.0f} ({gflops / peaks[dtype]:.0%}) |")
-    at = {settings[i][2]: spread(speedup[i], ".1f") for i in (1, 2)}
+    at = {(settings[i][1], settings[i][2]): spread(speedup[i], ".1f") for i in range(1, len(settings))}
+    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else False
     body = f"""## Rollout generation: batched vs the seed's one-prompt-at-a-time loop
 
 `bench/bench_generation.py --prompts {args.prompts} --new-tokens {args.new_tokens} --rounds {args.rounds}` — policy `{args.policy}`,
@@ -116,16 +118,17 @@ within a round, against that round's baseline).
 
 {chr(10).join(table)}
 
-Speed-up over the seed's loop, median (min-max over rounds): **{at[16]}x at batch 16** (PPO's rollouts) and **{at[64]}x at batch 64** (evaluation,
-`evaluation.batch_size`; the responses are the same as at 16, since each has its own random stream).
+Speed-up over the seed's loop, median (min-max over rounds): at batch 16 (PPO's rollouts) **{at[("float32", 16)]}x** in float32 and
+**{at[("bfloat16", 16)]}x** in bfloat16; at batch 64 (evaluation, `evaluation.batch_size`; the responses are the same as at 16, since each
+has its own random stream) **{at[("float32", 64)]}x** in float32 and **{at[("bfloat16", 64)]}x** in bfloat16.
 
 How far from the machine's limit: the matmul peak, measured on the policy's own layer shapes with 1,024 rows, is
 {peaks["float32"]:.0f} GFLOP/s in float32 and {peaks["bfloat16"]:.0f} GFLOP/s in bfloat16 on these cores; the GFLOP/s column counts 2 x
 {flops_per_token // 2 / 1e6:.0f}M parameters per token. Decoding multiplies {16}-{64} rows by every weight matrix per step, which reaches
 a fraction of that peak; the rest of a step is the per-token work of `generate` (sampling, cache, masks) that does
-not shrink with the batch. This CPU has AVX-512 BF16 but no AMX (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
-at {peaks["bfloat16"] / peaks["float32"]:.0%} of the float32 rate here, so the project evaluates in `model.dtype` (float32 in configs/demo.yaml);
-on a GPU the seed configs use bfloat16."""
+not shrink with the batch. This CPU {"has AMX" if amx else "has no AMX"} (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
+at {peaks["bfloat16"] / peaks["float32"]:.1f}x the float32 rate here. `auto` (evaluation.dtype, train.rollout_dtype, train.autocast_dtype in
+configs/demo.yaml) picks bfloat16 only where AMX (or a GPU) makes it fast; bench/bench_dtype.py checks what it changes."""
     print(body)
     if not args.no_write:
         print(f"written to {write_section('generation', body)}")
