@@ -74,7 +74,7 @@ def _naming_a_full_disk(final: Path) -> Iterator[None]:
             raise
         raise OSError(
             errno.ENOSPC,
-            f"no space left on the disk of {final.parent} while writing {final.name} ({free / 2**20:.1f} MiB free); nothing "
+            f"{os.strerror(errno.ENOSPC)} at {final.parent} while writing {final.name} ({free / 2**20:.1f} MiB free); nothing "
             "half-written is kept. Free space (`rlaif gc`, the `retention` settings, or a larger disk) and retry",
         ) from exc
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from rlaif_tasks import __version__, stores
 from rlaif_tasks.config import RunConfig, TrackingConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.models import resolve_device, resolve_dtype
 from rlaif_tasks.models.fingerprint import fingerprint
 from rlaif_tasks.tags import TAG_CONFIG_HASH, TAG_DAG_ID, TAG_DAG_RUN_ID, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_RUN_KEY
 
@@ -134,8 +135,6 @@ def _hash(obj: Any) -> str:
 def eval_settings_hash(config: RunConfig) -> str:
     """What makes two evaluations comparable, besides the prompts: sampling, judges, evaluation seed (not the training seed),
     and the dtype the policies ran in on this machine (evaluation.dtype resolved, so `auto` on two machines can differ)."""
-    from rlaif_tasks.models import resolve_device, resolve_dtype
-
     d = config.to_dict()
     evaluation = {**d["evaluation"], "dtype": resolve_dtype(config.evaluation.dtype, config.model.dtype, resolve_device(config.device))}
     if evaluation["dtype"] == config.model.dtype:  # the policies' own dtype, as before the key existed: the hash stays what it was

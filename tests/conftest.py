@@ -15,6 +15,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+# The longest modules first (minutes each, measured in `make test`), then the other slow ones: under
+# `--dist loadfile` each worker takes the next file as it frees up, so short files fill in at the end
+# instead of one worker starting test_faults when the other is almost done.
+LONGEST_FIRST = ("test_faults", "test_celery_faults", "test_celery_topology", "test_e2e_airflow", "test_preference_dags", "test_browser")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def module(item) -> str:
+        return item.module.__name__ if item.module else ""
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+
+    def order(item) -> tuple[int, int]:
+        name = module(item)
+        return (0, LONGEST_FIRST.index(name)) if name in LONGEST_FIRST else (1 if name in slow else 2, 0)
+
+    items.sort(key=order)  # stable: a module's tests stay together and in their order
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty $RLAIF_HOME: the embedded MLflow store and the run folders live under it."""

@@ -334,7 +334,12 @@ class ProductionStack:
         return httpx.Client(base_url=f"{self.api_url}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=60)
 
     def get(self, path: str, **params) -> dict:
-        response = self.api.get(path, params=params)
+        """GET from the REST API; a 5xx is asked again twice (SQLite's `database is locked` on a loaded embedded stack)."""
+        for attempt in range(3):
+            response = self.api.get(path, params=params)
+            if response.status_code < 500:
+                break
+            time.sleep(2 * (attempt + 1))
         assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:500]}"
         return response.json()
 
