@@ -34,7 +34,15 @@ from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.lease import promotion_lock
 from rlaif_tasks.models import load_model
-from rlaif_tasks.models.registry_spec import ADAPTER_FOLDER, ARTIFACT_NAME, PEFT_FOLDER, download_policy, download_version, model_uri
+from rlaif_tasks.models.registry_spec import (
+    ADAPTER_FOLDER,
+    ARTIFACT_NAME,
+    PEFT_FOLDER,
+    download_policy,  # noqa: F401  (the gate reads versions as registry.download_policy)
+    download_version,
+    model_uri,
+    policy_folder,
+)
 from rlaif_tasks.tags import TAG_DAG_RUN_ID, TAG_GATE, TAG_PREFIX, TAG_PROMOTED_AT, TAG_REJECTED_REASON, TAG_REPLACED, TAG_ROLLED_BACK_AT, TAG_STATUS, TAG_WEIGHTS
 
 if TYPE_CHECKING:
@@ -433,7 +441,7 @@ def verify_registered_weights(client: "MlflowClient", name: str, version: str | 
         if (root / PEFT_FOLDER).is_dir():  # an adapter version: its adapter is the trained one
             local, model_dir = root / PEFT_FOLDER, Path(model_dir).parent / ADAPTER_FOLDER
         else:
-            local = download_policy(client, name, version, Path(tmp) / "policy")
+            local = policy_folder(root, model_uri(name, version))
         registered = weights_sha256(local)
         dtype = _float_dtype(local)
     trained = weights_sha256(model_dir, dtype)

@@ -136,8 +136,11 @@ def download_policy(client: "MlflowClient", name: str, version: str | int, dst: 
     put back together here; an adapter version is merged into its base here; a reward model is
     registered as the plain folder itself.
     """
-    uri = model_uri(name, version)
-    root = download_version(client, name, version, dst)
+    return policy_folder(download_version(client, name, version, dst), model_uri(name, version))
+
+
+def policy_folder(root: Path, uri: str) -> Path:
+    """A downloaded version (`download_version`) as one save_pretrained folder, whatever its flavour (see download_policy)."""
     if (root / PEFT_FOLDER).is_dir():
         return _merged_adapter(root)
     if (root / "config.json").is_file():
