@@ -31,7 +31,7 @@ from rlaif_tasks.config import config_roots, load_config, open_run_dir
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation import cache as eval_cache
 from rlaif_tasks.faults import fault_point
-from rlaif_tasks.models import model_kind, registry_spec, resolve_device, resolve_dtype
+from rlaif_tasks.models import model_kind, registry_spec, resolve_device
 from rlaif_tasks.models.fingerprint import fingerprint
 from rlaif_tasks.overrides import check_trigger_overrides
 from rlaif_tasks.rewards.relevance import BUNDLED_RELEVANCE_MODEL
@@ -212,10 +212,11 @@ def baseline_eval(refs: dict) -> dict:
 def baseline_identity(config, run_dir: Path) -> dict:
     """Everything the base policy's evaluation depends on; a None anywhere (unknown offline) means: do not cache."""
     from rlaif_tasks.data import read_manifest
+    from rlaif_tasks.evaluation.runner import evaluation_dtype
 
     e = config.evaluation
     return {
-        "policy": fingerprint(config.model.policy), "dtype": resolve_dtype(config.evaluation.dtype, config.model.dtype, resolve_device(config.device)), "device": str(resolve_device(config.device)),
+        "policy": fingerprint(config.model.policy), "dtype": evaluation_dtype(config), "device": str(resolve_device(config.device)),
         "prompts": read_manifest(run_dir)["content_sha256"], "chat_template": config.data.use_chat_template,
         "evaluation": tracking.eval_settings_hash(config), "judges": tracking.judge_fingerprints(config),
         "fluency": fingerprint(e.fluency_model) if e.fluency_model else "the policy",
