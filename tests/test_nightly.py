@@ -372,5 +372,6 @@ def test_the_evaluation_dtype_loads_the_policies_and_keeps_evaluations_in_other_
     assert tracking.eval_settings_hash(auto) == tracking.eval_settings_hash(bf16 if hub._cpu_has_amx() else float32)
     assert {p.dtype for p in load_policy(bf16).model.parameters()} == {torch.bfloat16}
     assert tracking.eval_settings_hash(float32) != tracking.eval_settings_hash(bf16)
-    with pytest.raises(RlaifError, match="evaluation.dtype"):
-        check_trigger_overrides(float32, {"evaluation.dtype": "bfloat16"}, [])
+    for key in ("evaluation.dtype", "train.rollout_dtype", "train.autocast_dtype"):
+        with pytest.raises(RlaifError, match=key):
+            check_trigger_overrides(float32, {key: "bfloat16"}, [])
