@@ -127,7 +127,7 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
         before = pd.read_parquet(run_dir / "eval" / f"baseline{suffix}_samples.parquet")
         after = pd.read_parquet(run_dir / "eval" / f"final{suffix}_samples.parquet")
         sets[set_name] = {
-            "judges": gate.compare_judges(before, after, judges, config.gate, seed=config.evaluation.seed),
+            "judges": gate.compare_judges(before, after, judges, config.gate, seed=config.evaluation.seed, threshold=config.evaluation.toxic_threshold),
             "quality": gate.compare_quality(read_evaluation(run_dir / "eval" / f"baseline{suffix}.json")["quality"], read_evaluation(run_dir / "eval" / f"final{suffix}.json")["quality"]),
         }
     measured = gate.measure_kl(config, run_dir, model_dir)

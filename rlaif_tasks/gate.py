@@ -4,7 +4,8 @@ The challenger and the reference (the champion, or the base policy while nothing
 answer the same held-out prompts, evaluation.samples_per_prompt times each, with the same
 per-response sampling seeds (evaluation.py), so every judge's scores compare prompt by prompt:
 per judge, the relative drop in mean toxicity and its paired-bootstrap interval over prompts
-(evaluation/stats.py). Promotion needs every check:
+(evaluation/stats.py); beside it, reported and not checked, the same interval for expected maximum
+toxicity and toxicity probability over each prompt's answers (evaluation/rtp.py). Promotion needs every check:
 
     samples       at least gate.min_samples_per_prompt responses per prompt
     toxicity      under gate.judge (default: an evaluation judge that is not the training reward
@@ -40,7 +41,7 @@ from rlaif_tasks.config import GATE_CHECKS as CHECKS
 from rlaif_tasks.config import GateConfig, RunConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.kl import kl_summary, sampled_token_kl
-from rlaif_tasks.evaluation.toxicity import read_evaluation
+from rlaif_tasks.evaluation.toxicity import RTP_LABELS, read_evaluation
 from rlaif_tasks.models import load_model, resolve_device
 from rlaif_tasks.tags import TAG_CODE, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_GATE, TAG_GATE_FAILED, TAG_GATE_REASON, TAG_GATE_REFERENCE, TAG_JUDGE_REVISIONS, TAG_JUDGES, TAG_WEIGHTS
 
@@ -93,16 +94,25 @@ def gate_judge(config: RunConfig) -> str:
 # -- the decision, on measured numbers ----------------------------------------------------------
 
 
-def compare_judges(reference: "pd.DataFrame", challenger: "pd.DataFrame", judges: list[str], gate: GateConfig, seed: int) -> dict[str, dict]:
-    """Per judge, the paired bootstrap of the challenger's per-prompt mean toxicity against the reference's."""
+def compare_judges(
+    reference: "pd.DataFrame", challenger: "pd.DataFrame", judges: list[str], gate: GateConfig, seed: int, threshold: float = 0.5
+) -> dict[str, dict]:
+    """Per judge, the paired bootstrap of the challenger's per-prompt mean toxicity against the reference's; beside it,
+    reported and not deciding, `expected_max` and `toxicity_probability` (evaluation/rtp.py, toxic at >= threshold)
+    with the same bootstrap."""
+    from rlaif_tasks.evaluation.rtp import paired_rtp
     from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means, significantly_worse
 
+    settings = {"n_resamples": gate.n_resamples, "confidence": gate.confidence, "seed": seed}
     out = {}
     for judge in judges:
         means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame[judge].tolist()))) for frame in (reference, challenger)]
         _, ref, chal = paired_differences(*means)
-        result = paired_bootstrap(ref, chal, n_resamples=gate.n_resamples, confidence=gate.confidence, seed=seed)
+        result = paired_bootstrap(ref, chal, **settings)
         result["significantly_worse"] = significantly_worse(result)
+        rtp = paired_rtp(reference["prompt_id"].tolist(), reference[judge].tolist(), challenger["prompt_id"].tolist(), challenger[judge].tolist(),
+                         threshold=threshold, **settings)
+        result.update(expected_max=rtp["expected_max"], toxicity_probability=rtp["toxicity_probability"])
         out[judge] = result
     return out
 
@@ -208,17 +218,24 @@ def format_number(value, spec: str) -> str:
 
 
 def format_decision(decision: dict) -> str:
-    """The decision as text: each judge's relative drop with its interval against the reference, then the checks."""
+    """The decision as text: each judge's relative drop with its interval against the reference (and, indented, those of
+    expected max toxicity and toxicity probability where recorded), then the checks."""
     ref = decision["reference"]
+    rtp = any(r.get("expected_max") for r in decision["judges"].values())  # decisions made before the metrics existed lack them
     lines = [f"gate against the {ref['kind']}{' version ' + ref['version'] if ref.get('version') else ''} "
              f"({decision['confidence']:.0%} paired-bootstrap intervals over {decision.get('n_prompts', '?')} prompts x {decision['samples_per_prompt']} samples):"]
-    for judge, r in decision["judges"].items():
+    if rtp:
+        lines.append("  mean toxicity decides; the indented rows, over each prompt's answers, are reported, not deciding:")
+
+    def row(label: str, r: dict) -> str:
         rel = r["relative"]
+        return (f"  {label:<32}{format_number(r['reference_mean'], '>8.4f')} -> {format_number(r['challenger_mean'], '.4f')}  "
+                f"{format_number(rel['point'], '>7.1%')} [{format_number(rel['lower'], '.1%')}, {format_number(rel['upper'], '.1%')}]")
+
+    for judge, r in decision["judges"].items():
         role = " (decides)" if judge == decision["judge"] else " (reward model)" if judge == decision["reward_judge"] else ""
-        lines.append(
-            f"  {judge + role:<32}{format_number(r['reference_mean'], '>8.4f')} -> {format_number(r['challenger_mean'], '.4f')}  "
-            f"{format_number(rel['point'], '>7.1%')} [{format_number(rel['lower'], '.1%')}, {format_number(rel['upper'], '.1%')}]"
-        )
+        lines.append(row(judge + role, r))
+        lines += [row(f"  {label}", r[metric]) for metric, label in RTP_LABELS.items() if r.get(metric)]
     q = decision["quality"]
     lines.append(
         f"  KL {format_number(decision['kl'], '.2f')} nats; perplexity ratio {format_number(q['perplexity_ratio'], '.2f')}; distinct-2 ratio {format_number(q['distinct2_ratio'], '.2f')}; "
@@ -250,11 +267,12 @@ def format_note(verdict: str, decision: dict, mlflow_run_id: str) -> str:
         rows.append(f"| {judge}{role} | {format_number(r['reference_mean'], '.4f')} | {format_number(r['challenger_mean'], '.4f')} | "
                     f"{format_number(rel['point'], '.1%')} [{format_number(rel['lower'], '.1%')}, {format_number(rel['upper'], '.1%')}] |")
     q = decision["quality"]
-    failed = [name for name, ok in decision["checks"].items() if not ok]
+    failed = decision.get("failed", [name for name, ok in decision["checks"].items() if not ok])
+    waived = decision.get("waived", [])
     tail = [
         f"KL {format_number(decision['kl'], '.2f')} nats · perplexity ×{format_number(q['perplexity_ratio'], '.2f')} · distinct-2 "
         f"×{format_number(q['distinct2_ratio'], '.2f')} · relevance ×{format_number(q['relevance_ratio'], '.2f')} · "
-        + (f"failed: {', '.join(failed)}" if failed else "every check passed"),
+        + (f"failed: {', '.join(failed)}" if failed else "every required check passed") + (f" (waived: {', '.join(waived)})" if waived else ""),
         f"Whole report: `report.txt` of MLflow run `{mlflow_run_id}`.",
     ]
     parts = [head, f"Against {against}, {decision['confidence']:.0%} paired-bootstrap intervals:", "\n".join(rows), *tail]
@@ -466,7 +484,7 @@ def run_gate(
     missing = [n for n in names if n not in reference_scores.columns or n not in challenger.columns]
     if missing:
         raise RlaifError(f"the {reference['kind']} or challenger samples have no scores for judge(s) {missing}", "evaluate both with this run's evaluation.judges")
-    judges = compare_judges(reference_scores, challenger, names, config.gate, seed=config.evaluation.seed)
+    judges = compare_judges(reference_scores, challenger, names, config.gate, seed=config.evaluation.seed, threshold=config.evaluation.toxic_threshold)
     quality = compare_quality(read_evaluation(run_dir / "eval" / "baseline.json").get("quality", {}), read_evaluation(run_dir / "eval" / "final.json").get("quality", {}))
     measured = measure_kl(config, run_dir, model_dir)
     per_prompt = int(challenger.groupby("prompt_id").size().min())

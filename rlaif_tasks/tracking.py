@@ -310,21 +310,36 @@ def log_metrics_once(client: "MlflowClient", run_id: str, metrics: dict[str, flo
 
 
 def evaluation_metrics(label: str, summary: dict) -> dict[str, float]:
-    """`eval/<label>/<judge>/{mean,std,frac_toxic}` from an evaluation summary (eval/<label>.json)."""
+    """`eval/<label>/<judge>/{mean,std,frac_toxic}` from an evaluation summary (eval/<label>.json), and
+    `eval/<label>/<judge>/{expected_max,toxicity_probability}` where the summary has them."""
     return {
         metric_name("eval", label, judge, stat): float(stats[stat])
         for judge, stats in summary["judges"].items()
-        for stat in ("mean", "std", "frac_toxic")
+        for stat in ("mean", "std", "frac_toxic", *RTP_METRICS)
+        if stat in stats
     }
 
 
+RTP_METRICS = ("expected_max", "toxicity_probability")
+"""The RealToxicityPrompts metrics (evaluation/rtp.py METRICS; not imported, to keep this module light)."""
+
+
 def comparison_metrics(judges: dict[str, dict[str, float]]) -> dict[str, float]:
-    """`improvement/<judge>/{mean,std}`: the relative drop `(before - after) / before` per judge."""
-    return {
+    """`improvement/<judge>/{mean,std}`: the relative drop `(before - after) / before` per judge; where the rows have
+    them (report.json), `improvement/<judge>/{expected_max,toxicity_probability}` with `_lower` and `_upper` bounds of
+    their paired-bootstrap interval, infinite bounds left out."""
+    metrics = {
         metric_name("improvement", judge, stat): float(row[f"{stat}_improvement"])
         for judge, row in judges.items()
         for stat in ("mean", "std")
     }
+    for judge, row in judges.items():
+        for stat in RTP_METRICS:
+            for suffix in ("", "_lower", "_upper"):
+                value = row.get(f"{stat}_improvement{suffix}")
+                if value is not None and not math.isinf(value):
+                    metrics[metric_name("improvement", judge, stat + suffix)] = float(value)
+    return metrics
 
 
 # -- artefacts ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     quality.py    fluency (perplexity), diversity, repetition, relevance of the responses
     kl.py         KL of a trained policy to the base on its own sampled tokens
     stats.py      paired bootstrap, per-prompt means, sampling seeds
+    rtp.py        RealToxicityPrompts' expected maximum toxicity and toxicity probability, paired
     runner.py     evaluate a configured policy in a run folder (what the stages and the gate call)
 
 Importing the package loads nothing heavy; each module imports what it needs.

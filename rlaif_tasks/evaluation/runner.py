@@ -8,15 +8,19 @@ judge scores the answers, and the summaries land in `eval/<label>.json` beside t
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from rlaif_tasks.atomic import write_json
 from rlaif_tasks.config import RunConfig, open_run_dir
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.evaluation.rtp import paired_rtp, report_row
 from rlaif_tasks.evaluation.toxicity import QualityModels, compare, evaluate_policy, read_evaluation, write_evaluation
 from rlaif_tasks.models import load_model, resolve_device, resolve_dtype
 from rlaif_tasks.rewards import build_scorer
 from rlaif_tasks.rewards.relevance import SentenceEncoder
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_dtype(config: RunConfig) -> str:
@@ -72,19 +76,49 @@ def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None,
 
 
 def compare_evaluations(config: RunConfig, before: str = "baseline", after: str = "final") -> dict:
+    """report.json: per judge, `compare` of the two summaries and the RealToxicityPrompts metrics with intervals
+    (`rtp_rows`), on the test split (`judges`) and on each extra set both evaluations have (`extra_sets`)."""
     run_dir = config.resolved_run_dir
     paths = [run_dir / "eval" / f"{label}.json" for label in (before, after)]
     for path in paths:
         if not path.is_file():
             raise RlaifError(f"evaluation {path} is missing", f"run `rlaif evaluate --label {path.stem}` for this run first")
-    report = {"before": before, "after": after, "judges": compare(*(read_evaluation(p) for p in paths))}
+    report = {"before": before, "after": after, "judges": _compare_labels(config, before, after)}
     extra = {}
     for source in config.evaluation.extra_sets:
         name = extra_set_name(source)
         pair = [run_dir / "eval" / f"{label}.{name}.json" for label in (before, after)]
         if all(p.is_file() for p in pair):
-            extra[name] = compare(*(read_evaluation(p) for p in pair))
+            extra[name] = _compare_labels(config, f"{before}.{name}", f"{after}.{name}")
     if extra:
         report["extra_sets"] = extra
     write_json(run_dir / "report.json", report)
     return report
+
+
+def _compare_labels(config: RunConfig, before: str, after: str) -> dict[str, dict]:
+    eval_dir = config.resolved_run_dir / "eval"
+    rows = compare(*(read_evaluation(eval_dir / f"{label}.json") for label in (before, after)))
+    samples = [eval_dir / f"{label}_samples.parquet" for label in (before, after)]
+    if not all(p.is_file() for p in samples):
+        log.warning("no samples table for %s or %s, so no expected max toxicity or toxicity probability", before, after)
+        return rows
+    for judge, extra in rtp_rows(config, *samples, list(rows)).items():
+        rows[judge].update(extra)
+    return rows
+
+
+def rtp_rows(config: RunConfig, before_samples: str | Path, after_samples: str | Path, judges: list[str]) -> dict[str, dict[str, float]]:
+    """Per judge, expected max toxicity and toxicity probability before and after, with their paired-bootstrap intervals
+    over prompts (`rtp.report_row` keys), from two samples tables; the gate's confidence and resamples, evaluation.seed."""
+    import pandas as pd
+
+    before, after = (pd.read_parquet(path, columns=["prompt_id", *judges]) for path in (before_samples, after_samples))
+    settings = {
+        "threshold": config.evaluation.toxic_threshold, "n_resamples": config.gate.n_resamples,
+        "confidence": config.gate.confidence, "seed": config.evaluation.seed,
+    }
+    return {
+        judge: report_row(paired_rtp(before["prompt_id"].tolist(), before[judge].to_numpy(), after["prompt_id"].tolist(), after[judge].to_numpy(), **settings))
+        for judge in judges
+    }

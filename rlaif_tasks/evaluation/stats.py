@@ -45,6 +45,14 @@ def per_prompt_means(prompt_ids: Sequence[Hashable], scores: Sequence[float]) ->
 
     Returns the distinct ids in order of first appearance and the mean score of each.
     """
+    ids, inverse, scores = group_by_prompt(prompt_ids, scores)
+    sums = np.bincount(inverse, weights=scores, minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids))
+    return ids, sums / counts
+
+
+def group_by_prompt(prompt_ids: Sequence[Hashable], scores: Sequence[float]) -> tuple[list, np.ndarray, np.ndarray]:
+    """The distinct ids in order of first appearance, each score's position among them, and the scores as floats."""
     scores = np.asarray(scores, dtype=float)
     if len(prompt_ids) != len(scores):
         raise ValueError(f"{len(prompt_ids)} prompt ids for {len(scores)} scores")
@@ -52,9 +60,7 @@ def per_prompt_means(prompt_ids: Sequence[Hashable], scores: Sequence[float]) ->
     for prompt_id in prompt_ids:
         index.setdefault(prompt_id, len(index))
     inverse = np.fromiter((index[p] for p in prompt_ids), dtype=np.intp, count=len(scores))
-    sums = np.bincount(inverse, weights=scores, minlength=len(index))
-    counts = np.bincount(inverse, minlength=len(index))
-    return list(index), sums / counts
+    return list(index), inverse, scores
 
 
 def paired_differences(reference: Mapping[Hashable, float], challenger: Mapping[Hashable, float]) -> tuple[list, np.ndarray, np.ndarray]:

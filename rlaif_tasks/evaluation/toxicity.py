@@ -1,9 +1,11 @@
 """Held-out toxicity evaluation: generate for the test prompts, score with every judge, compare.
 
 The numbers follow the seed's report: mean and std of toxicity per judge before and after training,
-and the relative improvement `(before - after) / before` for both. Each response is sampled with its
-own seed, derived from evaluation.seed, its prompt and its sample number, so every policy answers a
-prompt with the same randomness and two evaluations can be compared prompt by prompt (gate.py). The
+and the relative improvement `(before - after) / before` for both; beside them the literature's
+expected maximum toxicity and toxicity probability over the k answers per prompt (rtp.py). Each
+response is sampled with its own seed, derived from evaluation.seed, its prompt and its sample
+number, so every policy answers a prompt with the same randomness and two evaluations can be
+compared prompt by prompt (gate.py). The
 samples table keeps each response's sampled token ids (EOS included) for KL, and its quality
 measures (evaluation/quality.py).
 """
@@ -27,6 +29,7 @@ from rlaif_tasks.config import EvaluationConfig, GenerationConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation.kl import sampled_logprobs
 from rlaif_tasks.evaluation.quality import require_causal_fluency_model, response_perplexities, summarise_quality
+from rlaif_tasks.evaluation.rtp import summarise_rtp
 from rlaif_tasks.generation import generate
 from rlaif_tasks.rewards.base import Scorer
 
@@ -40,6 +43,12 @@ class JudgeStats:
     frac_toxic: float
     """Share of responses scored above the toxic threshold."""
     n: int
+    expected_max: float
+    """Mean over prompts of the highest score among the prompt's k answers (RealToxicityPrompts; evaluation/rtp.py)."""
+    toxicity_probability: float
+    """Share of prompts with at least one of the k answers scoring >= the toxic threshold (RealToxicityPrompts)."""
+    k: int
+    """Answers per prompt behind the two (the fewest any prompt has)."""
 
 
 @dataclass
@@ -81,12 +90,14 @@ def prompt_id(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def summarise(scores: Sequence[float], threshold: float) -> JudgeStats:
+def summarise(scores: Sequence[float], threshold: float, prompt_ids: Sequence[str] | None = None) -> JudgeStats:
+    """Mean, std and toxic share of the responses; the RealToxicityPrompts metrics over the prompts (without ids: one answer each)."""
     return JudgeStats(
         mean=statistics.fmean(scores),
         std=statistics.pstdev(scores) if len(scores) > 1 else 0.0,
         frac_toxic=sum(s > threshold for s in scores) / len(scores),
         n=len(scores),
+        **summarise_rtp(range(len(scores)) if prompt_ids is None else prompt_ids, scores, threshold),
     )
 
 
@@ -139,7 +150,8 @@ def evaluate_policy(
     prompts = [rows["prompt"].iloc[i] for i in out.prompt_index]
     response_queries = [queries[i] for i in out.prompt_index]
     columns = {judge.name: _timed(seconds, f"judge/{judge.name}", judge, out.responses, prompts) for judge in judges}
-    stats = {name: summarise(scores, cfg.toxic_threshold) for name, scores in columns.items()}
+    response_prompt_ids = [ids[i] for i in out.prompt_index]
+    stats = {name: summarise(scores, cfg.toxic_threshold, response_prompt_ids) for name, scores in columns.items()}
     quality = quality or QualityModels()
     perplexity = relevance = fluency_logprobs = None
     if quality.fluency is not None:
@@ -148,7 +160,7 @@ def evaluate_policy(
         relevance = _timed(seconds, "relevance", quality.encoder.similarity, prompts, out.responses)
     samples = pd.DataFrame({
         "prompt": prompts, "query": response_queries, "response": out.responses,
-        "prompt_id": [ids[i] for i in out.prompt_index], "sample": sample_no, "response_ids": out.token_ids,
+        "prompt_id": response_prompt_ids, "sample": sample_no, "response_ids": out.token_ids,
         "logprob": out.logprobs, "logprob_t1": out.logprobs_t1,
         **({"base_logprob": fluency_logprobs} if quality.fluency_is_base and fluency_logprobs is not None else {}),
         **({"perplexity": perplexity} if perplexity is not None else {}),
@@ -216,19 +228,48 @@ def read_evaluation(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+RTP_LABELS = {"expected_max": "expected max toxicity", "toxicity_probability": "toxicity probability"}
+
+
+def _number(value, spec: str) -> str:
+    """A figure of the text tables; n/a where there is none (NaN, or a key that an older summary lacks)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def format_comparison(report: dict[str, dict[str, float]]) -> str:
+    """Mean and std per judge before and after; then, where the rows have them, the RealToxicityPrompts metrics with intervals."""
     lines = [f"{'judge':<18}{'mean before':>12}{'mean after':>12}{'improv.':>9}{'std before':>12}{'std after':>11}{'improv.':>9}"]
     for name, r in report.items():
         lines.append(
             f"{name:<18}{r['mean_before']:>12.4f}{r['mean_after']:>12.4f}{r['mean_improvement']:>9.1%}"
             f"{r['std_before']:>12.4f}{r['std_after']:>11.4f}{r['std_improvement']:>9.1%}"
         )
+    rtp = {name: r for name, r in report.items() if "expected_max_before" in r}
+    if rtp:
+        first = next(iter(rtp.values()))
+        lines += [
+            f"over the k={first['k']} answers to each of {first['n_prompts']} prompts (RealToxicityPrompts), "
+            f"drop with its {first['confidence']:.0%} paired-bootstrap interval:",
+            f"{'judge':<18}{'metric':<23}{'before':>8}{'after':>8}  drop [interval]",
+        ]
+        for name, r in rtp.items():
+            for i, metric in enumerate(RTP_LABELS):
+                lines.append(
+                    f"{name if i == 0 else '':<18}{RTP_LABELS[metric]:<23}{_number(r[f'{metric}_before'], '.4f'):>8}{_number(r[f'{metric}_after'], '.4f'):>8}  "
+                    f"{_number(r[f'{metric}_improvement'], '.1%'):>6} [{_number(r[f'{metric}_improvement_lower'], '.1%')}, "
+                    f"{_number(r[f'{metric}_improvement_upper'], '.1%')}]"
+                )
     return "\n".join(lines)
 
 
 def format_evaluation(evaluation: Evaluation | dict) -> str:
+    """Per judge: mean, std, share of toxic responses, n; and expected max toxicity, toxicity probability and k where recorded."""
     judges = evaluation.summary()["judges"] if isinstance(evaluation, Evaluation) else evaluation["judges"]
-    lines = [f"{'judge':<18}{'mean':>9}{'std':>9}{'toxic':>8}{'n':>6}"]
+    rtp = any("expected_max" in s for s in judges.values())  # summaries written before the metrics existed lack them
+    lines = [f"{'judge':<18}{'mean':>9}{'std':>9}{'toxic':>8}{'n':>6}" + (f"{'exp. max':>10}{'tox. prob':>11}{'k':>4}" if rtp else "")]
     for name, s in judges.items():
-        lines.append(f"{name:<18}{s['mean']:>9.4f}{s['std']:>9.4f}{s['frac_toxic']:>8.1%}{s['n']:>6}")
+        lines.append(
+            f"{name:<18}{s['mean']:>9.4f}{s['std']:>9.4f}{s['frac_toxic']:>8.1%}{s['n']:>6}"
+            + (f"{_number(s.get('expected_max'), '.4f'):>10}{_number(s.get('toxicity_probability'), '.4f'):>11}{_number(s.get('k'), 'd'):>4}" if rtp else "")
+        )
     return "\n".join(lines)
