@@ -1,6 +1,6 @@
 """The nightly alignment run with DPO on each published set of preference pairs: evaluate, register, gate, report.
 
-    [rlaif-<name>-preferences] -> prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> report
+    [rlaif-<name>-preferences] -> prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> sign_off -> report
 
 Runs when ai_feedback_preferences publishes pairs. prepare_dataset takes the pairs folder and the
 config from the newest triggering event (or from this run's form), and sets `train.algorithm=dpo`

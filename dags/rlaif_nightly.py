@@ -1,6 +1,9 @@
 """Nightly alignment run: data, baseline evaluation, RL training, evaluation, registry, gate, report.
 
-    prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> report
+    prepare_dataset -> baseline_eval -> train -> evaluate -> register -> promote_if_better -> sign_off -> report
+
+`sign_off` asks a person (gate.approvers) to approve a challenger that passed the gate when the
+config says gate.approval: required, and passes straight through otherwise.
 
 Each task runs one stage of `rlaif_tasks.stages.nightly` (run_stage); the stages import torch,
 transformers and mlflow inside their functions, so parsing this file stays cheap. Tasks hand each

@@ -237,6 +237,22 @@ class PreferenceConfig:
 
 
 @dataclass
+class HumanPreferencesConfig:
+    """Pairwise labelling by people (the human_preferences DAG): which pairs are asked, who may answer, for how long."""
+
+    pairs: int = 8
+    """Train prompts per labelling batch; the policy answers each twice and a person says which answer is better."""
+    labellers: list[str] = field(default_factory=list)
+    """Airflow user ids who may answer (HITL assigned users; anyone else gets 403). It decides whose judgement becomes
+    training data, so it comes from this file only (TRUST_KEYS), never from a trigger; an empty list is refused."""
+    labels_per_pair: int = 1
+    """1: any one of the labellers answers each pair; 2 or more: that many different labellers answer it (each asked
+    alone), their agreement is reported (raw and Cohen's kappa), and a pair whose answers differ becomes no pair."""
+    response_timeout_hours: float = 24.0
+    """A pair nobody answered by then ends without a label; the run publishes the pairs that were answered."""
+
+
+@dataclass
 class TrackingConfig:
     """Where runs and models are recorded in MLflow."""
 
@@ -258,14 +274,19 @@ TRIGGER_OVERRIDES = (
     "train.init_kl_coef", "train.target_kl", "train.num_generations", "train.dpo_beta", "train.dpo_rounds",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "model.policy", "reward.model",
+    "human_preferences.pairs",
 )
 """orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
 TRUST_KEYS = (
     "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
     "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
     "evaluation.extra_sets", "data.source", "preferences.source", "name", "retention",
+    "human_preferences.labellers",
 )
 """Keys (and sections) that decide what is trusted, where secrets go or what code and files are read: the operator's file only."""
+
+APPROVALS = ("none", "required")
+"""gate.approval: whether a passed gate also waits for a person before `champion` moves."""
 
 GATE_CHECKS = ("samples", "toxicity", "reward_judge", "no_judge_worse", "kl", "fluency", "diversity", "repetition", "relevance")
 """Every check of the promotion gate, in the order it reports them (gate.py says what each one measures)."""
@@ -296,6 +317,13 @@ class GateConfig:
     answers everything with one safe phrase falls far lower; 0.6 tells the two apart."""
     require: list[str] = field(default_factory=lambda: list(GATE_CHECKS))
     """The checks a challenger must pass; a check left out is still measured and reported as waived."""
+    approval: str = "none"
+    """`required`: a challenger that passed waits for a person's sign-off (Airflow's `sign_off` task, Browse -> Required Actions)
+    before `champion` moves; `none`: the gate alone decides, so a night runs unattended."""
+    approvers: list[str] = field(default_factory=list)
+    """Airflow user ids who may answer the sign-off (required with approval: required): nobody else can."""
+    approval_timeout_hours: float = 24.0
+    """Without an answer by then the version is rejected, with that reason."""
 
 
 @dataclass
@@ -366,6 +394,7 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    human_preferences: HumanPreferencesConfig = field(default_factory=HumanPreferencesConfig)
 
     @property
     def training_seed(self) -> int:
@@ -544,6 +573,13 @@ def validate(config: RunConfig) -> None:
     unknown = sorted(set(config.gate.require) - set(GATE_CHECKS))
     if unknown:
         raise RlaifError(f"gate.require names unknown check(s) {unknown}", f"choose from {list(GATE_CHECKS)}")
+    if config.gate.approval not in APPROVALS:
+        raise RlaifError(f"gate.approval must be one of {list(APPROVALS)}, got {config.gate.approval!r}", "set gate.approval to none or required")
+    if config.gate.approval == "required" and not config.gate.approvers:
+        raise RlaifError("gate.approval is required but gate.approvers names nobody, so anyone who can open the DAG could sign off",
+                         "list the Airflow user ids who may approve a promotion in gate.approvers")
+    if config.gate.approval_timeout_hours <= 0:
+        raise RlaifError(f"gate.approval_timeout_hours must be > 0, got {config.gate.approval_timeout_hours}", "set it to the hours a reviewer has to answer")
     o = config.orchestration
     trusted = [key for key in o.trigger_overrides if is_trust_key(key)]
     if trusted:

@@ -20,11 +20,11 @@ def run_description(note: str, airflow_url: str | None) -> str:
     return note + (f"\n\nAirflow: [the DAG run]({airflow_url})" if airflow_url else "")
 
 
-def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN) -> list[dict]:
-    """The first `n` test prompts' first answers, the base policy's and the trained one's, with the deciding judge's score."""
+def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN, *, reference: Path | None = None) -> list[dict]:
+    """The first `n` test prompts' first answers, the base policy's (or `reference`'s samples) and the trained one's, with the deciding judge's score."""
     import pandas as pd
 
-    base_path, final_path = run_dir / "eval" / "baseline_samples.parquet", run_dir / "eval" / "final_samples.parquet"
+    base_path, final_path = reference or run_dir / "eval" / "baseline_samples.parquet", run_dir / "eval" / "final_samples.parquet"
     if not (base_path.is_file() and final_path.is_file()):
         return []
     base, final = pd.read_parquet(base_path), pd.read_parquet(final_path)
@@ -41,7 +41,7 @@ def paired_samples(run_dir: Path, judge: str | None, n: int = SAMPLES_SHOWN) -> 
     ]
 
 
-def _cell(text: str, score: float | None) -> str:
+def cell(text: str, score: float | None) -> str:
     """A table cell: one line, no pipe, at most 160 characters, the judge's score after it."""
     return text.replace("|", "/").replace("\n", " ")[:160] + (f" [{score:.2f}]" if score is not None else "")
 
@@ -66,7 +66,7 @@ def model_card(config: RunConfig, name: str, version: str, note: str, refs: dict
         lines += ["", f"## Answers to the same prompts (first sample; {judge or 'no judge'} score in brackets)", "",
                   "| prompt | base policy | this version |", "|---|---|---|"]
         for s in samples:
-            lines.append(f"| {_cell(s['prompt'], None)} | {_cell(s['base'], s['base_score'])} | {_cell(s['trained'], s['trained_score'])} |")
+            lines.append(f"| {cell(s['prompt'], None)} | {cell(s['base'], s['base_score'])} | {cell(s['trained'], s['trained_score'])} |")
     lines += ["", "## Serve it", "", f"    make serve MODEL=models:/{name}/{version}", "",
               "then `curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d '{\"inputs\": [\"a prompt\"]}'`."]
     return "\n".join(lines)

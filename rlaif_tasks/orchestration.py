@@ -1,5 +1,5 @@
 """What the DAG files share: the Assets, the trigger forms, the MLflow connection, the failure callback,
-`run_stage(fn, refs)` and the six nightly tasks that rlaif_nightly and dpo_alignment both run.
+`run_stage(fn, refs)` and the seven nightly tasks that rlaif_nightly and dpo_alignment both run, a person's sign-off among them.
 
     ai_feedback_preferences --[rlaif-<name>-preferences]--> reward_model_training --[<policy model>-reward]-->
                                                         \\-> dpo_alignment (rlaif_nightly's stages, DPO on those pairs)
@@ -18,12 +18,14 @@ heavy libraries (torch, transformers, mlflow) inside the functions.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Asset, Param, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
@@ -31,7 +33,8 @@ from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, l
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern, model_value_pattern, set_item_pattern
 from rlaif_tasks.services import quiet_libraries
-from rlaif_tasks.stages import nightly
+from rlaif_tasks.stages import human as human_stages
+from rlaif_tasks.stages import nightly, sign_off
 from rlaif_tasks.stages.preferences import reward_model_name
 
 PROJECT = PROJECT_DIR
@@ -284,4 +287,110 @@ def evaluate_train_and_gate(refs):
     refs = evaluate(refs)
     refs = register(refs)
     refs = promote_if_better(refs)
+    refs = SignOff(task_id="sign_off", refs=refs).output
     return report(refs)
+
+
+class SignOff(HITLOperator):
+    """A person approves or rejects a challenger that passed the gate (gate.approval: required); otherwise it passes `refs` on.
+
+    The body is the gate's evidence (stages/sign_off.request); only gate.approvers may answer, under
+    Browse -> Required Actions or PATCH .../taskInstances/sign_off/-1/hitlDetails. The run's config,
+    not the DAG file's, says who and how long: it is read when the task runs.
+    """
+
+    template_fields = ("refs",)
+
+    def __init__(self, *, refs, **kwargs):
+        kwargs["params"] = {"comment": Param(None, type=["null", "string"], description="Why (optional; kept with a rejection, in the report).")}
+        super().__init__(
+            subject="Promote the challenger to champion?", options=sign_off.OPTIONS,
+            response_timeout=timedelta(hours=CONFIG.gate.approval_timeout_hours), **kwargs,
+        )
+        self.refs = refs
+
+    def execute(self, context):
+        quiet_libraries()
+        use_mlflow_connection()
+        if self.refs.get("awaiting_sign_off") and (reply := sign_off.recorded_answer(self.refs)) is not None:
+            self.log.info("applying the answer an earlier try received: %s", reply)
+            return self._done(sign_off.answer(self.refs, reply))
+        asked = sign_off.request(self.refs)
+        if asked is None:
+            self.log.info("no sign-off to ask for: %s", "gate.approval is none" if self.refs.get("promoted") else "nothing passed the gate")
+            return self._done(self.refs)
+        self.subject, self.body = asked["subject"], asked["body"]
+        self.assigned_users = [{"id": user, "name": user} for user in asked["approvers"]]
+        self.response_timeout = timedelta(hours=asked["timeout_hours"])
+        self.log.info("waiting up to %g h for %s to approve or reject %s version %s", asked["timeout_hours"], ", ".join(asked["approvers"]),
+                      self.refs["model_name"], self.refs["model_version"])
+        return super().execute(context)
+
+    def execute_complete(self, context, event: dict):
+        quiet_libraries()
+        use_mlflow_connection()
+        if event.get("error_type") == "timeout":
+            reply = {"timed_out": True, "at": datetime.now(timezone.utc).isoformat()}
+        else:
+            answered = super().execute_complete(context, event)
+            reply = {
+                "option": answered["chosen_options"][0], "by": (answered["responded_by_user"] or {}).get("id"),
+                "at": answered["responded_at"].isoformat(), "comment": (answered["params_input"] or {}).get("comment") or "",
+            }
+        return self._done(sign_off.answer(self.refs, reply))
+
+    @staticmethod
+    def _done(refs: dict) -> dict:
+        fault_point("sign_off.end")  # as run_stage: the reliability suite's kill after the work
+        return refs
+
+
+# -- human_preferences: people label pairs of responses -----------------------------------------------
+
+
+def labelling_settings() -> dict:
+    """dag_settings(), with a DAG-run timeout that leaves the labellers their human_preferences.response_timeout_hours too."""
+    settings = dag_settings()
+    settings["dagrun_timeout"] += timedelta(hours=CONFIG.human_preferences.response_timeout_hours)
+    return settings
+
+
+class LabelPair(HITLOperator):
+    """One pair of the policy's responses for a person to compare: human_preferences' mapped `label` task.
+
+    Mapped over sample_pairs' `requests` ({"run_dir", "request"}): the prompt and both responses (the
+    Markdown body), who may answer (human_preferences.labellers, as the run's config file says) and the
+    response timeout are read from the run folder when the task runs (stages/human.label_request).
+    Answered under Browse -> Required Actions or PATCH .../taskInstances/label/<map index>/hitlDetails;
+    anyone not assigned gets 403. A timeout ends the task without a label, as a success, so `collect`
+    counts it instead of the run failing.
+    """
+
+    template_fields = ()  # subject and body are set in execute, from the run folder: responses are never rendered as Jinja
+
+    def __init__(self, *, request, **kwargs):
+        params = kwargs.get("params")
+        params = dict(params or {}) if params is None or type(params) is dict else copy.copy(params)  # a ParamsDict keeps each Param's source
+        params["comment"] = Param(None, type=["null", "string"], description="Optional: why, or what is wrong with both.", source="task")
+        kwargs["params"] = params
+        super().__init__(
+            subject="Which response is better?", options=list(human_stages.OPTIONS),
+            response_timeout=timedelta(hours=CONFIG.human_preferences.response_timeout_hours), **kwargs,
+        )
+        self.request = request
+
+    def execute(self, context):
+        quiet_libraries()
+        asked = human_stages.label_request(self.request)
+        self.subject, self.body = asked["subject"], asked["body"]
+        self.assigned_users = [{"id": user, "name": user} for user in asked["labellers"]]
+        self.response_timeout = timedelta(hours=asked["timeout_hours"])
+        self.log.info("asking %s about pair %d, for up to %g h", ", ".join(asked["labellers"]), asked["pair"], asked["timeout_hours"])
+        return super().execute(context)
+
+    def execute_complete(self, context, event: dict):
+        if event.get("error_type") == "timeout":
+            self.log.warning("nobody answered request %s in time: it ends without a label", self.request.get("request"))
+            return human_stages.unanswered(self.request)
+        answer = super().execute_complete(context, event)
+        return human_stages.answered(self.request, answer["chosen_options"], answer["params_input"], answer["responded_by_user"], answer["responded_at"])

@@ -7,8 +7,8 @@ Aliases of a registered model (`tracking.registered_model`, default `rlaif-<name
     previous      the champion it replaced: what `rollback` restores
     rolled_back   the last champion a rollback demoted
 
-Each version also carries a `rlaif.status` tag (challenger, champion, previous, rejected,
-rolled_back) and `rlaif.replaced_version`, the champion it replaced, so repeated rollbacks walk
+Each version also carries a `rlaif.status` tag (challenger, awaiting_sign_off, champion, previous,
+rejected, rolled_back) and `rlaif.replaced_version`, the champion it replaced, so repeated rollbacks walk
 back through the promotion history.
 
 The registry has no transactions, so every move is written in an order a retry can finish: a
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS, ROLLED_BACK = "champion", "challenger", "previous", "rolled_back"
+AWAITING_SIGN_OFF = "awaiting_sign_off"
+"""A version status: it passed the gate and waits for a person (gate.approval: required)."""
 ANY = object()
 """`promote(expected_champion=ANY)`: promote whatever the champion is now (the CLI's explicit move)."""
 

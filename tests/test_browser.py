@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = Path(os.environ.get("RLAIF_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts")) / "browser"
+USERS = ("reviewer", "intruder")
+"""Airflow users with the Op role besides the admin: gate.approvers names only the reviewer."""
 
 
 def expect_text(page, text: str, shot: str, timeout: float = 60_000) -> None:
@@ -58,10 +61,10 @@ def chromium():
 def ui(tmp_path_factory):
     """A tiny `make run`, then `make up` over its stores until the module ends."""
     home = tmp_path_factory.mktemp("browser_home")
-    config = write_tiny_project(home)
+    config = write_tiny_project(home, orchestration=", max_active_runs: 3")  # the sign-off test's three nights at once
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_")) and k not in ("RLAIF_HOME", "RLAIF_DAG_CONFIG")}
     env.update(RLAIF_HOME=str(home), VENV=str(Path(sys.executable).parent.parent), AIRFLOW_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=",".join(f"{u}:op" for u in USERS) + ",admin:admin")
     made = subprocess.run(["bash", "scripts/run_nightly.sh", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
     assert "train | info    step 2/2" in made.stdout  # the terminal streamed the training steps
@@ -158,3 +161,96 @@ def test_mlflow_ui_shows_the_curves_and_the_champion(ui, chromium):
     assert "/dags/rlaif_nightly/runs/" in (link.get_attribute("href") or "")
     page.screenshot(path=str(SHOTS / "mlflow-run-description.png"))
     page.close()
+
+
+def login(page, airflow: str, user: str) -> None:
+    page.goto(f"{airflow}/")
+    page.wait_for_url("**/auth/login**")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", "admin")  # rlaif_airflow_init gives every local user the one password
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{airflow}/")
+
+
+def api(airflow: str, user: str):
+    import httpx
+
+    token = httpx.post(f"{airflow}/auth/token", json={"username": user, "password": "admin"}, timeout=60)
+    token.raise_for_status()
+    return httpx.Client(base_url=f"{airflow}/api/v2", headers={"Authorization": f"Bearer {token.json()['access_token']}"}, timeout=60)
+
+
+def test_a_promotion_waits_for_a_person_approved_in_the_ui_rejected_over_rest_or_timed_out(ui, chromium):
+    """Issue 21: with gate.approval: required three nights wait in sign_off; the reviewer approves one on Required Actions
+    (the evidence shown), rejects one through the REST API after the unassigned intruder's 403, and one times out."""
+    from mlflow import MlflowClient
+    from rlaif_tasks.stages.common import safe_run_id
+
+    home, airflow, dag = ui["home"], ui["airflow"], "rlaif_nightly"
+    gate = "{{judge: profanity-check, min_improvement: -1.0, require: [samples, toxicity], approval: required, approvers: [reviewer], approval_timeout_hours: {hours}}}"
+    configs = {
+        "approve": write_tiny_project(home, filename="tiny-approve.yaml", gate=gate.format(hours=1)),
+        "reject": write_tiny_project(home, filename="tiny-reject.yaml", gate=gate.format(hours=1)),
+        "timeout": write_tiny_project(home, filename="tiny-timeout.yaml", gate=gate.format(hours=0.004)),  # 14 s
+    }
+    admin = api(airflow, "admin")
+    assert admin.patch(f"/dags/{dag}", json={"is_paused": False}).status_code == 200
+    runs = {}
+    for night, config in configs.items():
+        made = admin.post(f"/dags/{dag}/dagRuns", json={"dag_run_id": f"manual__sign-off-{night}", "logical_date": None, "conf": {"config": str(config)}})
+        assert made.status_code == 200, made.text
+        runs[night] = made.json()["dag_run_id"]
+
+    def state(night: str, task: str = "sign_off") -> str | None:
+        found = admin.get(f"/dags/{dag}/dagRuns/{runs[night]}/taskInstances/{task}")
+        return found.json().get("state") if found.status_code == 200 else None
+
+    deadline = time.monotonic() + 600
+    while not (state("approve") == state("reject") == "awaiting_input") and time.monotonic() < deadline:
+        assert "failed" not in {state(n, t) for n in runs for t in ("train", "promote_if_better", "sign_off")}
+        time.sleep(3)
+    assert state("approve") == state("reject") == "awaiting_input", {n: state(n) for n in runs}
+    # Airflow 3.3.2 retries a HITL task answered before the scheduler has handled its parked process's exit, and asks
+    # again (docs/orchestration.md): people are never that fast, a script is, so it waits for that line of the scheduler.
+    scheduler_log = home / ".airflow" / "logs" / "up" / "scheduler.log"
+    handled = [f"TaskInstance Finished: dag_id={dag}, task_id=sign_off, run_id={runs[n]}, map_index=-1" for n in ("approve", "reject")]
+    while not all(line in scheduler_log.read_text(errors="replace") for line in handled) and time.monotonic() < deadline:
+        time.sleep(1)
+
+    hitl = f"/dags/{dag}/dagRuns/{runs['reject']}/taskInstances/sign_off/-1/hitlDetails"
+    refused = api(airflow, "intruder").patch(hitl, json={"chosen_options": ["Approve"], "params_input": {"comment": ""}})
+    assert refused.status_code == 403, refused.text  # an Op, but not in gate.approvers
+    rejected = api(airflow, "reviewer").patch(hitl, json={"chosen_options": ["Reject"], "params_input": {"comment": "odd answers"}})
+    assert rejected.status_code == 200, rejected.text
+
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    login(page, airflow, "reviewer")
+    page.goto(f"{airflow}/dags/{dag}/runs/{runs['approve']}/tasks/sign_off/required_actions")
+    expect_text(page, "Promote rlaif-tiny-policy version", "airflow-sign-off")
+    evidence = page.locator("table").filter(has_text="profanity-check (decides)").first
+    evidence.wait_for(timeout=30_000)  # the gate's table, rendered from Markdown
+    assert "[" in evidence.inner_text()  # its interval
+    expect_text(page, "Budgets", "airflow-sign-off")
+    page.screenshot(path=str(SHOTS / "airflow-sign-off.png"), full_page=True)
+    page.get_by_role("button", name="Approve").first.click()
+    expect_text(page, "reviewer", "airflow-sign-off-answered", timeout=30_000)
+    page.close()
+
+    for night in runs:
+        while admin.get(f"/dags/{dag}/dagRuns/{runs[night]}").json()["state"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(3)
+    assert {n: admin.get(f"/dags/{dag}/dagRuns/{r}").json()["state"] for n, r in runs.items()} == dict.fromkeys(runs, "success")
+
+    summaries = {n: json.loads((home / "runs" / "tiny" / safe_run_id(r) / "nightly.json").read_text()) for n, r in runs.items()}
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)  # not a registry URI another test module of this worker set
+    name = "rlaif-tiny-policy"
+    tags = {n: client.get_model_version(name, summaries[n]["model_version"]).tags for n in runs}
+    assert str(client.get_registered_model(name).aliases["champion"]) == summaries["approve"]["model_version"]
+    assert (tags["approve"]["rlaif.status"], tags["approve"]["rlaif.sign_off"], tags["approve"]["rlaif.signed_off_by"]) == ("champion", "approved", "reviewer")
+    assert (tags["reject"]["rlaif.status"], tags["reject"]["rlaif.sign_off"], tags["reject"]["rlaif.signed_off_by"]) == ("rejected", "rejected", "reviewer")
+    assert tags["reject"]["rlaif.rejected_reason"].endswith(": odd answers")
+    assert (tags["timeout"]["rlaif.status"], tags["timeout"]["rlaif.sign_off"]) == ("rejected", "timed_out")
+    assert "signed off: approved by reviewer" in summaries["approve"]["text"] and summaries["approve"]["promoted"]
+    assert "not promoted: rejected by reviewer" in summaries["reject"]["text"]
+    assert "not promoted: no sign-off within 0.004 h" in summaries["timeout"]["text"]

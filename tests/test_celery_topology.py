@@ -23,7 +23,7 @@ from production_stack import DAG_ID, START_SERVERS, ProductionStack, servers_mis
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
 GPU_TASKS = ["baseline_eval", "train", "evaluate", "promote_if_better"]
-DEFAULT_TASKS = ["prepare_dataset", "register", "report"]
+DEFAULT_TASKS = ["prepare_dataset", "register", "sign_off", "report"]
 
 
 @pytest.fixture(scope="module")

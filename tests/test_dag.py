@@ -15,11 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
-STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "sign_off", "report"]
 FORBIDDEN_SETS = [
     "gate.require=[]", "tracking.tracking_uri=http://elsewhere:5000", "tracking.registered_model=rlaif-prod-policy",
     "reward.llm_judge.base_url=http://elsewhere/v1", "reward.llm_judge.api_key_env=AWS_SECRET_ACCESS_KEY", "model.trust_remote_code=true",
     "run_dir=/tmp/anywhere", "reward.model=python:os:system", "data.source=/etc/passwd",
+    "gate.approval=none", "gate.approvers=[mallory]", "gate.approval_timeout_hours=0.001",
 ]
 """What a trigger must never set (issue 20): each one a 4xx from the REST API, no DAG run (test_e2e_airflow too)."""
 ORCHESTRATION = """
@@ -58,7 +59,7 @@ def dag(tmp_path_factory):
     patch.undo()
 
 
-def test_seven_tasks_in_pipeline_order(dag):
+def test_the_tasks_in_pipeline_order(dag):
     assert sorted(dag.task_ids) == sorted(STAGES)
     for upstream, downstream in zip(STAGES, STAGES[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}

@@ -22,8 +22,8 @@ from production_stack import free_port, wait_for_http, write_tiny_project
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "rlaif_nightly"
-STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
-RERUN = ["prepare_dataset", "register", "promote_if_better", "report"]
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "sign_off", "report"]
+RERUN = ["prepare_dataset", "register", "promote_if_better", "sign_off", "report"]
 
 pytestmark = pytest.mark.slow  # whole DAG runs through `make run` and the scheduler
 

@@ -22,7 +22,7 @@ from test_dag import FORBIDDEN_SETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
-STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "sign_off", "report"]
 MODEL = "rlaif-faults-policy"
 SECRET = "hf_rlaif_fault_suite_secret_0123456789"
 
@@ -94,7 +94,7 @@ def run_with_mlflow_outages(stack, run_id: str, down_s: float = 15.0, timeout: f
     return outages
 
 
-def test_sigkill_in_each_of_the_seven_tasks_is_retried_without_loss_or_duplication(stack):
+def test_sigkill_in_each_of_the_eight_tasks_is_retried_without_loss_or_duplication(stack):
     """Every task's process SIGKILLed once (train after step 2 of 4, the others after their work, before Airflow records it): the scheduler's retries finish the night with one MLflow run, one version, the right aliases, training resumed from its checkpoint, each step logged once and no secret anywhere."""
     inject(stack, **{f"{task}.end": "kill" for task in STAGES if task != "train"}, **{"train.step-2": "kill"})
     run_id = stack.trigger({"config": str(stack.config)})

@@ -375,3 +375,80 @@ def test_the_evaluation_dtype_loads_the_policies_and_keeps_evaluations_in_other_
     for key in ("evaluation.dtype", "train.rollout_dtype", "train.autocast_dtype"):
         with pytest.raises(RlaifError, match=key):
             check_trigger_overrides(float32, {key: "bfloat16"}, [])
+
+
+def test_a_passed_gate_waits_for_a_sign_off_that_promotes_rejects_or_times_out(home, config_path):
+    """Issue 21: with gate.approval: required nothing moves until a person answers; Approve promotes (compare-and-set), Reject or no answer rejects."""
+    from mlflow import MlflowClient
+    from rlaif_tasks import registry
+    from rlaif_tasks.stages import sign_off
+
+    path = variant(config_path, "tiny-approval.yaml", gate={"approval": "required", "approvers": ["reviewer"], "approval_timeout_hours": 2})
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)  # an earlier test's registry URI must not leak in
+    name = "rlaif-tiny-policy"
+
+    def champion() -> str | None:
+        version = client.get_registered_model(name).aliases.get("champion")
+        return None if version is None else str(version)
+
+    def night(run_id: str) -> dict:
+        refs = nightly.prepare_dataset(str(path), {"train.steps": 1}, "rlaif_nightly", run_id)
+        for stage in (nightly.baseline_eval, nightly.train, nightly.evaluate, nightly.register, nightly.promote_if_better):
+            refs = stage(refs)
+        return refs
+
+    first = night("manual__approve")
+    assert first["awaiting_sign_off"] and not first["promoted"]
+    assert champion() is None  # a passed gate alone moves nothing
+    assert client.get_model_version(name, "1").tags["rlaif.status"] == "awaiting_sign_off"
+    assert "awaiting a sign-off" in nightly.report(first)["text"]
+    asked = sign_off.request(first)
+    assert asked["approvers"] == ["reviewer"] and asked["timeout_hours"] == 2
+    body = asked["body"]
+    assert "profanity-check (decides)" in body and "[" in body  # the deciding judge's drop with its interval
+    assert "KL ≤ 20 nats" in body and "relevance ratio ≥ 0.6" in body  # the budgets
+    assert "| prompt | base policy | this version |" in body and "MLflow run" in body
+    assert nightly.promote_if_better(first)["awaiting_sign_off"]  # a cleared task finds it waiting, and leaves it
+
+    signed = sign_off.answer(first, {"option": "Approve", "by": "reviewer", "at": "2026-12-06T17:00:00+00:00", "comment": ""})
+    assert signed["promoted"] and champion() == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert (tags["rlaif.status"], tags["rlaif.sign_off"], tags["rlaif.signed_off_by"], tags["rlaif.signed_off_at"]) == (
+        "champion", "approved", "reviewer", "2026-12-06T17:00:00+00:00")
+    summary = nightly.report(signed)
+    assert summary["promoted"] and "signed off: approved by reviewer at 2026-12-06T17:00:00+00:00" in summary["text"]
+    # a retried task holding another answer applies the one stored first, once
+    assert sign_off.answer(first, {"option": "Reject", "by": "reviewer", "at": "later"})["promoted"]
+
+    second = night("manual__reject")
+    assert second["awaiting_sign_off"] and second["model_version"] == "2"
+    rejected = sign_off.answer(second, {"option": "Reject", "by": "reviewer", "at": "2026-12-06T18:00:00+00:00", "comment": "answers read oddly"})
+    assert not rejected["promoted"] and champion() == "1"
+    tags = client.get_model_version(name, "2").tags
+    assert tags["rlaif.status"] == "rejected" and tags["rlaif.sign_off"] == "rejected"
+    assert tags["rlaif.rejected_reason"] == "rejected by reviewer at 2026-12-06T18:00:00+00:00: answers read oddly"
+    assert "model rlaif-tiny-policy version 2: not promoted: rejected by reviewer" in nightly.report(rejected)["text"]
+
+    third = night("manual__timeout")
+    timed_out = sign_off.answer(third, {"timed_out": True, "at": "2026-12-06T20:00:00+00:00"})
+    assert not timed_out["promoted"] and champion() == "1"
+    tags = client.get_model_version(name, "3").tags
+    assert tags["rlaif.sign_off"] == "timed_out" and "rlaif.signed_off_by" not in tags
+    assert tags["rlaif.rejected_reason"] == "no sign-off within 2 h (gate.approval_timeout_hours)"
+
+    fourth = night("manual__moved")  # measured against champion 1; then someone else promotes 3 before the approval lands
+    registry.promote(name, "3", client=client)
+    moved = sign_off.answer(fourth, {"option": "Approve", "by": "reviewer", "at": "2026-12-06T21:00:00+00:00"})
+    assert not moved["promoted"] and champion() == "3"
+    assert "the evidence compared this version with champion 1" in client.get_model_version(name, "4").tags["rlaif.rejected_reason"]
+
+
+def test_approval_required_names_who_may_answer():
+    from rlaif_tasks.config import load_config
+
+    with pytest.raises(RlaifError, match="gate.approvers names nobody"):
+        load_config(None, {"gate.approval": "required"})
+    with pytest.raises(RlaifError, match="gate.approval must be one of"):
+        load_config(None, {"gate.approval": "sometimes"})
+    assert load_config(None, {"gate.approval": "required", "gate.approvers": ["reviewer"]}).gate.approvers == ["reviewer"]

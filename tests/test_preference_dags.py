@@ -24,7 +24,7 @@ from rlaif_tasks.errors import RlaifError
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
 PRODUCER, REWARD, DPO, NIGHTLY = "ai_feedback_preferences", "reward_model_training", "dpo_alignment", "rlaif_nightly"
-NIGHTLY_STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report"]
+NIGHTLY_STAGES = ["prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "sign_off", "report"]
 ORCHESTRATION = """
 name: assettest
 orchestration:

@@ -15,6 +15,9 @@ Reasons, checked in this order (a row counts under the first one it fails):
     identical     chosen equals rejected (ignoring surrounding whitespace)
     too_long      prompt + chosen or prompt + rejected longer than `max_chars` characters
     duplicate     the same (prompt, chosen, rejected) as an earlier kept row
+
+Pairs labelled by people in Airflow (the human_preferences DAG) are made by preferences/labelling.py
+and checked here like any imported file.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -211,11 +214,13 @@ def validate_preferences(
     column_mapping: Mapping[str, str] | None = None,
     max_chars: int = DEFAULT_MAX_CHARS,
     source: str = "the preference data",
+    keep_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Apply the column mapping and every drop rule; return the clean pairs and the drop report.
 
-    The clean frame has exactly prompt, chosen, rejected (texts unstripped: leading spaces can be
-    part of a response). Raises RlaifError when a column is absent or no row survives.
+    The clean frame has prompt, chosen, rejected (texts unstripped: leading spaces can be part of a
+    response), then the `keep_columns` of the kept rows as they were (e.g. who labelled a pair).
+    Raises RlaifError when a column is absent or no row survives.
     """
     if max_chars <= 0:
         raise RlaifError(f"max_chars must be positive, got {max_chars}", "set max_chars to the longest prompt+response to keep, e.g. 4000")
@@ -224,6 +229,12 @@ def validate_preferences(
     unparseable = frame[_UNPARSEABLE].tolist() if _UNPARSEABLE in frame.columns else [None] * len(frame)
     cells = zip(*(frame[resolved[c]].tolist() for c in COLUMNS))
     kept: dict[str, list[str]] = {c: [] for c in COLUMNS}
+    extra_columns = [c for c in keep_columns if c not in COLUMNS]
+    absent = [c for c in extra_columns if c not in frame.columns]
+    if absent:
+        raise RlaifError(f"{source} has no column(s) {absent} to keep; columns found: {[str(c) for c in frame.columns]}", "keep only columns the data has")
+    extras = {c: frame[c].tolist() for c in extra_columns}
+    kept_extras: dict[str, list[Any]] = {c: [] for c in extra_columns}
     seen: set[tuple[str, str, str]] = set()
     for row, (flag, values) in enumerate(zip(unparseable, cells)):
         if flag is True:
@@ -242,7 +253,9 @@ def validate_preferences(
         seen.add(texts)
         for column, text in zip(COLUMNS, texts):
             kept[column].append(text)
-    clean = pd.DataFrame(kept, columns=list(COLUMNS))
+        for column in extra_columns:
+            kept_extras[column].append(extras[column][row])
+    clean = pd.DataFrame({**kept, **kept_extras}, columns=[*COLUMNS, *extra_columns])
     report["rows_out"] = len(clean)
     if clean.empty:
         present = [r for r in REASONS if report["dropped"][r]["count"]]

@@ -35,6 +35,7 @@ from rlaif_tasks.models import model_kind, registry_spec, resolve_device
 from rlaif_tasks.models.fingerprint import fingerprint
 from rlaif_tasks.overrides import check_trigger_overrides
 from rlaif_tasks.rewards.relevance import BUNDLED_RELEVANCE_MODEL
+from rlaif_tasks.stages import sign_off
 from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
 from rlaif_tasks.stores import use_tracking_uri
 from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
@@ -305,6 +306,8 @@ def promote_if_better(refs: dict) -> dict:
     The decision is a compare-and-set: it is applied only while the champion is still the version
     it was measured against, and made again otherwise (a cleared old DAG run never undoes a later
     promotion). A version whose status is no longer `challenger` was decided before and is left alone.
+    With gate.approval: required a passed gate moves nothing: the version waits for the `sign_off` task
+    (stages/sign_off.py), which applies the same compare-and-set once a person approves.
     """
     from rlaif_tasks import gate
 
@@ -322,6 +325,8 @@ def promote_if_better(refs: dict) -> dict:
         if champion_version == version:  # promoted by an earlier attempt: make sure every mark is in place
             registry.promote(name, version, client=client)
             return {**refs, "promoted": True, "decision_path": str(stored)}
+        if status == registry.AWAITING_SIGN_OFF:
+            return {**refs, "promoted": False, "awaiting_sign_off": True, "decision_path": str(stored)}
         if status != registry.CHALLENGER:
             log.info("%s version %s is already %s; leaving the aliases alone", name, version, status)
             return {**refs, "promoted": False, "decision_path": str(stored)}
@@ -333,6 +338,10 @@ def promote_if_better(refs: dict) -> dict:
         if not decision["passed"]:
             registry.mark_rejected(client, name, version, "; ".join(decision["reasons"]))
             return {**refs, "promoted": False, "decision_path": str(stored)}
+        if config.gate.approval == "required":
+            client.set_model_version_tag(name, version, TAG_STATUS, registry.AWAITING_SIGN_OFF)
+            log.info("%s version %s passed the gate and waits for a sign-off by %s", name, version, ", ".join(config.gate.approvers))
+            return {**refs, "promoted": False, "awaiting_sign_off": True, "decision_path": str(stored)}
         try:
             registry.promote(name, version, expected_champion=decision["reference"]["version"], client=client)
             return {**refs, "promoted": True, "decision_path": str(stored)}
@@ -371,9 +380,12 @@ def report(refs: dict) -> dict:
             f"{decision.get('reference', {}).get('kind', 'reference')}, {num(decision.get('confidence'), '.0%')} interval "
             f"[{num(decision.get('improvement_lower'), '.1%')}, {num(decision.get('improvement_upper'), '.1%')}])"
         )
+    elif decision.get("passed") and (refs.get("sign_off") or refs.get("awaiting_sign_off")):
+        outcome = "not promoted: " + (refs["sign_off"].get("reason", "signed off") if refs.get("sign_off") else "awaiting a sign-off")
     else:
         outcome = "not promoted: " + ("; ".join(decision.get("reasons", [])) or "no gate decision")
     verdict = f"model {name} version {version}: {outcome}"
+    signed = sign_off.report_line(refs.get("sign_off"), bool(refs.get("awaiting_sign_off")))
     client = connect(config)
     mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
     text = "\n".join([
@@ -382,13 +394,14 @@ def report(refs: dict) -> dict:
         *(f"out-of-distribution set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
         *([gate.format_decision(decision)] if decision.get("judges") else []),
         f"MLflow run {refs['mlflow_run_id']}" + (f" ({mlflow_url})" if mlflow_url else ""),
+        *([signed] if signed else []),
         verdict,
     ])
     note = gate.format_note(verdict, decision, refs["mlflow_run_id"])
     run = client.get_run(refs["mlflow_run_id"])
     result = {
         "run_dir": str(run_dir), "mlflow_run_id": refs["mlflow_run_id"], "model_name": name, "model_version": version,
-        "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url, "note": note,
+        "promoted": promoted, "toxicity": toxicity, "text": text, "mlflow_url": mlflow_url, "note": note, "sign_off": refs.get("sign_off"),
         "experiment_id": run.info.experiment_id,
     }
     write_json(run_dir / "nightly.json", result)
