@@ -76,8 +76,8 @@ def main() -> None:
     expected = len(queries) * args.new_tokens
     settings = [
         ("one prompt at a time (baseline: the seed's loop)", "float32", 1, None),
-        ("batched, one random stream per batch (PPO rollouts: generation.batch_size)", "float32", 16, None),
-        ("batched, one random stream per response (evaluation at evaluation.batch_size)", "float32", 64, seeds),
+        ("batched (PPO rollouts: generation.batch_size)", "float32", 16, None),
+        ("batched, the evaluation's seeds (evaluation.batch_size)", "float32", 64, seeds),
         ("the same in bfloat16 (evaluation.dtype: auto, on AMX)", "bfloat16", 64, seeds),
         ("PPO rollouts in bfloat16 (train.rollout_dtype: auto, on AMX)", "bfloat16", 16, None),
     ]
@@ -126,7 +126,9 @@ How far from the machine's limit: the matmul peak, measured on the policy's own 
 {peaks["float32"]:.0f} GFLOP/s in float32 and {peaks["bfloat16"]:.0f} GFLOP/s in bfloat16 on these cores; the GFLOP/s column counts 2 x
 {flops_per_token // 2 / 1e6:.0f}M parameters per token. Decoding multiplies {16}-{64} rows by every weight matrix per step, which reaches
 a fraction of that peak; the rest of a step is the per-token work of `generate` (sampling, cache, masks) that does
-not shrink with the batch. This CPU {"has AMX" if amx else "has no AMX"} (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
+not shrink with the batch. Every batched row samples with its own random stream by inverse CDF (one uniform per
+row and step, `generation.RowSeededSampler`); HF's `torch.multinomial` draws an exponential per vocabulary entry
+(49,152 here), which took about a sixth of a decoding step at batch 16 before. This CPU {"has AMX" if amx else "has no AMX"} (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
 at {peaks["bfloat16"] / peaks["float32"]:.1f}x the float32 rate here. `auto` (evaluation.dtype, train.rollout_dtype, train.autocast_dtype in
 configs/demo.yaml) picks bfloat16 only where AMX (or a GPU) makes it fast; bench/bench_dtype.py checks what it changes."""
     print(body)

@@ -60,10 +60,13 @@ def hf_generation_config(gen: GenerationConfig, tokenizer) -> transformers.Gener
 
 
 class RowSeededSampler(transformers.LogitsProcessor):
-    """Turns greedy decoding into sampling with one random stream per row (Gumbel-max).
+    """Turns greedy decoding into sampling with one random stream per row, by inverse CDF.
 
-    Step t of row r adds Gumbel noise from a generator seeded by (seed_r, t) to the warped scores;
-    the argmax is then a sample from softmax(scores), independent of the batch around the row.
+    Step t of row r draws one uniform u from a generator seeded by (seed_r, t) and takes the first
+    token whose cumulative probability under softmax(scores) exceeds u * total: a sample from the
+    warped distribution, independent of the batch around the row. One number per row and step, where
+    torch.multinomial (HF's sampling) and Gumbel-max draw one per vocabulary entry: at SmolLM2's 49,152
+    tokens and batch 16 that was a sixth of a decoding step here (bench/bench_generation.py).
     """
 
     def __init__(self, row_seeds: Sequence[int], prompt_width: int):
@@ -72,16 +75,18 @@ class RowSeededSampler(transformers.LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_width
-        noise = torch.empty(scores.shape, dtype=torch.float32)
-        for row, seed in enumerate(self.row_seeds):
-            gen = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
-            noise[row].uniform_(generator=gen)
-        gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
-        return scores.float() + gumbel.to(scores.device)
+        u = torch.tensor([
+            torch.rand(1, generator=torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))).item()
+            for seed in self.row_seeds
+        ], device=scores.device)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp(max=scores.shape[1] - 1)
+        chosen = torch.full(scores.shape, float("-inf"), device=scores.device)
+        return chosen.scatter_(1, token, 0.0)
 
 
 def row_seeded_processors(gen: GenerationConfig, row_seeds: Sequence[int], prompt_width: int) -> transformers.LogitsProcessorList:
-    """The sampling warpers of `gen` (temperature, top-k, top-p), then the per-row Gumbel noise."""
+    """The sampling warpers of `gen` (temperature, top-k, top-p), then the per-row sampler."""
     processors = transformers.LogitsProcessorList()
     if gen.temperature != 1.0:
         processors.append(transformers.TemperatureLogitsWarper(gen.temperature))
@@ -91,6 +96,24 @@ def row_seeded_processors(gen: GenerationConfig, row_seeds: Sequence[int], promp
         processors.append(transformers.TopPLogitsWarper(gen.top_p))
     processors.append(RowSeededSampler(row_seeds, prompt_width))
     return processors
+
+
+def sample_with_row_streams(hf_gen: transformers.GenerationConfig, gen: GenerationConfig, row_seeds: Sequence[int], prompt_width: int) -> dict:
+    """`generate` kwargs that sample `gen`'s distribution with RowSeededSampler: HF's own sampling is switched off in `hf_gen`.
+
+    Without `gen.do_sample` nothing changes (greedy decoding stays greedy).
+    """
+    if not gen.do_sample:
+        return {}
+    hf_gen.do_sample = False
+    for key in ("temperature", "top_k", "top_p"):
+        setattr(hf_gen, key, None)
+    return {"logits_processor": row_seeded_processors(gen, row_seeds, prompt_width)}
+
+
+def draw_row_seeds(n: int) -> list[int]:
+    """One seed per row from torch's global generator: what a training seed fixes, as HF's own sampling did."""
+    return torch.randint(0, 2**62, (n,)).tolist()
 
 
 def _ids_through_eos(row: torch.Tensor, eos_token_id) -> list[int]:
@@ -125,7 +148,7 @@ def generate(
     """Sample `num_samples` responses per query, `batch_size` sequences per forward pass.
 
     `row_seeds` (one per response, query-major: query 0's samples first) gives every response its
-    own random stream; without it, one global stream seeded by `seed` serves the whole call.
+    own random stream; without it, the streams' seeds are drawn from torch's generator seeded by `seed`.
     `with_logprobs` keeps `generate`'s raw logits to sum each response's log-probabilities, which
     spares the evaluation a second forward pass of the policy over its own samples.
     """
@@ -137,12 +160,9 @@ def generate(
     expanded = [(i, q) for i, q in enumerate(queries) for _ in range(num_samples)]
     if row_seeds is not None and len(row_seeds) != len(expanded):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(expanded)} responses")
-    per_row = row_seeds is not None and gen.do_sample
-    if per_row:
-        hf_gen.do_sample = False
-        for key in ("temperature", "top_k", "top_p"):
-            setattr(hf_gen, key, None)
     torch.manual_seed(seed)
+    if row_seeds is None:
+        row_seeds = draw_row_seeds(len(expanded))
     model.eval()
     device = next(model.parameters()).device
     responses: list[str] = []
@@ -157,10 +177,8 @@ def generate(
     for b in range(0, len(expanded), batch_size):
         batch = [q for _, q in expanded[b : b + batch_size]]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=is_seq2seq).to(device)
-        extra = {}
-        if per_row:
-            width = 1 if is_seq2seq else enc["input_ids"].shape[1]
-            extra["logits_processor"] = row_seeded_processors(gen, row_seeds[b : b + batch_size], width)
+        width = 1 if is_seq2seq else enc["input_ids"].shape[1]
+        extra = sample_with_row_streams(hf_gen, gen, row_seeds[b : b + batch_size], width)
         out = model.generate(**enc, generation_config=hf_gen, **extra)
         step_logits = out.logits if with_logprobs else None
         out = out.sequences if with_logprobs else out

@@ -58,7 +58,7 @@ def scripted_generate(queries):
     """
     position = 0
 
-    def generate(input_ids, attention_mask, generation_config):
+    def generate(input_ids, attention_mask, generation_config, logits_processor=None):  # the scripted answer ignores the sampler
         nonlocal position
         rows = [SCRIPT[q] for q in queries[position : position + input_ids.shape[0]]]
         position += input_ids.shape[0]
@@ -88,7 +88,7 @@ def test_rollout_mask_keeps_eos_and_masks_the_padding_after_it():
     assert ro.texts == ["good good", "very", "good very good very", "very good very"]
 
     # a stop string ends a response without EOS: the tokens after the stop are masked, and it counts as ended
-    model = SimpleNamespace(generate=lambda input_ids, attention_mask, generation_config: torch.cat(
+    model = SimpleNamespace(generate=lambda input_ids, attention_mask, generation_config, logits_processor=None: torch.cat(
         [input_ids, torch.tensor([[GOOD, BANG, VERY, VERY]])], dim=1))
     gen = GenerationConfig(max_new_tokens=4, min_new_tokens=0, batch_size=1, stop_strings=["!"])
     ro = rollout(model, tok, ["i think that"], gen, False, "cpu")
@@ -106,11 +106,29 @@ def _recording(kwargs: dict) -> dict:
 
 
 def _record_generate(model, sink: list) -> None:
-    """Make `model.generate` keep (prompt length, full output with scores) in `sink` and return the sequences as usual."""
+    """Make `model.generate` keep (prompt length, full output with scores) in `sink` and return the sequences as usual.
+
+    The scores kept are what the per-row sampler (generation.RowSeededSampler, the last processor) drew each token
+    from: the warped logits it was given, not the one-hot it returns.
+    """
+    from transformers import LogitsProcessor
+
     real_generate = model.generate
 
     def generate(**kwargs):
+        warped = []
+
+        class Spy(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                warped.append(scores.clone())
+                return scores
+
+        processors = kwargs.get("logits_processor")
+        if processors is not None:
+            processors.insert(len(processors) - 1, Spy())
         out = real_generate(**_recording(kwargs))
+        if warped:
+            out.scores = tuple(warped)
         sink.append((kwargs["input_ids"].shape[1], out))
         return out.sequences
 
@@ -384,3 +402,22 @@ def test_loop_old_logprobs_are_generates_at_the_configured_temperature(causal_pa
     eos_mask = calls["rollout"].batch["response_mask"].bool()
     assert torch.allclose(old_logp[eos_mask], expected[eos_mask], atol=1e-5), (old_logp - expected).abs()[eos_mask].max()
     assert torch.equal(old_logp, ref_logp)  # LoRA B = 0: the reference is the policy
+
+
+def test_the_row_sampler_draws_each_token_with_its_softmax_probability():
+    """generation.RowSeededSampler (inverse CDF, one uniform per row and step): 20,000 rows' frequencies are within 4
+    standard errors of softmax(scores); a zero-probability token (-inf, e.g. EOS before min_new_tokens) is never drawn."""
+    from rlaif_tasks.generation import RowSeededSampler
+
+    rows = 20_000
+    logits = torch.tensor([2.0, 0.0, -1.0, float("-inf"), 1.0])
+    sampler = RowSeededSampler(range(rows), prompt_width=3)
+    chosen = sampler(torch.zeros(rows, 5, dtype=torch.long), logits.expand(rows, 5)).argmax(-1)
+    freq = torch.bincount(chosen, minlength=5).double() / rows
+    p = torch.softmax(logits.double(), -1)
+    assert freq[3] == 0
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / rows).sqrt() + 1e-12).all(), (freq, p)
+    again = sampler(torch.zeros(rows, 5, dtype=torch.long), logits.expand(rows, 5)).argmax(-1)
+    assert torch.equal(again, chosen)  # each row's stream is fixed by its seed and step
+    next_step = sampler(torch.zeros(rows, 6, dtype=torch.long), logits.expand(rows, 5)).argmax(-1)
+    assert not torch.equal(next_step, chosen)

@@ -295,7 +295,7 @@ class Rollout:
 
 def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool, device) -> Rollout:
     """Sample one response per query with `generate` (KV cache, left padding), `gen_cfg.batch_size` at a time."""
-    from rlaif_tasks.generation import hf_generation_config
+    from rlaif_tasks.generation import draw_row_seeds, hf_generation_config, sample_with_row_streams
 
     hf_gen = hf_generation_config(gen_cfg, tokenizer)
     hf_gen.use_cache = True
@@ -308,7 +308,9 @@ def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool,
         for start in range(0, len(queries), gen_cfg.batch_size):
             chunk = list(queries[start : start + gen_cfg.batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=is_seq2seq).to(device)
-            out = model.generate(**enc, generation_config=hf_gen)
+            width = 1 if is_seq2seq else enc["input_ids"].shape[1]
+            sampling = sample_with_row_streams(hf_gen, gen_cfg, draw_row_seeds(len(chunk)), width)
+            out = model.generate(**enc, generation_config=hf_gen, **sampling)
             parts["query_ids"].append(enc["input_ids"])
             parts["query_mask"].append(enc["attention_mask"])
             if is_seq2seq:
