@@ -33,7 +33,7 @@ from rlaif_tasks.evaluation.cache import label_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
-TASKS = ("prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "report")
+TASKS = ("prepare_dataset", "baseline_eval", "train", "evaluate", "register", "promote_if_better", "sign_off", "report")
 
 
 class LoadSampler(threading.Thread):

@@ -60,6 +60,11 @@ def reward_model_asset(model_name: str, config_name: str) -> Asset:
     return Asset(uri=f"rlaif://{config_name}/reward-model", name=model_name)
 
 
+def red_team_asset(config_name: str) -> Asset:
+    """The red-team set of one run config (red_team.set_file): each event is one night's successful attacks, merged into it."""
+    return Asset(uri=f"rlaif://{config_name}/red-team", name=f"rlaif-{config_name}-red-team")
+
+
 CONFIG = load_config(resolve_config_path(DAG_CONFIG))
 SET_ITEM_PATTERN = set_item_pattern(CONFIG, ROOTS)
 """What one line of a form's `set` may say: a key of the DAG config's orchestration.trigger_overrides (overrides.py)."""
@@ -67,6 +72,7 @@ MODEL_VALUE_PATTERN = "^" + model_value_pattern(CONFIG, ROOTS) + "$"
 FOLDER_PATTERN = "^" + folder_pattern(ROOTS) + "$"
 PREFERENCES = preferences_asset(CONFIG.name)
 REWARD_MODEL = reward_model_asset(reward_model_name(CONFIG), CONFIG.name)
+RED_TEAM = red_team_asset(CONFIG.name)
 
 orchestration = CONFIG.orchestration
 on_gpu = {"queue": orchestration.queue, "pool": orchestration.pool}

@@ -21,6 +21,7 @@ FORBIDDEN_SETS = [
     "reward.llm_judge.base_url=http://elsewhere/v1", "reward.llm_judge.api_key_env=AWS_SECRET_ACCESS_KEY", "model.trust_remote_code=true",
     "run_dir=/tmp/anywhere", "reward.model=python:os:system", "data.source=/etc/passwd",
     "gate.approval=none", "gate.approvers=[mallory]", "gate.approval_timeout_hours=0.001",
+    "red_team.train_on_attacks=true", "red_team.evaluate=true", "red_team.set_file=/etc/passwd",
 ]
 """What a trigger must never set (issue 20): each one a 4xx from the REST API, no DAG run (test_e2e_airflow too)."""
 ORCHESTRATION = """
@@ -185,14 +186,16 @@ def test_parsing_in_a_fresh_process_is_cheap(tmp_path):
         "dag = bag.dags['rlaif_nightly']\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'mlflow', 'peft', 'trl', 'pandas', 'datasets') if m in sys.modules)\n"
         "print(json.dumps({'errors': bag.import_errors, 'heavy': heavy, 'schedule': dag.timetable.expression,\n"
-        "                  'queue': dag.get_task('train').queue, 'pool': dag.get_task('train').pool}))\n"
+        "                  'queue': dag.get_task('train').queue, 'pool': dag.get_task('train').pool,\n"
+        "                  'red_team': [bag.dags['red_team'].timetable.expression, [o.uri for o in bag.dags['red_team'].get_task('publish').outlets]]}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RLAIF_DAG_CONFIG"}
     env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"errors": {}, "heavy": [], "schedule": "0 2 * * *", "queue": "gpu", "pool": "gpu"}
+    assert result == {"errors": {}, "heavy": [], "schedule": "0 2 * * *", "queue": "gpu", "pool": "gpu",
+                      "red_team": ["30 0 * * *", ["rlaif://demo/red-team"]]}  # red_team (issue 21) parses as cheaply, before the nightly run
 
 
 def test_every_compose_service_runs_a_component_of_service_sh():

@@ -12,6 +12,12 @@ runs were judged on the same held-out prompts. With `data.group_column` whole gr
 set's templates) go to one side, so the test set measures templates the policy never trained on.
 
 `load_eval_set` reads an extra evaluation set (`evaluation.extra_sets`) in the same shape, whole.
+
+The red-team set (rlaif_tasks/evaluation/red_team.py) joins a run here when its config says so:
+`train_attacks` are added to the train split after the split (never an attack that is a test prompt),
+and `eval_attacks` are copied to `data/red-team.jsonl`, the evaluation set `red-team` of the run. Both
+are counted in the manifest and hashed into its `content_sha256`, so a night's cached evaluations and
+comparable champions are those judged on the same red-team prompts.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "test")
 COMPUTED_COLUMNS = ("query", "n_tokens")
+RED_TEAM_FILE = "red-team.jsonl"
+"""The run's copy of the red-team set to evaluate on (`red_team.evaluate`), in its data folder; its stem names the evaluation set."""
+RED_TEAM_CATEGORY = "red-team"
 
 
 @dataclass
@@ -247,20 +257,52 @@ def group_split(frame: pd.DataFrame, column: str, test_size: float, seed: int) -
     return shuffled[~in_test].reset_index(drop=True), shuffled[in_test].reset_index(drop=True)
 
 
-def content_hash(splits: dict[str, pd.DataFrame]) -> str:
+def content_hash(splits: dict[str, pd.DataFrame], red_team: Sequence[str] = ()) -> str:
+    """sha256 of the splits' queries, and of the red-team prompts evaluated beside them when there are any."""
     digest = hashlib.sha256()
     for name in SPLITS:
         digest.update(name.encode())
         for query in splits[name]["query"]:
             digest.update(b"\x00" + query.encode("utf-8"))
+    if red_team:
+        digest.update(RED_TEAM_CATEGORY.encode())
+        for prompt in red_team:
+            digest.update(b"\x00" + prompt.encode("utf-8"))
     return digest.hexdigest()
+
+
+def red_team_train_rows(
+    attacks: Sequence[str], cfg: DataConfig, tokenizer, taken: set[str], source: str,
+) -> tuple[pd.DataFrame, dict]:
+    """The red-team attacks as train rows (category `red-team`, the group `red-team` when the split is by group), and counts.
+
+    An attack that is already a prompt of the run (`taken`: train or test) is left out, so a test prompt is never
+    trained on; the token limits apply as to every prompt.
+    """
+    texts = list(dict.fromkeys(t.strip() for t in attacks if isinstance(t, str) and t.strip()))
+    fresh = [t for t in texts if t not in taken]
+    frame = pd.DataFrame({"prompt": fresh, "category": RED_TEAM_CATEGORY, "source": source})
+    if cfg.group_column:
+        frame[cfg.group_column] = RED_TEAM_CATEGORY
+    frame["query"] = apply_template(fresh, tokenizer, cfg.use_chat_template)
+    frame["n_tokens"] = [len(ids) for ids in tokenizer(frame["query"].tolist(), add_special_tokens=False)["input_ids"]] if fresh else []
+    fits = (frame["n_tokens"] >= cfg.min_prompt_tokens) & (frame["n_tokens"] <= cfg.max_prompt_tokens)
+    counts = {"attacks": len(texts), "added": int(fits.sum()), "already_prompts": len(texts) - len(fresh), "outside_token_limits": int((~fits).sum())}
+    return frame[fits].reset_index(drop=True), counts
 
 
 # -- the stage -------------------------------------------------------------------------------------
 
 
-def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int = 0) -> PromptSplits:
-    """Load, template, filter and split the prompts, and write them with their manifest."""
+def prepare_prompts(
+    cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int = 0, *,
+    train_attacks: Sequence[str] | None = None, eval_attacks: Sequence[str] | None = None, attacks_source: str = RED_TEAM_CATEGORY,
+) -> PromptSplits:
+    """Load, template, filter and split the prompts, and write them with their manifest.
+
+    `train_attacks` (red_team.train_on_attacks) join the train split after the split and data.max_train_prompts;
+    `eval_attacks` (red_team.evaluate) are written to data/red-team.jsonl. `attacks_source` is where they came from.
+    """
     raw = load_raw(cfg)
     frame = select_prompts(raw, cfg)
     frame["query"] = apply_template(frame["prompt"].tolist(), tokenizer, cfg.use_chat_template)
@@ -281,6 +323,14 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
         train, test = group_split(kept, group, cfg.test_size, seed)
     if cfg.max_train_prompts is not None:
         train = train.head(cfg.max_train_prompts)
+    red_team: dict = {}
+    if train_attacks is not None:
+        rows, red_team["train"] = red_team_train_rows(train_attacks, cfg, tokenizer, set(train["prompt"]) | set(test["prompt"]), attacks_source)
+        if len(rows):
+            train = pd.concat([train, rows[[c for c in train.columns if c in rows.columns]]], ignore_index=True)
+    evaluated = list(dict.fromkeys(t.strip() for t in eval_attacks or () if isinstance(t, str) and t.strip()))
+    if eval_attacks is not None:
+        red_team["evaluate"] = len(evaluated)
     columns = list(dict.fromkeys(["prompt", "query", "category", "source", "n_tokens", *([group] if group else [])]))
     splits = {"train": train[columns], "test": test[columns]}
     groups = None if group is None else {name: sorted(map(str, split[group].unique())) for name, split in splits.items()}
@@ -289,6 +339,9 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
     for name, split in splits.items():
         with atomic_path(out / f"{name}.parquet") as tmp:
             split.to_parquet(tmp, index=False)
+    if evaluated:
+        with atomic_path(out / RED_TEAM_FILE) as tmp:
+            tmp.write_text("".join(json.dumps({"prompt": p, "category": RED_TEAM_CATEGORY}, ensure_ascii=False) + "\n" for p in evaluated), encoding="utf-8")
     manifest = {
         "source": cfg.source,
         "counts": {
@@ -299,10 +352,12 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
             "train": len(train),
             "test": len(test),
             **({f"{name}_groups": len(names) for name, names in groups.items()} if groups else {}),
+            **({"red_team_train": red_team["train"]["added"]} if "train" in red_team else {}),
+            **({"red_team_evaluate": red_team["evaluate"]} if "evaluate" in red_team else {}),
         },
         "categories": {name: split["category"].value_counts().to_dict() for name, split in splits.items()},
         "groups": groups,
-        "content_sha256": content_hash(splits),
+        "content_sha256": content_hash(splits, evaluated),
         "seed": seed,
         "settings": {
             "prompt_column": cfg.prompt_column, "column_mapping": cfg.column_mapping, "use_chat_template": cfg.use_chat_template,
@@ -311,7 +366,8 @@ def prepare_prompts(cfg: DataConfig, tokenizer, run_dir: str | Path, seed: int =
             "hub_split": cfg.hub_split, "hub_config": cfg.hub_config,
         },
         "tokenizer": getattr(tokenizer, "name_or_path", None),
-        "files": {name: f"{name}.parquet" for name in SPLITS},
+        "files": {**{name: f"{name}.parquet" for name in SPLITS}, **({RED_TEAM_CATEGORY: RED_TEAM_FILE} if evaluated else {})},
+        **({"red_team": {"source": attacks_source, **red_team}} if red_team else {}),
     }
     manifest_path = write_json(out / "manifest.json", manifest)
     log.info("prepared %d train and %d test prompts from %s (%s)", len(train), len(test), cfg.source, manifest_path)

@@ -1,8 +1,9 @@
 """Evaluating a configured policy in a run folder: load it, its judges and quality models, evaluate, compare.
 
 What `rlaif evaluate`, the nightly baseline/final evaluations and the gate's re-evaluation of a
-champion all call: the policy answers the test split (and each `evaluation.extra_sets` entry), every
-judge scores the answers, and the summaries land in `eval/<label>.json` beside their samples.
+champion all call: the policy answers the test split (and each `evaluation.extra_sets` entry, and with
+`red_team.evaluate` the run's copy of the red-team set), every judge scores the answers, and the
+summaries land in `eval/<label>.json` beside their samples.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def extra_set_name(source: str) -> str:
     return Path(source.removeprefix("bundled:")).stem
 
 
+def extra_sources(config: RunConfig, run_dir: Path | None = None) -> list[str]:
+    """The extra evaluation sets of a run: `evaluation.extra_sets`, then with `red_team.evaluate` the red-team set as the run
+    prepared it (`data/red-team.jsonl`, named `red-team`; absent when the set was empty then)."""
+    from rlaif_tasks.data.prepare import RED_TEAM_FILE, data_dir
+
+    sources = list(config.evaluation.extra_sets)
+    copy = data_dir(run_dir or config.resolved_run_dir) / RED_TEAM_FILE
+    if config.red_team.evaluate and copy.is_file():
+        sources.append(str(copy))
+    return sources
+
+
 def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None, *, model=None) -> Path:
     """Evaluate a policy (the configured one, `model_spec`, or an already-loaded `model`) on the test split and on
     each extra set; returns the test summary's path (`eval/<label>.json`; extra sets in `eval/<label>.<set>.json`)."""
@@ -66,7 +79,7 @@ def evaluate_model(config: RunConfig, label: str, model_spec: str | None = None,
     judges = load_judges(config)
     extra = dataclasses.replace(config.evaluation, samples_per_prompt=config.evaluation.extra_samples_per_prompt, num_prompts=None)
     sets = [(label, load_prompts_split(run_dir, "test"), config.evaluation)]
-    for source in config.evaluation.extra_sets:
+    for source in extra_sources(config, run_dir):
         sets.append((f"{label}.{extra_set_name(source)}", load_eval_set(source, policy.tokenizer, config.data.use_chat_template), extra))
     paths = []
     for name, prompts, settings in sets:
@@ -85,7 +98,7 @@ def compare_evaluations(config: RunConfig, before: str = "baseline", after: str 
             raise RlaifError(f"evaluation {path} is missing", f"run `rlaif evaluate --label {path.stem}` for this run first")
     report = {"before": before, "after": after, "judges": _compare_labels(config, before, after)}
     extra = {}
-    for source in config.evaluation.extra_sets:
+    for source in extra_sources(config, run_dir):
         name = extra_set_name(source)
         pair = [run_dir / "eval" / f"{label}.{name}.json" for label in (before, after)]
         if all(p.is_file() for p in pair):

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 from rlaif_tasks.config import RunConfig, open_run_dir
+from rlaif_tasks.evaluation import red_team
 from rlaif_tasks.evaluation.runner import compare_evaluations, evaluate_model
 from rlaif_tasks.evaluation.toxicity import format_comparison, format_evaluation, read_evaluation
 from rlaif_tasks.models import load_tokenizer
@@ -27,13 +28,25 @@ log = logging.getLogger(__name__)
 
 
 def prepare_dataset(config: RunConfig) -> Path:
-    """Load, filter and split the prompts with the policy's tokenizer (not its weights); returns the manifest path."""
+    """Load, filter and split the prompts with the policy's tokenizer (not its weights); returns the manifest path.
+
+    With red_team.train_on_attacks the red-team set's prompts join the train split, with red_team.evaluate a copy of
+    the set becomes the run's evaluation set `red-team` (data/red-team.jsonl): the set as it is now, for the whole run.
+    """
     from rlaif_tasks.data import prepare_prompts
 
     run_dir = open_run_dir(config)
-    m = config.model
+    m, r = config.model, config.red_team
     tokenizer = load_tokenizer(m.policy, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    splits = prepare_prompts(config.data, tokenizer, run_dir, seed=config.data.seed)
+    attacks, source = None, red_team.set_path(config)
+    if r.train_on_attacks or r.evaluate:
+        attacks = [row["prompt"] for row in red_team.read_set(source)]
+        log.info("the red-team set %s holds %d attack(s)%s%s", source, len(attacks), "; training on them" * r.train_on_attacks,
+                 "; evaluating on them" * r.evaluate)
+    splits = prepare_prompts(
+        config.data, tokenizer, run_dir, seed=config.data.seed, train_attacks=attacks if r.train_on_attacks else None,
+        eval_attacks=attacks if r.evaluate else None, attacks_source=str(source),
+    )
     return splits.manifest_path
 
 

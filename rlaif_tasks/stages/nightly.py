@@ -391,7 +391,7 @@ def report(refs: dict) -> dict:
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.describe()})",
         format_comparison(comparison),
-        *(f"out-of-distribution set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
+        *(f"evaluation set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
         *([gate.format_decision(decision)] if decision.get("judges") else []),
         f"MLflow run {refs['mlflow_run_id']}" + (f" ({mlflow_url})" if mlflow_url else ""),
         *([signed] if signed else []),

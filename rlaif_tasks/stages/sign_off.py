@@ -69,7 +69,7 @@ def evidence(refs: dict) -> str:
         "", "**Base policy before and after training**, test prompts:", "", comparison_table(report["judges"]),
     ]
     for set_name, rows in report.get("extra_sets", {}).items():
-        lines += ["", f"Out-of-distribution set `{set_name}`:", "", comparison_table(rows)]
+        lines += ["", f"Evaluation set `{set_name}`:", "", comparison_table(rows)]
     reference = decision.get("reference", {})
     samples = model_card.paired_samples(run_dir, decision.get("judge"), reference=_reference_samples(run_dir, reference))
     if samples:
