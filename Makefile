@@ -41,10 +41,12 @@ up: $(STAMP)
 serve: $(STAMP)
 	VENV=$(VENV) SERVE_PORT=$(SERVE_PORT) bash scripts/serve.sh $(CONFIG) $(MODEL)
 
-# Two pytest-xdist workers, a test file each at a time: the DAG-run tests mostly wait on servers.
+# Three pytest-xdist workers on two cores, a test file each at a time: the DAG-run tests mostly wait on
+# servers and schedulers, so a third file in flight fills the cores they leave idle (TEST_WORKERS=2 to compare).
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The linter alone (make test runs it first).
 lint: $(STAMP)

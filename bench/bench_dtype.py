@@ -84,7 +84,7 @@ def main() -> None:
 
 `bench/bench_dtype.py --prompts {args.prompts} --rounds {args.rounds}` — the demo's base policy (`{config.model.policy}`), the demo test
 split's first {args.prompts} prompts x {config.evaluation.samples_per_prompt} samples, the demo's sampling, seeds and judges; {machine()}.
-CPU flags: {"AMX" if "amx_bf16" in Path("/proc/cpuinfo").read_text() else "no AMX"}.
+CPU flags: {"AMX" if "amx_bf16" in Path("/proc/cpuinfo").read_text() else "AVX512-BF16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no bfloat16 instructions"}.
 
 | judge | float32 | bfloat16 | bfloat16 - float32 [95% paired interval] |
 |---|---:|---:|---:|

@@ -40,6 +40,13 @@ def one_at_a_time(model, tokenizer, queries, gen: GenerationConfig) -> tuple[int
     return tokens, time.perf_counter() - start
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def matmul_peak(model, dtype, rows: int = 1024) -> float:
     """GFLOP/s of this machine on the policy's own layer shapes with many rows: what generation could reach at best."""
     shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
@@ -78,8 +85,8 @@ def main() -> None:
         ("one prompt at a time (baseline: the seed's loop)", "float32", 1, None),
         ("batched (PPO rollouts: generation.batch_size)", "float32", 16, None),
         ("batched, the evaluation's seeds (evaluation.batch_size)", "float32", 64, seeds),
-        ("the same in bfloat16 (evaluation.dtype: auto, on AMX)", "bfloat16", 64, seeds),
-        ("PPO rollouts in bfloat16 (train.rollout_dtype: auto, on AMX)", "bfloat16", 16, None),
+        ("the same in bfloat16 (evaluation.dtype: auto, on bfloat16 CPUs)", "bfloat16", 64, seeds),
+        ("PPO rollouts in bfloat16 (train.rollout_dtype: auto, on bfloat16 CPUs)", "bfloat16", 16, None),
     ]
     tps: dict[int, list[float]] = {i: [] for i in range(len(settings))}  # tokens/s of each setting, one entry per round
     for _ in range(args.rounds):
@@ -108,7 +115,8 @@ def main() -> None:
         gflops = statistics.median(tps[i]) * flops_per_token / 1e9
         table.append(f"| {label} | {dtype} | {batch} | {spread(tps[i], '.1f')} | {spread(speedup[i], '.1f')}x | {gflops:.0f} ({gflops / peaks[dtype]:.0%}) |")
     at = {(settings[i][1], settings[i][2]): spread(speedup[i], ".1f") for i in range(1, len(settings))}
-    amx = "amx_bf16" in Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else False
+    flags = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
     body = f"""## Rollout generation: batched vs the seed's one-prompt-at-a-time loop
 
 `bench/bench_generation.py --prompts {args.prompts} --new-tokens {args.new_tokens} --rounds {args.rounds}` — policy `{args.policy}`,
@@ -128,9 +136,9 @@ How far from the machine's limit: the matmul peak, measured on the policy's own 
 a fraction of that peak; the rest of a step is the per-token work of `generate` (sampling, cache, masks) that does
 not shrink with the batch. Every batched row samples with its own random stream by inverse CDF (one uniform per
 row and step, `generation.RowSeededSampler`); HF's `torch.multinomial` draws an exponential per vocabulary entry
-(49,152 here), which took about a sixth of a decoding step at batch 16 before. This CPU {"has AMX" if amx else "has no AMX"} (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
+(49,152 here), which took about a sixth of a decoding step at batch 16 before. This CPU ({cpu_model()}) {"has " + bf16 if bf16 else "has no bfloat16 instructions"} (`/proc/cpuinfo`): oneDNN runs bfloat16 matmuls
 at {peaks["bfloat16"] / peaks["float32"]:.1f}x the float32 rate here. `auto` (evaluation.dtype, train.rollout_dtype, train.autocast_dtype in
-configs/demo.yaml) picks bfloat16 only where AMX (or a GPU) makes it fast; bench/bench_dtype.py checks what it changes."""
+configs/demo.yaml) picks bfloat16 only where AMX, AVX512-BF16 or a GPU makes it fast; bench/bench_dtype.py checks what it changes."""
     print(body)
     if not args.no_write:
         print(f"written to {write_section('generation', body)}")

@@ -368,8 +368,8 @@ def test_the_evaluation_dtype_loads_the_policies_and_keeps_evaluations_in_other_
     float32, bf16 = load_config(config_path), load_config(variant(config_path, "tiny-bf16.yaml", evaluation={"dtype": "bfloat16"}))
     assert (evaluation_dtype(float32), evaluation_dtype(bf16)) == ("float32", "bfloat16")
     auto = load_config(variant(config_path, "tiny-auto.yaml", evaluation={"dtype": "auto"}))
-    assert evaluation_dtype(auto) == ("bfloat16" if hub._cpu_has_amx() else "float32")
-    assert tracking.eval_settings_hash(auto) == tracking.eval_settings_hash(bf16 if hub._cpu_has_amx() else float32)
+    assert evaluation_dtype(auto) == ("bfloat16" if hub.cpu_has_fast_bfloat16() else "float32")
+    assert tracking.eval_settings_hash(auto) == tracking.eval_settings_hash(bf16 if hub.cpu_has_fast_bfloat16() else float32)
     assert {p.dtype for p in load_policy(bf16).model.parameters()} == {torch.bfloat16}
     assert tracking.eval_settings_hash(float32) != tracking.eval_settings_hash(bf16)
     for key in ("evaluation.dtype", "train.rollout_dtype", "train.autocast_dtype"):

@@ -192,7 +192,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def resolve_dtype(dtype: str | None, fallback: str, device: str) -> str:
     """An inference dtype setting: unset -> `fallback` (model.dtype); `auto` -> bfloat16 where its matmuls are fast
-    (a CUDA device that supports it, or a CPU with AMX), else `fallback`; anything else as given."""
+    (a CUDA device that supports it, or a CPU with bfloat16 instructions), else `fallback`; anything else as given."""
     if dtype is None:
         return fallback
     if dtype != "auto":
@@ -201,15 +201,18 @@ def resolve_dtype(dtype: str | None, fallback: str, device: str) -> str:
 
     if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else fallback
-    return "bfloat16" if device == "cpu" and _cpu_has_amx() else fallback
+    return "bfloat16" if device == "cpu" and cpu_has_fast_bfloat16() else fallback
 
 
-def _cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bfloat16 with AMX tiles (Linux's flags); without them bfloat16 is slower than float32."""
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (Linux's flags): Intel's AMX tiles or AVX512-BF16 (AMD Zen 4, Intel
+    Cooper Lake on). bench_generation measured the policy's matmuls at 3.7x float32's rate on AMX cores and 2.7x on
+    AVX512-BF16 (EPYC) cores; without either, bfloat16 is emulated and slower than float32."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def torch_dtype(dtype: Any):
