@@ -20,20 +20,17 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, get_current_context, result, task
 
 from rlaif_tasks.orchestration import (
-    CONFIG,
     DAG_CONFIG,
     PREFERENCES,
     config_param,
     dag_settings,
     eval_timeout,
     from_config,
-    logical_date,
     model_param,
     on_gpu,
-    resolve_config_path,
+    prepare_from_form,
     run_stage,
     set_param,
-    trigger_overrides,
 )
 from rlaif_tasks.stages import preferences
 
@@ -60,13 +57,7 @@ OVERRIDE_PARAMS = {"policy": "model.policy", "reward": "reward.model", "k": "pre
 def ai_feedback_preferences():
     @task
     def prepare() -> dict:
-        context = get_current_context()
-        params = context["params"]
-        return run_stage(
-            preferences.prepare, resolve_config_path(params["config"]),
-            trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"])), context["dag"].dag_id,
-            context["run_id"], logical_date(context), asset_config=CONFIG.name,
-        )
+        return prepare_from_form(preferences.prepare, OVERRIDE_PARAMS)
 
     @result
     @task(outlets=[PREFERENCES], execution_timeout=eval_timeout, **on_gpu)  # the policy generates, the judge scores

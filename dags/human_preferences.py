@@ -24,7 +24,6 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, get_current_context, result, task
 
 from rlaif_tasks.orchestration import (
-    CONFIG,
     DAG_CONFIG,
     PREFERENCES,
     LabelPair,
@@ -32,13 +31,11 @@ from rlaif_tasks.orchestration import (
     eval_timeout,
     from_config,
     labelling_settings,
-    logical_date,
     model_param,
     on_gpu,
-    resolve_config_path,
+    prepare_from_form,
     run_stage,
     set_param,
-    trigger_overrides,
 )
 from rlaif_tasks.stages import human
 
@@ -63,13 +60,7 @@ OVERRIDE_PARAMS = {"policy": "model.policy", "pairs": "human_preferences.pairs"}
 def human_preferences():
     @task
     def prepare() -> dict:
-        context = get_current_context()
-        params = context["params"]
-        return run_stage(
-            human.prepare, resolve_config_path(params["config"]),
-            trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"])), context["dag"].dag_id,
-            context["run_id"], logical_date(context), asset_config=CONFIG.name,
-        )
+        return prepare_from_form(human.prepare, OVERRIDE_PARAMS)
 
     @task(execution_timeout=eval_timeout, **on_gpu)  # the policy answers each prompt twice
     def sample_pairs(refs: dict) -> list[dict]:

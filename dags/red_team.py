@@ -32,12 +32,10 @@ from rlaif_tasks.orchestration import (
     dag_settings,
     eval_timeout,
     from_config,
-    logical_date,
     on_gpu,
-    resolve_config_path,
+    prepare_from_form,
     run_stage,
     set_param,
-    trigger_overrides,
 )
 from rlaif_tasks.stages import red_team as stages
 
@@ -63,13 +61,7 @@ OVERRIDE_PARAMS = {"attacks": "red_team.attacks", "answers": "red_team.answers_p
 def red_team():
     @task
     def prepare() -> dict:
-        context = get_current_context()
-        params = context["params"]
-        return run_stage(
-            stages.prepare, resolve_config_path(params["config"]),
-            trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"])), context["dag"].dag_id,
-            context["run_id"], logical_date(context), asset_config=CONFIG.name,
-        )
+        return prepare_from_form(stages.prepare, OVERRIDE_PARAMS)
 
     @task(execution_timeout=eval_timeout, **on_gpu)  # the red LM writes the attacks
     def generate_attacks(refs: dict) -> dict:

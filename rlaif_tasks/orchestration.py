@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import Asset, Param, result, task
+from airflow.sdk import Asset, Param, get_current_context, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override
@@ -188,6 +188,18 @@ def use_mlflow_connection() -> None:
     if conn.login:
         os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
+
+
+def prepare_from_form(stage: Callable[..., dict], mapping: dict[str, str]) -> dict:
+    """A producer DAG's first task (ai_feedback_preferences, human_preferences, red_team): its form's config and the
+    overrides it may make (`mapping`: param -> config key), checked, then `stage` (that DAG's `prepare`) in a run folder of its own."""
+    context = get_current_context()
+    params = context["params"]
+    config_path = resolve_config_path(params["config"])
+    return run_stage(
+        stage, config_path, trigger_overrides(params, mapping, config_path), context["dag"].dag_id, context["run_id"],
+        logical_date(context), asset_config=CONFIG.name,
+    )
 
 
 def run_stage(fn: Callable[..., Any], *args, **kwargs):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from dagbag import dagbag_with_config
 
 from rlaif_tasks.errors import RlaifError
 
 ROOT = Path(__file__).resolve().parent.parent
-DAGS = ROOT / "dags"
 DAG_ID = "human_preferences"
 SETTINGS = """
 name: humantest
@@ -34,21 +33,8 @@ LABELLERS = "human_preferences: {pairs: 3, labellers: [alice, bob], labels_per_p
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
     """The dags folder as Airflow's DagBag loads it, with a config named `humantest`."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    config = home / "humantest.yaml"
-    config.write_text(SETTINGS)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AIRFLOW_HOME", str(home))
-    patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    patch.setenv("RLAIF_DAG_CONFIG", str(config))
-    patch.setenv("RLAIF_HOME", str(home / "rlaif"))
-    patch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    yield bag
-    patch.undo()
-    sys.modules.pop("rlaif_tasks.orchestration", None)
+    with dagbag_with_config(tmp_path_factory.mktemp("airflow_home"), "humantest", SETTINGS) as bag:
+        yield bag
 
 
 def test_the_dag_reads_like_its_diagram_and_publishes_the_consumers_asset(bag):

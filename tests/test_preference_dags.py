@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from dagbag import dagbag_with_config
 from test_dag import FORBIDDEN_SETS
 
 from rlaif_tasks.errors import RlaifError
@@ -42,20 +43,8 @@ orchestration:
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
     """The dags folder as Airflow's DagBag loads it, with a config named `assettest`."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    config = home / "assettest.yaml"
-    config.write_text(ORCHESTRATION)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AIRFLOW_HOME", str(home))
-    patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    patch.setenv("RLAIF_DAG_CONFIG", str(config))
-    patch.setenv("RLAIF_HOME", str(home / "rlaif"))
-    patch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    yield bag
-    patch.undo()
+    with dagbag_with_config(tmp_path_factory.mktemp("airflow_home"), "assettest", ORCHESTRATION) as bag:
+        yield bag
 
 
 def assets_of(dag) -> list:

@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from dagbag import dagbag_with_config
 
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation import red_team as rt
 
 ROOT = Path(__file__).resolve().parent.parent
-DAGS = ROOT / "dags"
 DAG_ID = "red_team"
 FILTER = {"min_words": 3, "max_words": 12, "threshold": 0.5}
 
@@ -225,21 +224,8 @@ def test_switched_on_the_set_joins_the_train_split_and_becomes_an_evaluation_set
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
     """The dags folder as Airflow's DagBag loads it, with a config named `redtest`."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    config = home / "redtest.yaml"
-    config.write_text("name: redtest\norchestration: {queue: gpu-a100, pool: a100, retries: 3}\nred_team: {schedule: '45 23 * * *', attacks: 16}\n")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("AIRFLOW_HOME", str(home))
-    patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    patch.setenv("RLAIF_DAG_CONFIG", str(config))
-    patch.setenv("RLAIF_HOME", str(home / "rlaif"))
-    patch.delitem(sys.modules, "rlaif_tasks.orchestration", raising=False)  # read RLAIF_DAG_CONFIG again, whatever imported it before
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    yield bag
-    patch.undo()
-    sys.modules.pop("rlaif_tasks.orchestration", None)
+    with dagbag_with_config(tmp_path_factory.mktemp("airflow_home"), "redtest", "name: redtest\norchestration: {queue: gpu-a100, pool: a100, retries: 3}\nred_team: {schedule: '45 23 * * *', attacks: 16}\n") as bag:
+        yield bag
 
 
 def test_the_dag_reads_like_its_diagram_and_publishes_the_red_team_asset(bag):
