@@ -20,7 +20,6 @@ from dagbag import dagbag_with_config
 
 from rlaif_tasks.errors import RlaifError
 
-ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "human_preferences"
 SETTINGS = """
 name: humantest

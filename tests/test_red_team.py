@@ -22,7 +22,6 @@ from dagbag import dagbag_with_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.evaluation import red_team as rt
 
-ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "red_team"
 FILTER = {"min_words": 3, "max_words": 12, "threshold": 0.5}
 
