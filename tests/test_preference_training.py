@@ -124,8 +124,12 @@ def test_an_llm_judge_is_a_configured_scorer(monkeypatch):
         assert "sk-test-secret" not in repr(cfg)
 
 
-def test_iterative_dpo_samples_each_round_from_the_last_policy_which_says_kinder_things(policy, tmp_path):
-    """dpo_rounds=2: round 2's pairs come from round 1's policy, whose samples the reward already scores higher."""
+def test_iterative_dpo_samples_each_round_from_the_last_policy(policy, tmp_path):
+    """dpo_rounds=2: round 2's pairs come from round 1's policy, and each round raises its own pairs' margin.
+
+    Whether round 1's samples already score higher is not asserted: on this tiny policy it went either way
+    (round 2 minus round 1 mean reward +0.25, -0.09, -0.08, +0.10 at seeds 0-3 with HF's sampler; +0.08, -0.07,
+    +0.18, -0.04 with the per-row sampler), so it held at seed 0 by chance."""
     from rlaif_tasks.preferences import read_preferences
     from rlaif_tasks.stages.local import prepare_dataset
     from rlaif_tasks.train import train
@@ -146,7 +150,6 @@ def test_iterative_dpo_samples_each_round_from_the_last_policy_which_says_kinder
     round_one_policy = run_dir / "train" / "rounds" / "round-1" / "policy"
     assert second_manifest["policy"] == str(round_one_policy) and (round_one_policy / "config.json").is_file()
     assert not set(zip(second["prompt"], second["chosen"])) <= set(zip(first["prompt"], first["chosen"]))  # new samples, not round 1's
-    assert second_manifest["report"]["mean_score"] > first_manifest["report"]["mean_score"] + 0.1, (first_manifest["report"], second_manifest["report"])
 
     summary = json.loads((run_dir / "train" / "dpo.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["rounds"][1]["policy"] == str(round_one_policy)
