@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # `--dist loadfile` each worker takes the next file as it frees up, so short files fill in at the end
 # instead of one worker starting test_faults when the other is almost done.
 LONGEST_FIRST = (
-    "test_faults", "test_celery_topology", "test_celery_faults", "test_celery_faults_postgres", "test_faults_standalone", "test_browser",
-    "test_human_preferences", "test_e2e_airflow", "test_preference_dags",
+    "test_faults", "test_celery_topology", "test_faults_standalone", "test_celery_faults_postgres", "test_celery_faults", "test_browser",
+    "test_human_preferences", "test_preference_dags", "test_e2e_airflow",
 )
 
 
