@@ -42,11 +42,12 @@ serve: $(STAMP)
 	VENV=$(VENV) SERVE_PORT=$(SERVE_PORT) bash scripts/serve.sh $(CONFIG) $(MODEL)
 
 # Three pytest-xdist workers on two cores, a test file each at a time: the DAG-run tests mostly wait on
-# servers and schedulers, so a third file in flight fills the cores they leave idle (TEST_WORKERS=2 to compare).
+# servers and schedulers, so a third file in flight fills the cores they leave idle (TEST_WORKERS=2 to compare);
+# --no-loadscope-reorder keeps tests/conftest.py's order of the long files.
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The linter alone (make test runs it first).
 lint: $(STAMP)

@@ -15,12 +15,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-# The longest modules first (minutes each, measured in `make test`), then the other slow ones: under
-# `--dist loadfile` each worker takes the next file as it frees up, so short files fill in at the end
-# instead of one worker starting test_faults when the other is almost done.
+# The longest modules first (minutes each, measured in `make test`), then the other slow ones. make test
+# passes --no-loadscope-reorder, without which xdist orders files by their number of tests instead. xdist
+# gives each of the three workers two files at the start, the i-th and the (i+3)-th, so the six longest
+# are paired to even out (about 640, 550 and 550 s); shorter files fill in as workers free up.
 LONGEST_FIRST = (
-    "test_faults", "test_celery_topology", "test_faults_standalone", "test_celery_faults_postgres", "test_celery_faults", "test_browser",
-    "test_human_preferences", "test_preference_dags", "test_e2e_airflow",
+    "test_faults", "test_celery_topology", "test_celery_faults", "test_browser", "test_faults_standalone", "test_celery_faults_postgres",
+    "test_human_preferences", "test_e2e_airflow", "test_preference_dags",
 )
 
 
