@@ -63,5 +63,5 @@ def test_the_readme_serving_commands_answer_a_question(tmp_path):
             server.wait(timeout=30)
     assert answer.returncode == 0, answer.stderr
     [prediction] = json.loads(answer.stdout)["predictions"]
-    assert isinstance(prediction, str) and prediction.strip()
+    assert isinstance(prediction, str)  # the tiny random policy may sample EOS first: an empty answer is still the model's (ci: 1 of 4 runs)
     assert f"serving models:/rlaif-tiny-policy@champion from sqlite:///{home}/.mlflow/mlflow.db" in log.read_text()
