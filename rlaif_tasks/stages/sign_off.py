@@ -36,7 +36,7 @@ def request(refs: dict) -> dict | None:
     config, run_dir = load_run(refs)
     return {
         "subject": f"Promote {refs['model_name']} version {refs['model_version']} to champion?",
-        "body": evidence(refs),
+        "body": evidence(refs, config, run_dir),
         "approvers": list(config.gate.approvers),
         "timeout_hours": config.gate.approval_timeout_hours,
     }
@@ -45,15 +45,18 @@ def request(refs: dict) -> dict | None:
 def recorded_answer(refs: dict) -> dict | None:
     """A reply an earlier try of this task already received (it is applied again, not asked again)."""
     _, run_dir = load_run(refs)
+    return _read_answer(run_dir)
+
+
+def _read_answer(run_dir: Path) -> dict | None:
     path = run_dir / ANSWER_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def evidence(refs: dict) -> str:
+def evidence(refs: dict, config, run_dir: Path) -> str:
     """The reviewer's page (Markdown): the verdict, every judge's drop with its interval on each set, the budgets, answers side by side, links."""
     from rlaif_tasks import gate
 
-    config, run_dir = load_run(refs)
     decision = json.loads(Path(refs["decision_path"]).read_text(encoding="utf-8"))
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     client = connect(config)
@@ -133,7 +136,7 @@ def answer(refs: dict, reply: dict) -> dict:
     name, version = refs["model_name"], str(refs["model_version"])
     if not (run_dir / ANSWER_FILE).is_file():
         write_json(run_dir / ANSWER_FILE, reply)
-    reply = recorded_answer(refs)
+    reply = _read_answer(run_dir)
     outcome = "timed_out" if reply.get("timed_out") else "approved" if reply.get("option") == APPROVE else "rejected"
     summary = {**reply, "outcome": outcome}
     champion = registry.get_alias(client, name, registry.CHAMPION)
