@@ -15,9 +15,21 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; re-run the script to refresh it.\n"
 
 
+def cpu() -> str:
+    """The CPU's model and its widest matrix units, which decide float32 and bfloat16 speed here (machines differ per session)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({units})"
+
+
 def machine() -> str:
     return (
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{os.cpu_count()} CPU cores ({cpu()}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
 

@@ -105,7 +105,9 @@ def set_labels(config) -> list[tuple[str, str]]:
     return [("test", "")] + [(extra_set_name(s), f".{extra_set_name(s)}") for s in config.evaluation.extra_sets]
 
 
-def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kind: str = "regular") -> Path:
+def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kind: str = "regular", pairs_from: Path | None = None) -> Path:
+    """Train (unless the run folder holds a final policy), evaluate and record one run; `pairs_from`: a run folder whose
+    AI-feedback pairs this run reuses (the same policy, prompts budget and seed made them), instead of building them again."""
     config = demo_config(name, seed, algorithm, extra)
     run_dir = config.resolved_run_dir
     base = baseline_dir()
@@ -113,6 +115,8 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
     for path in (base / "eval").glob("baseline*"):
         (run_dir / "eval").mkdir(parents=True, exist_ok=True)
         shutil.copy(path, run_dir / "eval" / path.name)
+    if pairs_from is not None and not (run_dir / "preferences").exists():
+        shutil.copytree(pairs_from / "preferences", run_dir / "preferences")
     start = time.perf_counter()
     model_dir = run_dir / "train" / "final"
     trained_here = not (model_dir / "config.json").is_file()
@@ -133,7 +137,7 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
     measured = gate.measure_kl(config, run_dir, model_dir)
     base_samples = pd.read_parquet(base / "eval" / "baseline_samples.parquet")
     summary = {
-        "name": name, "kind": kind, "algorithm": algorithm, "seed": seed, "overrides": extra or {}, "steps": config.train.steps,
+        "name": name, "kind": kind, "algorithm": algorithm, "seed": seed, "overrides": extra or {}, "steps": config.train.steps, "machine": machine(),
         "train_seconds": trained - start if trained_here else None, "eval_seconds": evaluated - trained, "kl": measured["kl"], "sets": sets,
         "train_kl_last5": statistics.fmean([m["kl"] for m in read_metrics(run_dir / "train" / "metrics.jsonl")[-5:] if m.get("kl") is not None] or [float("nan")]),
         "drawn": drawn_responses(pd.read_parquet(run_dir / "eval" / "final_samples.parquet"), drawn_prompt_ids(base_samples)),
@@ -141,6 +145,8 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
     for key, path in (("preferences_manifest", run_dir / "preferences" / "manifest.json"), ("dpo", run_dir / "train" / "dpo.json")):
         if path.is_file():
             summary[key] = json.loads(path.read_text(encoding="utf-8"))
+    if "dpo" in summary:
+        summary["steps"] = summary["dpo"]["steps"]
     write_record(name, summary)  # the decision is made when the doc is written (redecide)
     return run_dir
 
@@ -177,15 +183,33 @@ def preference_ways() -> dict:
 
 
 PREFERENCE_WAYS = ("rlhf-ppo", "dpo")
+DPO_SWEEP = ((5.0e-5, 0.1), (1.5e-4, 0.1), (1.5e-4, 0.3))
+"""(train.dpo_learning_rate, train.dpo_beta) points of `--dpo-sweep`, seed 0, on one set of pairs; 5e-4 (PPO's rate) drifted to
+KL 24.6 nats in two epochs (2026-11-28), so the sweep starts a tenth below it."""
 
 
-def run_preference_ways(which: list[str], seed: int = 0) -> None:
-    ways = preference_ways()
-    if "rlhf-ppo" in which:
-        # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
-        run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
-    if "dpo" in which:
-        run_one(f"results-dpo-s{seed}", seed, "dpo", {"preferences.source": ways["pairs_file"]}, kind="preference")
+def run_preference_ways(which: list[str], seeds: list[int]) -> None:
+    """RLHF-PPO against the reward model trained on the shared pairs; DPO as `make run SET=train.algorithm=dpo` runs it
+    (its own pairs, built in the run from `preferences.max_prompts` drawn train prompts, at the config's DPO defaults)."""
+    for seed in seeds:
+        if "rlhf-ppo" in which:
+            ways = preference_ways()
+            # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
+            run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
+        if "dpo" in which:
+            run_one(f"results-dpo-s{seed}", seed, "dpo", kind="preference")
+
+
+def sweep_name(learning_rate: float, beta: float) -> str:
+    return f"results-dpo-sweep-lr{learning_rate:g}-beta{beta:g}-s0"
+
+
+def run_dpo_sweep(points: list[tuple[float, float]]) -> None:
+    """DPO at seed 0 for each (learning rate, beta), every point on the first point's pairs (the same policy, budget and seed)."""
+    first = None
+    for learning_rate, beta in points:
+        run_dir = run_one(sweep_name(learning_rate, beta), 0, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta}, kind="dpo-sweep", pairs_from=first)
+        first = first or run_dir
 
 
 def redecide(summary: dict) -> dict:
@@ -307,6 +331,33 @@ judges as above.
 {table(runs, 'detox-ood')}"""
 
 
+def dpo_sweep_section(sweep: list[dict]) -> str:
+    first = sweep[0]
+    report = first["preferences_manifest"]["report"]
+    config = demo_config(first["name"], 0, "dpo")
+    rows = [
+        f"| {s['overrides']['train.dpo_learning_rate']:g} | {s['overrides']['train.dpo_beta']:g} | {s['dpo']['steps']} | {s['kl']:.2f} "
+        f"| {s['sets']['test']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['test']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['test']['judges']['profanity-check']['relative']['upper']:+.0%}] "
+        f"| {s['sets']['detox-ood']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['detox-ood']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['detox-ood']['judges']['profanity-check']['relative']['upper']:+.0%}] "
+        f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {s['sets']['test']['quality']['relevance_ratio']:.2f} "
+        f"| {share_with_interval(s['dpo']['preferred_final'], s['dpo']['pairs_eval'])} "
+        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s['train_seconds'] / 60:.1f} + {s['eval_seconds'] / 60:.1f} |"
+        for s in sweep
+    ]
+    return f"""## DPO's defaults: a sweep of learning rate and beta
+
+`bench/results_demo.py --dpo-sweep`, {first.get('machine', machine())}, seed 0. Every point trains one epoch
+(`train.dpo_max_epochs: 1`, a cap on the 45 steps) of 16-pair steps on the same {first['dpo']['pairs_train'] + first['dpo']['pairs_eval']} AI-feedback pairs: the base policy answered
+{report['prompts']} train prompts drawn at random (`preferences.max_prompts: {config.preferences.max_prompts}`) {report['k']} times, jigsaw-bilstm
+labelled them (margin {report['margin']}), {first['dpo']['pairs_eval']} pairs of unseen prompts are held out. Evaluated like every run above; the gate decides on
+profanity-check. "prefers chosen" is the share of the held-out pairs whose chosen response the trained policy finds
+likelier than the rejected one (95% Wilson interval). Distinct-2 and relevance are ratios to the base policy's.
+
+| learning rate | beta | steps | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | prefers chosen (held out) | gate | min (train + eval) |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
@@ -316,6 +367,7 @@ def main() -> None:
         "--preference-ways", nargs="*", choices=PREFERENCE_WAYS,
         help="also RLHF (PPO against a reward model trained on AI-feedback pairs) and DPO on those pairs, seed 0; no names: both",
     )
+    parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at seed 0 for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -323,8 +375,10 @@ def main() -> None:
     if not args.no_run:
         if args.over_optimised:
             run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED, kind="over-optimised")
+        if args.dpo_sweep is not None:
+            run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP))
         if args.preference_ways is not None:
-            run_preference_ways(args.preference_ways or list(PREFERENCE_WAYS))
+            run_preference_ways(args.preference_ways or list(PREFERENCE_WAYS), args.seeds)
         for seed in args.seeds:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)
@@ -333,6 +387,7 @@ def main() -> None:
     regular = sorted((s for s in summaries if s["kind"] == "regular"), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]
+    sweep = sorted((s for s in summaries if s["kind"] == "dpo-sweep"), key=lambda s: (s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"]))
     if not regular and not over:
         sys.exit("no results yet: run without --no-run")
     if not RESULTS.exists():
@@ -392,6 +447,8 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
 
 {table(over, 'test')}""", path=RESULTS)
 
+    if sweep:
+        write_section("dpo-sweep", dpo_sweep_section(sweep), path=RESULTS)
     if ways:
         write_section("preference-ways", preference_ways_section(read_record("results-preferences"), [s for s in regular if s["seed"] == 0 and s["algorithm"] in ("ppo", "grpo")], ways), path=RESULTS)
 

@@ -35,7 +35,7 @@ from rlaif_tasks.orchestration import (
 from rlaif_tasks.stages import preferences
 
 # Trigger-form param -> config key it overrides (on top of the triggering event's overrides).
-OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate", "beta": "train.dpo_beta", "rounds": "train.dpo_rounds"}
+OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.dpo_learning_rate", "beta": "train.dpo_beta", "rounds": "train.dpo_rounds"}
 
 
 @dag(
@@ -47,8 +47,8 @@ OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.learning_rate
     params={
         "pairs": pairs_param(),
         "config": config_param(None),
-        "steps": Param(None, type=["null", "integer"], minimum=1, description=f"train.steps, DPO optimiser steps; empty: {from_config('train.steps')}."),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.learning_rate; empty: {from_config('train.learning_rate')}."),
+        "steps": Param(None, type=["null", "integer"], minimum=1, description=f"train.steps, DPO optimiser steps (at most train.dpo_max_epochs passes over the pairs); empty: {from_config('train.steps')}."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.dpo_learning_rate; empty: {from_config('train.dpo_learning_rate')} (None: train.learning_rate)."),
         "beta": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.dpo_beta, the pull towards the base policy; empty: {from_config('train.dpo_beta')}."),
         "rounds": Param(
             None, type=["null", "integer"], minimum=1,

@@ -179,10 +179,22 @@ class TrainConfig(LoraSettings):
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     kl_penalty: Literal["k1", "k3", "abs", "mse"] = "k1"
+    """PPO's per-token KL estimate in the reward (docs/ppo.md)."""
     adaptive_kl: bool = True
+    """PPO: Ziegler et al.'s controller moves the KL coefficient towards `target_kl`; false keeps `init_kl_coef`."""
     init_kl_coef: float = 0.2
+    """PPO's KL coefficient at the first step (GRPO and RLOO use `beta`)."""
     target_kl: float = 6.0
+    """PPO: the sequence KL (nats, k1 summed over the response) the adaptive controller steers towards."""
     kl_horizon: int = 10000
+    """PPO: samples over which the controller may move the coefficient by a factor of about e^0.2. The seed's 10000
+    (625 steps of 16) barely acts in a 45-step night; 64 lets it move up to 5% a step."""
+    min_kl_coef: float | None = None
+    """PPO: the adaptive coefficient never falls below this (unset: no floor). Set to `init_kl_coef`, `target_kl` is a budget:
+    the coefficient rises while the KL is over it and relaxes back to the floor, instead of first falling while the KL
+    is still growing from 0, which on a short run lets the policy drift further than a fixed coefficient would."""
+    beta: float = 0.2
+    """GRPO and RLOO: TRL's KL coefficient, constant for the run (0 loads no reference). PPO has its own controller above."""
     whiten_rewards: bool = False
     reward_clip: float | None = None
     missing_eos_penalty: float | None = None
@@ -204,6 +216,13 @@ class TrainConfig(LoraSettings):
     no autocast; `auto`: bfloat16 where it is fast (a CPU with AMX, a GPU)."""
     dpo_beta: float = 0.1
     """DPO only: strength of the pull towards the base policy (higher stays closer)."""
+    dpo_learning_rate: float | None = None
+    """DPO only: its learning rate (unset: `learning_rate`). DPO moves a policy much further per step than PPO at the same
+    rate (docs/results.md: 5e-4 drifted to KL 24.6 nats), so the demo config sets its own."""
+    dpo_max_epochs: float | None = None
+    """DPO only: at most this many passes over each round's training pairs, a cap on `steps` (unset: `steps` alone). A
+    DPO night's pairs vary in number, so the cap keeps it from training twice over them while `steps` still lets a
+    trigger ask for fewer."""
     dpo_rounds: int = 1
     """DPO only: rounds of iterative (on-policy) DPO. Each round after the first samples new AI-feedback pairs
     from the previous round's policy, labelled by `reward` (k and margin from `preferences`), and trains
@@ -212,10 +231,12 @@ class TrainConfig(LoraSettings):
     """Processes for `accelerate launch` (data-parallel, `batch_size` is split over them); 1 trains in this process."""
 
     def describe(self) -> str:
-        """What trained the policy, as reports say it: `ppo, 45 steps` or `dpo, 3 rounds of 45 steps`."""
-        if self.algorithm == "dpo" and self.dpo_rounds > 1:
-            return f"dpo, {self.dpo_rounds} rounds of {self.steps} steps"
-        return f"{self.algorithm}, {self.steps} steps"
+        """What trained the policy, as reports say it: `ppo, 45 steps`, `dpo, 3 rounds of 45 steps` or `dpo, 45 steps (at most 1 epoch)`."""
+        if self.algorithm != "dpo":
+            return f"{self.algorithm}, {self.steps} steps"
+        cap = f" (at most {self.dpo_max_epochs:g} epoch{'' if self.dpo_max_epochs == 1 else 's'})" if self.dpo_max_epochs else ""
+        each = f"{self.steps} steps{cap}"
+        return f"dpo, {self.dpo_rounds} rounds of {each}" if self.dpo_rounds > 1 else f"dpo, {each}"
 
 
 @dataclass
@@ -227,6 +248,9 @@ class PreferenceConfig:
     when their gap exceeds `margin`; else human pairs from a .jsonl/.csv/.parquet file or a hub dataset."""
     k: int = 4
     margin: float = 0.5
+    max_prompts: int | None = None
+    """AI feedback: train prompts answered `k` times, drawn at random (seeded by the run's seed) when the split has more;
+    unset: all of them. It bounds a DPO night: pairs cost a generation and a scoring of every drawn prompt k times."""
     column_mapping: dict[str, str] = field(default_factory=dict)
     """Human pairs: renames to prompt/chosen/rejected, e.g. {"question": "prompt"}."""
     max_chars: int = 4000
@@ -307,9 +331,9 @@ class TrackingConfig:
 
 TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
-    "train.init_kl_coef", "train.target_kl", "train.num_generations", "train.dpo_beta", "train.dpo_rounds",
+    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
-    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "model.policy", "reward.model",
+    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "model.policy", "reward.model",
     "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
 )
 """orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
@@ -594,6 +618,10 @@ def validate(config: RunConfig) -> None:
         )
     if t.num_processes < 1:
         raise RlaifError(f"train.num_processes must be >= 1, got {t.num_processes}", "set train.num_processes to 1 (this process) or the number of processes to launch")
+    if t.dpo_max_epochs is not None and t.dpo_max_epochs <= 0:
+        raise RlaifError(f"train.dpo_max_epochs must be > 0, got {t.dpo_max_epochs}", "set it to the most passes over the pairs (e.g. 1), or unset it to train train.steps steps")
+    if config.preferences.max_prompts is not None and config.preferences.max_prompts < 1:
+        raise RlaifError(f"preferences.max_prompts must be >= 1, got {config.preferences.max_prompts}", "set it to the train prompts to answer, or unset it for all")
     if t.dpo_rounds < 1:
         raise RlaifError(f"train.dpo_rounds must be >= 1, got {t.dpo_rounds}", "set train.dpo_rounds to 1 (plain DPO) or more (iterative DPO)")
     if t.steps < 0:

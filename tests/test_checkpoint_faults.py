@@ -99,7 +99,7 @@ def test_grpo_resumes_from_the_checkpoint_before_a_truncated_one(causal_path, tm
     """GRPO (TRL) with its newest HF checkpoint truncated: set aside as broken-checkpoint-N with a warning, resumed from the one before, all steps finished."""
     from rlaif_tasks.train.trl_online import train_with_trl
 
-    config = tiny_config(causal_path, algorithm="grpo", steps=3, mini_batch_size=16, num_generations=4, init_kl_coef=0.05,
+    config = tiny_config(causal_path, algorithm="grpo", steps=3, mini_batch_size=16, num_generations=4, beta=0.05,
                          use_lora=True, lora_r=4, lora_alpha=8)
     first = train_with_trl(config, tmp_path, QUERIES, reward_fn=count_good)
     checkpoints = tmp_path / "train" / "checkpoints"

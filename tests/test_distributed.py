@@ -141,7 +141,7 @@ def test_trl_trainers_in_two_processes(algorithm, causal_path, tmp_path, monkeyp
     calls = tmp_path / "reward-calls"
     calls.mkdir()
     monkeypatch.setenv(REWARD_LOG_ENV, str(calls))
-    config = tiny_config(causal_path, "text_length", algorithm=algorithm, steps=2, learning_rate=5e-2, num_generations=4, init_kl_coef=0.05)
+    config = tiny_config(causal_path, "text_length", algorithm=algorithm, steps=2, learning_rate=5e-2, num_generations=4, beta=0.05)
     run = prepared_run(tmp_path / "run")
     seen = []
     final = train(config, run, on_step=seen.append)

@@ -268,15 +268,23 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
 
     from rlaif_tasks.config import parse_override
 
-    # merge_lora_for_rollouts trades the workers' memory for speed: the operator's to set, like device
-    others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true"]
+    # merge_lora_for_rollouts trades the workers' memory for speed: the operator's to set, like device; PPO's KL floor and
+    # horizon shape how the controller holds its budget (a trigger may move the budget, train.target_kl, not the controller)
+    others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true",
+              "train.min_kl_coef=0", "train.kl_horizon=1000000"]
     for forbidden in FORBIDDEN_SETS + others:
         key, value = parse_override(forbidden)
         with pytest.raises(RlaifError, match=re.escape(key)):
             nightly.prepare_dataset(str(config_path), {"train.steps": 1, key: value}, "rlaif_nightly", "manual__forbidden")
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
-    refs = nightly.prepare_dataset(str(config_path), {"train.steps": 1, "reward.model": "hatesonar"}, "rlaif_nightly", "manual__allowed")
+    # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
+    allowed = {"train.steps": 1, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99}
+    refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
+    from rlaif_tasks.config import load_config
+
+    saved = load_config(Path(refs["run_dir"]) / "config.yaml")
+    assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts) == (0.1, 5e-5, 2, 99)
 
 
 def test_the_base_policys_evaluation_is_computed_once_and_identical_from_the_cache(home, config_path, monkeypatch):
@@ -346,6 +354,27 @@ def test_a_lora_policy_registered_as_its_adapter_stores_megabytes_and_loads_as_t
     assert torch.allclose(want, got, atol=1e-5)
     answer = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(["you are"])
     assert len(answer) == 1 and isinstance(answer[0], str)
+
+
+def test_the_eval_settings_tag_is_the_evaluating_hosts(home, config_path, monkeypatch):
+    """Issue 22: `evaluation.dtype: auto` resolves where the evaluation runs (the gpu queue), not where the data was prepared."""
+    from mlflow import MlflowClient
+
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.models import hub
+    from rlaif_tasks.tags import TAG_EVAL_SETTINGS
+
+    path = variant(config_path, "tiny-auto.yaml", evaluation={"dtype": "auto"})
+    monkeypatch.setattr(hub, "cpu_has_fast_bfloat16", lambda: False)  # the host that prepares the data: float32
+    refs = nightly.prepare_dataset(str(path), {}, "rlaif_nightly", "manual__hosts")
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
+    assert TAG_EVAL_SETTINGS not in client.get_run(refs["mlflow_run_id"]).data.tags
+    monkeypatch.setattr(hub, "cpu_has_fast_bfloat16", lambda: True)  # the evaluation worker: bfloat16
+    nightly.baseline_eval(refs)
+    bf16 = load_config(variant(config_path, "tiny-bf16.yaml", evaluation={"dtype": "bfloat16"}))
+    assert client.get_run(refs["mlflow_run_id"]).data.tags[TAG_EVAL_SETTINGS] == tracking.eval_settings_hash(bf16)
+    assert tracking.eval_settings_hash(bf16) != tracking.eval_settings_hash(load_config(config_path))
 
 
 def test_adapter_registration_needs_a_lora_policy(home, config_path):

@@ -121,6 +121,24 @@ def test_adaptive_kl_controller_by_hand():
     assert restored.value == ctl.value
 
 
+def test_a_floored_controller_treats_the_target_as_a_budget():
+    """On a 45-step night the KL grows from 0: an unfloored controller first lowers the coefficient, a floored one holds it."""
+    free = AdaptiveKLController(init_kl_coef=0.2, target=2.0, horizon=64)
+    budget = AdaptiveKLController(init_kl_coef=0.2, target=2.0, horizon=64, floor=0.2)
+    for ctl in (free, budget):
+        ctl.update(current_kl=0.5, n_samples=16)  # error clipped to -0.2 -> x0.95
+    assert free.value == pytest.approx(0.19)
+    assert budget.value == 0.2
+    for _ in range(3):
+        budget.update(current_kl=4.0, n_samples=16)  # over budget: error clipped to 0.2 -> x1.05 a step
+    assert budget.value == pytest.approx(0.2 * 1.05**3)
+    budget.update(current_kl=1.8, n_samples=16)  # under budget again: error -0.1 -> x0.975, still above the floor
+    assert budget.value == pytest.approx(0.2 * 1.05**3 * 0.975)
+    for _ in range(20):
+        budget.update(current_kl=0.0, n_samples=16)
+    assert budget.value == 0.2
+
+
 def test_masked_mean_and_eos_mask():
     assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1, 1, 0]])).item() == 2.0
     response = torch.tensor([[5, 6, 3, 0, 0], [5, 3, 3, 7, 0], [5, 6, 7, 8, 9]])

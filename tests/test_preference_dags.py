@@ -144,6 +144,8 @@ def test_trigger_forms(bag):
         assert copy.deepcopy(config).resolve(value="configs/demo.yaml") == "configs/demo.yaml"
         with pytest.raises(ParamValidationError):
             copy.deepcopy(config).resolve(value="/etc/passwd.yaml")
+    dpo_module = sys.modules[bag.dags[DPO].get_task("prepare_dataset").python_callable.__module__]
+    assert dpo_module.OVERRIDE_PARAMS["learning_rate"] == "train.dpo_learning_rate"  # DPO's own rate, which the demo config sets
     assert bag.dags[PRODUCER].params["config"].endswith("assettest.yaml")
     assert bag.dags[REWARD].params["config"] is None and bag.dags[DPO].params["pairs"] is None  # from the triggering event
     for bad in ({"margin": -0.1}, {"k": 1}):

@@ -160,3 +160,34 @@ def test_iterative_dpo_samples_each_round_from_the_last_policy(policy, tmp_path)
     written = {path: path.stat().st_mtime_ns for path in (final / "model.safetensors", round_one_policy / "model.safetensors")}
     assert train(config, run_dir) == final
     assert {path: path.stat().st_mtime_ns for path in written} == written and read_metrics(run_dir / "train" / "metrics.jsonl") == logged
+
+
+def test_a_dpo_night_draws_its_prompt_budget_and_trains_one_epoch_at_dpos_own_rate(policy, tmp_path):
+    """Issue 24: `preferences.max_prompts` bounds the pairs a DPO night builds; `dpo_max_epochs` and `dpo_learning_rate` are DPO's own."""
+    import math
+
+    import pandas as pd
+
+    from rlaif_tasks.data import load_prompts_split
+    from rlaif_tasks.stages.local import prepare_dataset
+    from rlaif_tasks.train import train
+
+    config = ai_feedback_config(policy, tmp_path, new_tokens=12)
+    config.preferences.max_prompts = 20
+    config.train.steps, config.train.batch_size = 1000, 4  # steps would run for minutes: one epoch caps them
+    config.train.learning_rate, config.train.dpo_learning_rate, config.train.dpo_max_epochs = 1e-12, 1e-2, 1.0
+    prepare_dataset(config)
+    run_dir = config.resolved_run_dir
+    train_prompts = set(load_prompts_split(run_dir, "train")["prompt"])
+    assert len(train_prompts) > 20
+    train(config, run_dir)
+
+    manifest = json.loads((run_dir / "preferences" / "manifest.json").read_text())
+    assert manifest["report"]["prompts"] == 20 and manifest["prompts_drawn"] and manifest["max_prompts"] == 20
+    pairs = pd.read_parquet(run_dir / "preferences" / "pairs.parquet")
+    assert set(pairs["prompt"]) <= train_prompts and pairs["prompt"].nunique() == len(pairs) <= 20
+    summary = json.loads((run_dir / "train" / "dpo.json").read_text())
+    assert summary["steps"] == math.ceil(summary["pairs_train"] / 4) < 1000
+    assert summary["config"]["learning_rate"] == 1e-2
+    assert summary["train_margin_final"] > summary["train_margin_initial"] + 0.5  # at 1e-12 nothing would move
+    assert config.train.describe() == "dpo, 1000 steps (at most 1 epoch)"

@@ -27,7 +27,7 @@ def tiny_config(model_path, algorithm: str, **train) -> RunConfig:
     config = RunConfig(name="tiny", seed=0, device="cpu")
     config.model.policy = str(model_path)
     config.generation = GenerationConfig(max_new_tokens=8, min_new_tokens=8, batch_size=16)
-    config.train = TrainConfig(**{"algorithm": algorithm, "steps": 2, "batch_size": 16, "mini_batch_size": 16, "num_generations": 4, "init_kl_coef": 0.05, **train})
+    config.train = TrainConfig(**{"algorithm": algorithm, "steps": 2, "batch_size": 16, "mini_batch_size": 16, "num_generations": 4, "beta": 0.05, "init_kl_coef": 0.3, **train})
     return config
 
 

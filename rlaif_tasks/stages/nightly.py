@@ -133,7 +133,6 @@ def prepare_dataset(
             TAG_DATASET: manifest["content_sha256"],
             TAG_CODE_VERSION: tracking.code_version(),
             TAG_CODE: eval_cache.package_sha256(),
-            TAG_EVAL_SETTINGS: tracking.eval_settings_hash(config),
             **tracking.judge_tags(config),
             TAG_RUN_DIR: str(run_dir),
             TAG_SEED: str(config.seed),
@@ -206,7 +205,11 @@ def baseline_eval(refs: dict) -> dict:
             evaluate_model(config, "baseline")
             if key is not None:
                 eval_cache.store(root, key, run_dir, "baseline", identity)
-    _log_evaluation(connect(config), config, refs["mlflow_run_id"], run_dir, "baseline")
+    client = connect(config)
+    # here, not in prepare_dataset: `evaluation.dtype: auto` resolves on the evaluation workers (the gpu queue), which may
+    # run in bfloat16 where the host that prepared the data would not
+    client.set_tag(refs["mlflow_run_id"], TAG_EVAL_SETTINGS, tracking.eval_settings_hash(config))
+    _log_evaluation(client, config, refs["mlflow_run_id"], run_dir, "baseline")
     return {**refs, "baseline_source": source}
 
 

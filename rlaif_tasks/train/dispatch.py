@@ -54,7 +54,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     if t.num_processes > 1:
         raise RlaifError("DPO runs in one process here", "set train.num_processes=1 for train.algorithm=dpo (multi-process DPO is not wired yet)")
     cfg = DPOTrainConfig(
-        beta=t.dpo_beta, learning_rate=t.learning_rate, max_steps=t.steps, batch_size=t.batch_size, **t.lora_settings(),
+        beta=t.dpo_beta, learning_rate=t.dpo_learning_rate or t.learning_rate, batch_size=t.batch_size, **t.lora_settings(),        max_steps=t.steps, max_epochs=t.dpo_max_epochs,
         seed=config.training_seed, device=config.device,
     )
     final = run_dir / "train" / "final"
@@ -62,8 +62,10 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     rounds: list[dict] = []
     writer, finished_rows = MetricsWriter(run_dir / "train" / "metrics.jsonl"), []
 
+    steps_before = {1: 0}  # steps of the earlier rounds, so that steps count on across rounds
+
     def across_rounds(number: int, row: dict) -> dict:
-        return {**row, "step": (number - 1) * t.steps + row["step"], "round": number}
+        return {**row, "step": steps_before[number] + row["step"], "round": number}
 
     def live(number: int, row: dict) -> None:
         row = across_rounds(number, row)
@@ -91,6 +93,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
             **{k: metrics[k] for k in margins},
         })
         finished_rows += [across_rounds(number, row) for row in metrics["history"]]
+        steps_before[number + 1] = steps_before[number] + metrics["steps"]
         policy = out
     writer.reset(finished_rows)
     write_json(run_dir / "train" / "dpo.json", {**metrics, "rounds": rounds})

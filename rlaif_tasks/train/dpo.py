@@ -14,6 +14,7 @@ relative to the reference, so that margin, on prompts it never trained on, is th
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class DPOTrainConfig(LoraSettings):
     epochs: float = 1.0
     max_steps: int | None = None
     """When set, overrides `epochs`."""
+    max_epochs: float | None = None
+    """With `max_steps`: stop after this many passes over the training pairs if that comes first."""
     batch_size: int = 8
     max_length: int = 512
     """Prompt+response tokens kept per sequence (the end is cut); pairs whose prompt alone fills it are dropped."""
@@ -141,6 +144,15 @@ def _step_callback(on_step: Callable[[dict], None]):
     return StepCallback()
 
 
+def _max_steps(cfg: DPOTrainConfig, train_pairs: int) -> int:
+    """TRL's max_steps: `max_steps`, capped at `max_epochs` passes over the pairs; -1 lets `epochs` decide."""
+    if not cfg.max_steps:
+        return -1
+    if cfg.max_epochs is None:
+        return cfg.max_steps
+    return max(1, min(cfg.max_steps, math.ceil(cfg.max_epochs * train_pairs / cfg.batch_size)))
+
+
 def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Path, cfg: DPOTrainConfig, on_step: Callable[[dict], None] | None = None) -> dict:
     """DPO-train the causal LM at `policy_path` on `pairs_df`; saves it to `out_dir` and returns the metrics.
 
@@ -166,7 +178,7 @@ def train_dpo(policy_path: str | Path, pairs_df: pd.DataFrame, out_dir: str | Pa
     train_before = _margin_stats(model, tokenizer, train_sample, score_batch)
 
     with tempfile.TemporaryDirectory(prefix="dpo-trainer-") as scratch:
-        args = DPOConfig(**pair_trainer_args(cfg, scratch, device, beta=cfg.beta, max_steps=cfg.max_steps or -1))
+        args = DPOConfig(**pair_trainer_args(cfg, scratch, device, beta=cfg.beta, max_steps=_max_steps(cfg, len(train_pairs))))
         trainer = DPOTrainer(
             model=model,
             ref_model=ref_model,

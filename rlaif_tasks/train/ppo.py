@@ -171,15 +171,18 @@ def value_loss(
 class AdaptiveKLController:
     """Ziegler et al. (2019): nudge the KL coefficient so the KL to the reference tracks `target`.
 
-    coef <- coef * (1 + clip(KL / target - 1, -0.2, 0.2) * n_samples / horizon)
+    coef <- max(floor, coef * (1 + clip(KL / target - 1, -0.2, 0.2) * n_samples / horizon))
+
+    With the floor at the initial coefficient the target is a budget: the coefficient only rises while the KL is over it.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+    def __init__(self, init_kl_coef: float, target: float, horizon: int, floor: float | None = None):
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+        self.floor = 0.0 if floor is None else float(floor)
 
     def update(self, current_kl: float, n_samples: int) -> None:
         proportional_error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
-        self.value *= 1.0 + proportional_error * n_samples / self.horizon
+        self.value = max(self.floor, self.value * (1.0 + proportional_error * n_samples / self.horizon))
 
     def state_dict(self) -> dict:
         return {"value": self.value}
@@ -199,7 +202,9 @@ class FixedKLController(AdaptiveKLController):
 
 
 def kl_controller(t: TrainConfig) -> AdaptiveKLController:
-    return AdaptiveKLController(t.init_kl_coef, t.target_kl, t.kl_horizon) if t.adaptive_kl else FixedKLController(t.init_kl_coef)
+    if not t.adaptive_kl:
+        return FixedKLController(t.init_kl_coef)
+    return AdaptiveKLController(t.init_kl_coef, t.target_kl, t.kl_horizon, t.min_kl_coef)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

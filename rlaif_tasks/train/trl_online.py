@@ -106,7 +106,7 @@ def trl_args(config: RunConfig, output_dir: Path, device: str, world_size: int =
         num_generations=t.num_generations,
         num_iterations=epochs,
         epsilon=t.cliprange,
-        beta=t.init_kl_coef,
+        beta=t.beta,
         max_completion_length=g.max_new_tokens,
         temperature=g.temperature if g.temperature > 0 else 1.0,
         top_k=g.top_k,
@@ -368,7 +368,7 @@ def train_with_trl(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(t, "CAUSAL_LM") if t.use_lora else None,
-        callbacks=[_metrics_callback(writer, rows, fields, epochs, t.init_kl_coef, on_step)],
+        callbacks=[_metrics_callback(writer, rows, fields, epochs, t.beta, on_step)],
     )
     trainer.remove_callback(PrinterCallback)  # our on_log writes one line per step instead
     if t.steps > 0:  # also when all steps are done: train() then only loads the checkpoint's weights
