@@ -251,6 +251,13 @@ class PreferenceConfig:
     max_prompts: int | None = None
     """AI feedback: train prompts answered `k` times, drawn at random (seeded by the run's seed) when the split has more;
     unset: all of them. It bounds a DPO night: pairs cost a generation and a scoring of every drawn prompt k times."""
+    temperatures: list[float] = field(default_factory=list)
+    """AI feedback: sample `k` responses at each of these temperatures and pair the best and the worst of them all (unset:
+    `generation.temperature` alone). A cooler and a hotter pass widen the gap between the best and the worst answer."""
+    agreeing_judges: list[ScorerConfig] = field(default_factory=list)
+    """AI feedback: judges that must also score the chosen response above the rejected one (`reward` picks them), so that a
+    reward model trained on the pairs learns what several judges share rather than one classifier's quirks. They decide
+    what becomes training data: the config file's only (TRUST_KEYS)."""
     column_mapping: dict[str, str] = field(default_factory=dict)
     """Human pairs: renames to prompt/chosen/rejected, e.g. {"question": "prompt"}."""
     max_chars: int = 4000
@@ -333,14 +340,14 @@ TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
     "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
-    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "model.policy", "reward.model",
+    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "preferences.temperatures", "model.policy", "reward.model",
     "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
 )
 """orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
 TRUST_KEYS = (
     "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
     "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
-    "evaluation.extra_sets", "data.source", "preferences.source", "name", "retention",
+    "evaluation.extra_sets", "data.source", "preferences.source", "preferences.agreeing_judges", "name", "retention",
     "human_preferences.labellers", "red_team.train_on_attacks", "red_team.evaluate", "red_team.set_file",
 )
 """Keys (and sections) that decide what is trusted, where secrets go or what code and files are read: the operator's file only."""

@@ -21,7 +21,7 @@ FORBIDDEN_SETS = [
     "reward.llm_judge.base_url=http://elsewhere/v1", "reward.llm_judge.api_key_env=AWS_SECRET_ACCESS_KEY", "model.trust_remote_code=true",
     "run_dir=/tmp/anywhere", "reward.model=python:os:system", "data.source=/etc/passwd",
     "gate.approval=none", "gate.approvers=[mallory]", "gate.approval_timeout_hours=0.001",
-    "red_team.train_on_attacks=true", "red_team.evaluate=true", "red_team.set_file=/etc/passwd",
+    "red_team.train_on_attacks=true", "red_team.evaluate=true", "red_team.set_file=/etc/passwd", "preferences.agreeing_judges=[]",
 ]
 """What a trigger must never set (issue 20): each one a 4xx from the REST API, no DAG run (test_e2e_airflow too)."""
 ORCHESTRATION = """

@@ -278,13 +278,14 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
             nightly.prepare_dataset(str(config_path), {"train.steps": 1, key: value}, "rlaif_nightly", "manual__forbidden")
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
-    allowed = {"train.steps": 1, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99}
+    allowed = {"train.steps": 1, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
+               "preferences.temperatures": [0.7, 1.0]}
     refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
     from rlaif_tasks.config import load_config
 
     saved = load_config(Path(refs["run_dir"]) / "config.yaml")
-    assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts) == (0.1, 5e-5, 2, 99)
+    assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts, saved.preferences.temperatures) == (0.1, 5e-5, 2, 99, [0.7, 1.0])
 
 
 def test_the_base_policys_evaluation_is_computed_once_and_identical_from_the_cache(home, config_path, monkeypatch):

@@ -268,6 +268,26 @@ def test_ai_feedback_pairs_beat_the_margin(tiny_policy, prompts_df):
     assert strict.attrs["report"]["dropped"]["within_margin"] == len(prompts_df) - len(strict) - strict.attrs["report"]["dropped"]["too_few_distinct_responses"]
 
 
+def test_ai_feedback_pairs_from_two_temperatures_that_a_second_judge_agrees_with(tiny_policy, prompts_df):
+    """Issue 24: k responses at each temperature are candidates together; a pair the agreeing judge ranks the other way is dropped."""
+    model, tokenizer = tiny_policy
+    one = build_ai_feedback_pairs(model, tokenizer, prompts_df, word_score, gen_cfg(), k=4, margin=0.5, seed=3)
+    two = build_ai_feedback_pairs(model, tokenizer, prompts_df, word_score, gen_cfg(), k=4, margin=0.5, seed=3, temperatures=[0.7, 1.3])
+    assert two.attrs["report"]["responses"] == 2 * 4 * len(prompts_df) and two.attrs["report"]["temperatures"] == [0.7, 1.3]
+    assert len(two) >= len(one)  # eight candidates per prompt spread wider than four
+
+    def shorter_is_better(responses, prompts):  # disagrees with word_score on some pairs, agrees on others
+        return [-float(len(r)) for r in responses]
+
+    agreed = build_ai_feedback_pairs(model, tokenizer, prompts_df, word_score, gen_cfg(), k=4, margin=0.5, seed=3, temperatures=[0.7, 1.3],
+                                     agreeing={"length": shorter_is_better})
+    expected = two[two["chosen"].str.len() < two["rejected"].str.len()]
+    assert 0 < len(agreed) < len(two)
+    assert agreed["prompt"].tolist() == expected["prompt"].tolist() and agreed["chosen"].tolist() == expected["chosen"].tolist()
+    assert agreed.attrs["report"]["dropped"]["judge_disagreed"] == {"length": len(two) - len(expected)}
+    assert agreed.attrs["report"]["pairs"] == len(agreed)
+
+
 def test_ai_feedback_refuses_bad_settings(tiny_policy, prompts_df):
     model, tokenizer = tiny_policy
     with pytest.raises(RlaifError, match="k=1"):

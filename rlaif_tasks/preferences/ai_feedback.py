@@ -11,6 +11,7 @@ so `position_bias_check` asks in both orders and keeps only the verdicts that su
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,13 +57,18 @@ def build_ai_feedback_pairs(
     margin: float = 0.1,
     seed: int = 0,
     batch_size: int | None = None,
+    temperatures: Sequence[float] = (),
+    agreeing: Mapping[str, ScoreFn] | None = None,
 ) -> pd.DataFrame:
     """Sample k responses per prompt, score them (higher is better), keep (best, worst) when the gap > margin.
 
     `score_fn(responses, prompts)` gets the raw `prompt` of each response (what prompt+response
     judges read); the policy is given `query`. Blank responses and repeats of the same text are not
-    candidates: a pair needs two different non-blank responses. The frame's `attrs["report"]` counts
-    prompts, responses, and prompts without a pair (too few distinct responses, gap within margin).
+    candidates: a pair needs two different non-blank responses. With `temperatures`, k responses are
+    sampled at each (another seed each) and all of them are candidates. Each of the `agreeing` judges
+    (name -> score function, higher is better) must also score the chosen response above the rejected
+    one, or the prompt gives no pair. The frame's `attrs["report"]` counts prompts, responses, and
+    prompts without a pair (too few distinct responses, gap within margin, a judge that disagreed).
     """
     if k < 2:
         raise RlaifError(f"k={k} responses per prompt cannot make a pair", "set k to 2 or more (4 is a good start)")
@@ -75,20 +81,17 @@ def build_ai_feedback_pairs(
 
     prompts = [str(p) for p in prompts_df["prompt"]]
     queries = [str(q) for q in prompts_df["query"]]
-    out = generate(model, tokenizer, queries, gen_cfg, num_samples=k, seed=seed, batch_size=batch_size)
-    response_prompts = [prompts[i] for i in out.prompt_index]
-    scores = [float(s) for s in score_fn(list(out.responses), response_prompts)]
-    if len(scores) != len(out.responses):
-        raise RlaifError(f"score_fn returned {len(scores)} scores for {len(out.responses)} responses", "make score_fn return one float per response")
-    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-    if bad:
-        raise RlaifError(
-            f"score_fn returned a non-finite score for {len(bad)} response(s), first: {out.responses[bad[0]][:80]!r}",
-            "check the judge (weights, empty inputs, max_length) or use another one",
-        )
+    prompt_index: list[int] = []
+    responses: list[str] = []
+    for number, temperature in enumerate(temperatures or [gen_cfg.temperature]):
+        settings = dataclasses.replace(gen_cfg, temperature=float(temperature))
+        out = generate(model, tokenizer, queries, settings, num_samples=k, seed=seed + 7919 * number, batch_size=batch_size)
+        prompt_index += list(out.prompt_index)
+        responses += list(out.responses)
+    scores = _checked_scores(score_fn, responses, [prompts[i] for i in prompt_index], "score_fn")
 
     candidates: list[dict[str, float]] = [{} for _ in prompts]
-    for i, text, score in zip(out.prompt_index, out.responses, scores):
+    for i, text, score in zip(prompt_index, responses, scores):
         if text.strip() and text not in candidates[i]:
             candidates[i][text] = score
     rows: list[dict[str, Any]] = []
@@ -105,13 +108,37 @@ def build_ai_feedback_pairs(
             continue
         rows.append(dict(prompt=prompt, query=query, chosen=chosen, rejected=rejected, score_chosen=scored[chosen], score_rejected=scored[rejected], margin=gap))
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    disagreed = {}
+    for name, judge in (agreeing or {}).items():
+        chosen_scores = _checked_scores(judge, pairs["chosen"].tolist(), pairs["prompt"].tolist(), name)
+        rejected_scores = _checked_scores(judge, pairs["rejected"].tolist(), pairs["prompt"].tolist(), name)
+        agrees = np.asarray(chosen_scores) > np.asarray(rejected_scores)
+        disagreed[name] = int((~agrees).sum())
+        pairs = pairs[agrees].reset_index(drop=True)
     pairs.attrs["report"] = {
-        "prompts": len(prompts), "responses": len(out.responses), "mean_score": sum(scores) / len(scores) if scores else None,
-        "pairs": len(pairs), "k": k, "margin": margin, "seed": seed,
-        "dropped": {"too_few_distinct_responses": too_few, "within_margin": below},
+        "prompts": len(prompts), "responses": len(responses), "mean_score": sum(scores) / len(scores) if scores else None,
+        "pairs": len(pairs), "k": k, "margin": margin, "seed": seed, "temperatures": [float(t) for t in temperatures or [gen_cfg.temperature]],
+        "dropped": {"too_few_distinct_responses": too_few, "within_margin": below, **({"judge_disagreed": disagreed} if agreeing else {})},
     }
-    log.info("AI feedback: %d pairs from %d prompts (k=%d; %d within margin %.3g, %d with < 2 distinct responses)", len(pairs), len(prompts), k, below, margin, too_few)
+    log.info("AI feedback: %d pairs from %d prompts (k=%d; %d within margin %.3g, %d with < 2 distinct responses%s)", len(pairs), len(prompts), k, below,
+             margin, too_few, "".join(f", {n} where {name} disagreed" for name, n in disagreed.items()))
     return pairs
+
+
+def _checked_scores(score_fn: ScoreFn, responses: list[str], prompts: list[str], what: str) -> list[float]:
+    """One finite float per response, or an error naming the judge."""
+    if not responses:
+        return []
+    scores = [float(s) for s in score_fn(responses, prompts)]
+    if len(scores) != len(responses):
+        raise RlaifError(f"{what} returned {len(scores)} scores for {len(responses)} responses", f"make {what} return one float per response")
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise RlaifError(
+            f"{what} returned a non-finite score for {len(bad)} response(s), first: {responses[bad[0]][:80]!r}",
+            "check the judge (weights, empty inputs, max_length) or use another one",
+        )
+    return scores
 
 
 # -- position bias ---------------------------------------------------------------------------------

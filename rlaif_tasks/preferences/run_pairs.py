@@ -48,9 +48,13 @@ def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Pa
     if drawn:
         split = split.sample(n=p.max_prompts, random_state=seed).sort_index()
     policy = load_model(str(policy_path), kind="causal-lm", revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=resolve_device(config.device))
-    scorer = build_scorer(config.reward, purpose="reward", device=str(next(policy.model.parameters()).device))
-    pairs = build_ai_feedback_pairs(policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=seed)
-    extra = {"source": "ai-feedback", "policy": str(policy_path), "judge": config.reward.display_name, "k": p.k, "margin": p.margin,
+    device = str(next(policy.model.parameters()).device)
+    scorer = build_scorer(config.reward, purpose="reward", device=device)
+    agreeing = {judge.display_name: build_scorer(judge, purpose="reward", device=device) for judge in p.agreeing_judges}
+    pairs = build_ai_feedback_pairs(
+        policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=seed, temperatures=p.temperatures, agreeing=agreeing,
+    )
+    extra = {"source": "ai-feedback", "policy": str(policy_path), "judge": config.reward.display_name, "agreeing_judges": list(agreeing), "k": p.k, "margin": p.margin,
              "max_prompts": p.max_prompts, "prompts_drawn": drawn, "report": pairs.attrs.get("report", {})}
     write_preferences(pairs, out, manifest_extra=extra)
     return read_preferences(out)
