@@ -124,7 +124,7 @@ class EvaluationConfig:
     each prompt with the same randomness and the comparison is paired (evaluation_stats.sampling_seeds)."""
     toxic_threshold: float = 0.5
     batch_size: int = 64
-    """Sequences per forward pass when evaluating (generation, fluency, KL): larger than training's generation.batch_size,
+    """Sequences per forward pass when evaluating (generation, fluency, KL) and sampling AI-feedback pairs: larger than training's generation.batch_size,
     since nothing is kept for a backward pass: about twice the tokens/s of 16 on 2 CPU cores (bench/bench_generation.py). The
     responses do not depend on it (one random stream per response); it is hashed with the other settings all the same."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None

@@ -53,6 +53,7 @@ def ai_feedback_pairs(config: RunConfig, policy_path: str | Path, split, out: Pa
     agreeing = {judge.display_name: build_scorer(judge, purpose="reward", device=device) for judge in p.agreeing_judges}
     pairs = build_ai_feedback_pairs(
         policy.model, policy.tokenizer, split, scorer, config.generation, k=p.k, margin=p.margin, seed=seed, temperatures=p.temperatures, agreeing=agreeing,
+        batch_size=config.evaluation.batch_size,  # no gradients, as in evaluation: the larger batch
     )
     extra = {"source": "ai-feedback", "policy": str(policy_path), "judge": config.reward.display_name, "agreeing_judges": list(agreeing), "k": p.k, "margin": p.margin,
              "max_prompts": p.max_prompts, "prompts_drawn": drawn, "report": pairs.attrs.get("report", {})}
