@@ -52,8 +52,12 @@ RUNS = ROOT / "runs"
 DATA = ROOT / "docs" / "results-data"
 DRAWN = 10
 ALGORITHMS = ("ppo", "grpo", "rloo")
-PREFERENCE_PROMPTS = 400
-"""Train prompts the base policy answers k times for the AI-feedback pairs (of 1248; all of them would take about 8 min more here)."""
+REWARD_PAIRS = {"preferences.max_prompts": None, "preferences.temperatures": [0.7, 1.0], "preferences.agreeing_judges": [{"model": "hatesonar"}]}
+"""The reward model's pairs (issue 24): every train prompt answered 4 times at each of two temperatures, the best and the worst
+under the jigsaw reward kept where hatesonar agrees, so the model learns more than one classifier's ranking; the gate's
+judge, profanity-check, stays unseen by every way."""
+REWARD_EVAL_SHARE = 0.2
+"""Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
@@ -152,7 +156,7 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
 
 
 def preference_ways() -> dict:
-    """AI-feedback pairs (base policy, k=4, judged by the jigsaw reward) and a reward model on them, made once."""
+    """AI-feedback pairs (base policy, REWARD_PAIRS) and a reward model on them, made once."""
     from rlaif_tasks.data import load_prompts_split
     from rlaif_tasks.preferences import read_preferences
     from rlaif_tasks.preferences.run_pairs import preference_pairs
@@ -160,26 +164,42 @@ def preference_ways() -> dict:
     from rlaif_tasks.stages.preferences import reward_model_config
     from rlaif_tasks.train.reward_model import train_reward_model
 
-    config = demo_config("results-preferences", 0, "dpo")
+    config = demo_config("results-preferences", 0, "dpo", REWARD_PAIRS)
     run_dir = config.resolved_run_dir
     reward_dir = run_dir / "reward_model"
     if (DATA / "results-preferences.json").is_file() and (reward_dir / SUMMARY_FILE).is_file():
         return read_record("results-preferences")
     prepare_dataset(config)
     start = time.perf_counter()
-    prompts = load_prompts_split(run_dir, "train")
-    preference_pairs(config, run_dir, prompts.sample(n=min(PREFERENCE_PROMPTS, len(prompts)), random_state=0))
+    preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))
     paired = time.perf_counter()
     pairs, manifest = read_preferences(run_dir / "preferences")
-    summary = train_reward_model(pairs, reward_dir, reward_model_config(config))
+    rm_config = reward_model_config(config)
+    rm_config.eval_share = REWARD_EVAL_SHARE
+    summary = train_reward_model(pairs, reward_dir, rm_config)
     record = {
         "pairs_file": str(run_dir / "preferences" / "pairs.parquet"), "reward_model_dir": str(reward_dir),
-        "preferences": {k: manifest.get(k) for k in ("pairs", "prompts", "k", "margin", "judge", "report")},
+        "preferences": {k: manifest.get(k) for k in ("pairs", "prompts", "k", "margin", "judge", "agreeing_judges", "report")},
         "reward_model": {k: summary[k] for k in ("pairs_train", "pairs_eval", "prompts_eval", "steps", "eval_accuracy_initial", "eval_accuracy", "eval_margin_initial", "eval_margin")},
+        "judges_on_held_out": judge_accuracies(config, pairs, rm_config),
         "pairs_seconds": paired - start, "reward_model_seconds": time.perf_counter() - paired,
     }
     write_record("results-preferences", record)
     return record
+
+
+def judge_accuracies(config, pairs: pd.DataFrame, rm_config) -> dict[str, float]:
+    """Each evaluation judge's share of the reward model's held-out pairs it orders as they were labelled (less toxic chosen):
+    the labelling judges by construction, profanity-check as a judge no label came from."""
+    from rlaif_tasks.evaluation.runner import load_judges
+    from rlaif_tasks.train.reward_model import check_pairs, split_pairs
+
+    _, held_out = split_pairs(check_pairs(pairs), rm_config.eval_share, rm_config.seed)
+    shares = {}
+    for judge in load_judges(config):
+        chosen, rejected = judge(held_out["chosen"].tolist(), held_out["prompt"].tolist()), judge(held_out["rejected"].tolist(), held_out["prompt"].tolist())
+        shares[judge.name] = sum(c < r for c, r in zip(chosen, rejected)) / len(held_out)
+    return shares
 
 
 PREFERENCE_WAYS = ("rlhf-ppo", "dpo")
@@ -295,32 +315,43 @@ def share_with_interval(share: float, n: int) -> str:
     return f"{share:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
 
 
+def judges_line(prefs: dict, rm: dict) -> str:
+    """The judges' own accuracy on the reward model's held-out pairs, beside it."""
+    shares = prefs.get("judges_on_held_out")
+    if not shares:
+        return ""
+    return (" The evaluation judges order the same held-out pairs as labelled: "
+            + ", ".join(f"{name} {share_with_interval(share, rm['pairs_eval'])}" for name, share in shares.items())
+            + " (a labelling judge agrees by construction).")
+
+
 def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> str:
     p, rm = prefs["preferences"], prefs["reward_model"]
     dropped, prompts = p["report"]["dropped"], p["report"]["prompts"]
     order = {"ppo": 0, "rlhf-ppo": 1, "dpo": 2, "grpo": 3}
     runs = sorted(rl + ways, key=lambda s: order.get(s["name"].removeprefix("results-").rsplit("-s", 1)[0], 9))
     dpo = next((w for w in ways if w["algorithm"] == "dpo"), {})
-    imported = dpo.get("preferences_manifest", {}).get("report", {})
+    imported = dpo.get("preferences_manifest", {}).get("report", {}) if "rows_in" in dpo.get("preferences_manifest", {}).get("report", {}) else {}
     margins = dpo.get("dpo", {})
     return f"""## RLAIF, RLHF and DPO side by side
 
 `bench/results_demo.py --preference-ways`, {machine()}, seed 0, the same held-out prompts, sampling seeds and
 judges as above.
 
-- **Preference pairs (AI feedback).** The base policy answered {prompts} train prompts (drawn at random from the
-  1248) {p['k']} times each; jigsaw-bilstm scored every response, and the best and the worst became a pair
-  when their reward gap exceeded {p['margin']}: **{p['pairs']} pairs**. Dropped:
+- **Preference pairs (AI feedback) for the reward model.** The base policy answered {prompts} train prompts
+  {p['k']} times each at temperature{'s' if len(p['report'].get('temperatures', [1])) > 1 else ''} {', '.join(f'{t:g}' for t in p['report'].get('temperatures', [1.0]))}; jigsaw-bilstm scored every response, and the best and the worst became a pair
+  when their reward gap exceeded {p['margin']}{f" and {', '.join(p.get('agreeing_judges') or [])} also scored the chosen one less toxic" if p.get('agreeing_judges') else ''}: **{p['pairs']} pairs**. Dropped:
   {dropped.get('within_margin', 0)} prompts ({dropped.get('within_margin', 0) / prompts:.0%}) whose responses were within the margin,
-  {dropped.get('too_few_distinct_responses', 0)} ({dropped.get('too_few_distinct_responses', 0) / prompts:.0%}) with fewer than two distinct responses.
+  {dropped.get('too_few_distinct_responses', 0)} ({dropped.get('too_few_distinct_responses', 0) / prompts:.0%}) with fewer than two distinct responses{''.join(f", {n} ({n / prompts:.0%}) where {name} disagreed" for name, n in dropped.get('judge_disagreed', {}).items())}.
   {f"DPO imports the same file through the human-pairs validation, which kept {imported['rows_out']} of {imported['rows_in']} rows. " if imported else ""}{prefs['pairs_seconds'] / 60:.1f} min.
 - **Reward model (RLHF).** SmolLM2-135M with a one-logit head, LoRA, TRL `RewardTrainer`, {rm['steps']} steps on
   {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
-  went **{share_with_interval(rm['eval_accuracy_initial'], rm['pairs_eval'])} -> {share_with_interval(rm['eval_accuracy'], rm['pairs_eval'])}** (95% Wilson intervals; mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.
+  went **{share_with_interval(rm['eval_accuracy_initial'], rm['pairs_eval'])} -> {share_with_interval(rm['eval_accuracy'], rm['pairs_eval'])}** (95% Wilson intervals; mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.{judges_line(prefs, rm)}
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
-  settings against the reward model; `dpo` TRL's `DPOTrainer` on the pairs (LoRA, the same 45 steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
+  settings against the reward model; `dpo` TRL's `DPOTrainer` as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in
+  the run from {dpo.get('preferences_manifest', {}).get('report', {}).get('prompts', '?')} train prompts drawn by its seed, at the config's DPO defaults (LoRA, {dpo.get('steps', '?')} steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
-  profanity-check. The minutes exclude the pairs and the reward model above.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
+  profanity-check. The minutes exclude the shared pairs and the reward model above; a DPO row's training minutes include building its own pairs.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
 
 ### Held-out test split
 
