@@ -362,6 +362,44 @@ judges as above.
 {table(runs, 'detox-ood')}"""
 
 
+def drop_cell(judges: dict, name: str) -> str:
+    r = judges[name]["relative"]
+    return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
+
+
+def ppo_variants_section(variants: list[dict], default: list[dict]) -> str:
+    """PPO at seed 0 under the seed's KL controller, tonight's default, and the variants tried on the way (issue 24)."""
+    config = demo_config("x", 0, "ppo")
+    t = config.train
+
+    def settings(s: dict) -> str:
+        o = s["overrides"]
+        if s["kind"] == "regular":
+            return f"**default**: init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}" + (f", reward clip {t.reward_clip:g}" if t.reward_clip else "")
+        if "seed-controller" in s["name"]:
+            return f"the seed's controller: init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor"
+        return "default with " + ", ".join(f"{k.removeprefix('train.')}={v:g}" for k, v in o.items())
+
+    seed_controller = [s for s in variants if "seed-controller" in s["name"]]
+    rows = []
+    for s in seed_controller + default + sorted((s for s in variants if s not in seed_controller), key=lambda s: s["name"]):
+        test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
+        rows.append(
+            f"| {settings(s)} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
+            f"| {drop_cell(ood['judges'], 'profanity-check')} | {test['quality']['perplexity_ratio']:.2f} | {test['quality']['distinct2_ratio']:.3f} "
+            f"| {test['quality']['relevance_ratio']:.2f} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
+        )
+    return f"""## PPO's KL control on a 45-step night
+
+`bench/results_demo.py` (default rows) and `ppo-variant` records (`docs/results-data/results-ppo-*-s0.json`), PPO seed 0 on
+`configs/demo.yaml` with the settings named, evaluated as above (test split; OOD for profanity-check). "KL" is the evaluation's
+KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Ratios are to the base policy's.
+
+| PPO settings (seed 0) | KL (nats) | train KL | jigsaw-bilstm drop, test | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | measured on |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
 def dpo_sweep_section(sweep: list[dict]) -> str:
     first = sweep[0]
     report = first["preferences_manifest"]["report"]
@@ -418,6 +456,7 @@ def main() -> None:
     regular = sorted((s for s in summaries if s["kind"] == "regular"), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]
+    variants = [s for s in summaries if s["kind"] == "ppo-variant"]
     sweep = sorted((s for s in summaries if s["kind"] == "dpo-sweep"), key=lambda s: (s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"]))
     if not regular and not over:
         sys.exit("no results yet: run without --no-run")
@@ -478,6 +517,9 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
 
 {table(over, 'test')}""", path=RESULTS)
 
+    if variants:
+        ppo_default = [s for s in regular if s["algorithm"] == "ppo" and s["seed"] == 0]
+        write_section("ppo-kl", ppo_variants_section(variants, ppo_default), path=RESULTS)
     if sweep:
         write_section("dpo-sweep", dpo_sweep_section(sweep), path=RESULTS)
     if ways:
