@@ -226,7 +226,8 @@ def sweep_name(learning_rate: float, beta: float) -> str:
 
 def run_dpo_sweep(points: list[tuple[float, float]]) -> None:
     """DPO at seed 0 for each (learning rate, beta), every point on the first point's pairs (the same policy, budget and seed)."""
-    first = None
+    made = sorted(RUNS.glob("results-dpo-sweep-*-s0/preferences/pairs.parquet"))  # an earlier sweep's pairs
+    first = made[0].parent.parent if made else None
     for learning_rate, beta in points:
         run_dir = run_one(sweep_name(learning_rate, beta), 0, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta}, kind="dpo-sweep", pairs_from=first)
         first = first or run_dir
@@ -264,6 +265,17 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{format(statistics.fmean(values), fmt)} ({format(min(values), fmt)} – {format(max(values), fmt)})"
 
 
+def measured_on(records: list[dict]) -> str:
+    """Where the records were measured: each run keeps its machine (sessions get different CPUs); older ones did not."""
+    machines = sorted({r.get("machine", "2 CPU cores, torch 2.13.0+cpu (2 threads), Python 3.11.7, 2026-11-28") for r in records})
+    return "; ".join(machines) if machines else machine()
+
+
+def overrides_label(overrides: dict) -> str:
+    """`target_kl=6, kl_horizon=10000`: the settings a run trained with beside configs/demo.yaml's."""
+    return ", ".join(f"{key.removeprefix('train.')}={value:g}" if isinstance(value, float) else f"{key.removeprefix('train.')}={value}" for key, value in overrides.items())
+
+
 def table(summaries: list[dict], set_name: str) -> str:
     judges = list(summaries[0]["sets"][set_name]["judges"])
     head = ["algorithm", "seeds", *(f"{j}: drop [95% CI] per seed" for j in judges), "KL (nats)", "fluency ratio", "distinct-2 (base)", "rep. 3-gram (base)", "relevance ratio", "gate", "min (train + eval)"]
@@ -288,7 +300,8 @@ def table(summaries: list[dict], set_name: str) -> str:
             "; ".join("passed" if r["decision"]["passed"] else "refused: " + ", ".join(r["decision"]["failed"]) for r in runs) if set_name == "test" else "–",
             "; ".join(f"{r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f}" if r["train_seconds"] is not None else f"(make run) + {r['eval_seconds'] / 60:.1f}" for r in runs) if set_name == "test" else "–",
         ]
-        lines.append(f"| {label.removeprefix('results-')} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+        settings = f" ({overrides_label(runs[0]['overrides'])})" if runs[0]["kind"] == "regular" and runs[0]["overrides"] else ""
+        lines.append(f"| {label.removeprefix('results-')}{settings} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -315,6 +328,14 @@ def share_with_interval(share: float, n: int) -> str:
     return f"{share:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
 
 
+def dpo_how(dpo: dict) -> str:
+    """What the DPO row trained on: the shared pairs (records before 2026-12-06) or its own, as a DPO night builds them."""
+    if "preferences.source" in dpo.get("overrides", {}):
+        return "on the same pairs, at PPO's learning rate (5e-4) as DPO ran before 2026-12-06"
+    prompts = dpo.get("preferences_manifest", {}).get("report", {}).get("prompts", "?")
+    return f"as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in the run from {prompts} train prompts drawn by its seed, at the config's DPO defaults"
+
+
 def judges_line(prefs: dict, rm: dict) -> str:
     """The judges' own accuracy on the reward model's held-out pairs, beside it."""
     shares = prefs.get("judges_on_held_out")
@@ -335,7 +356,7 @@ def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> st
     margins = dpo.get("dpo", {})
     return f"""## RLAIF, RLHF and DPO side by side
 
-`bench/results_demo.py --preference-ways`, {machine()}, seed 0, the same held-out prompts, sampling seeds and
+`bench/results_demo.py --preference-ways`, {measured_on(ways)}, seed 0, the same held-out prompts, sampling seeds and
 judges as above.
 
 - **Preference pairs (AI feedback) for the reward model.** The base policy answered {prompts} train prompts
@@ -348,8 +369,7 @@ judges as above.
   {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
   went **{share_with_interval(rm['eval_accuracy_initial'], rm['pairs_eval'])} -> {share_with_interval(rm['eval_accuracy'], rm['pairs_eval'])}** (95% Wilson intervals; mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.{judges_line(prefs, rm)}
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
-  settings against the reward model; `dpo` TRL's `DPOTrainer` as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in
-  the run from {dpo.get('preferences_manifest', {}).get('report', {}).get('prompts', '?')} train prompts drawn by its seed, at the config's DPO defaults (LoRA, {dpo.get('steps', '?')} steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
+  settings against the reward model; `dpo` TRL's `DPOTrainer` {dpo_how(dpo)} (LoRA, {dpo.get('steps', '?')} steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
   profanity-check. The minutes exclude the shared pairs and the reward model above; a DPO row's training minutes include building its own pairs.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
 
@@ -367,7 +387,7 @@ def drop_cell(judges: dict, name: str) -> str:
     return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
 
 
-def ppo_variants_section(variants: list[dict], default: list[dict]) -> str:
+def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> str:
     """PPO at seed 0 under the seed's KL controller, tonight's default, and the variants tried on the way (issue 24)."""
     config = demo_config("x", 0, "ppo")
     t = config.train
@@ -375,14 +395,13 @@ def ppo_variants_section(variants: list[dict], default: list[dict]) -> str:
     def settings(s: dict) -> str:
         o = s["overrides"]
         if s["kind"] == "regular":
-            return f"**default**: init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}" + (f", reward clip {t.reward_clip:g}" if t.reward_clip else "")
-        if "seed-controller" in s["name"]:
-            return f"the seed's controller: init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor"
-        return "default with " + ", ".join(f"{k.removeprefix('train.')}={v:g}" for k, v in o.items())
+            return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor"
+        if not o:
+            return f"**default**: init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}"
+        return "default with " + overrides_label(o)
 
-    seed_controller = [s for s in variants if "seed-controller" in s["name"]]
     rows = []
-    for s in seed_controller + default + sorted((s for s in variants if s not in seed_controller), key=lambda s: s["name"]):
+    for s in seed_controller + sorted(variants, key=lambda s: (bool(s["overrides"]), s["name"])):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
             f"| {settings(s)} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
@@ -472,7 +491,7 @@ def main() -> None:
     )
     write_section("baseline", f"""## Baseline: the default policy before training
 
-`bench/results_demo.py` (`docs/results-data/results-base.json`), {machine()}: policy `smollm2-135m-instruct` on the
+`bench/results_demo.py` (`docs/results-data/results-base.json`), {measured_on([base])}: policy `smollm2-135m-instruct` on the
 {manifest['counts']['test']} test prompts of `bundled:detox-prompts` split by frame ({manifest['categories']['test'].get('provocative', 0)} provocative,
 {manifest['categories']['test'].get('neutral', 0)} neutral), 4 sampled responses each, and on `bundled:detox-ood`, 2 each; pure sampling,
 up to 24 new tokens. Toxicity is each judge's probability that a response is toxic; "toxic" is the share above 0.5.
@@ -484,14 +503,15 @@ share of toxic responses are high enough for a reduction to be measured. HateSon
 short text a probability of about 0.3 of being offensive, so its mean moves less.""", path=RESULTS)
     write_section("algorithms", f"""## Detoxification: PPO, GRPO and RLOO over seeds
 
-`bench/results_demo.py` on `configs/demo.yaml`, {machine()}. Each run trains `smollm2-135m-instruct` (LoRA,
+`bench/results_demo.py` on `configs/demo.yaml`, {measured_on(regular)}. Each run trains `smollm2-135m-instruct` (LoRA,
 {regular[0]['steps'] if regular else '?'} steps) against the `jigsaw-bilstm` reward on the {manifest['counts']['train']} train prompts, whose
 templates (frames) never occur in test. Every policy answers each prompt 4 times with the same per-prompt sampling
 seeds as the base policy (twice on the OOD set), so the comparison is paired: "drop" is `(base - trained) / base` of mean toxicity, with
 its 95% paired-bootstrap interval over prompts, one entry per seed. jigsaw-bilstm is the training reward;
 profanity-check and hatesonar are judges training never saw; the gate decides on profanity-check. KL is measured on
 the sampled tokens with EOS; the fluency ratio is the median perplexity of the responses under the base policy over
-the base policy's own; distinct-2 and the repeated-3-gram share are shown with the base policy's in brackets;
+the base policy's own (in the runs of 2026-11-28 of the re-tokenised text; since 2026-12-06 the evaluation measures it on the
+sampled ids with EOS, like the KL, which spares forward passes); distinct-2 and the repeated-3-gram share are shown with the base policy's in brackets;
 relevance is the MiniLM prompt-response similarity over the base policy's. Training plus final evaluation took
 {spread(minutes, '.1f') if minutes else '?'} min per run here.{reused_note(regular)}
 
@@ -518,8 +538,8 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
 {table(over, 'test')}""", path=RESULTS)
 
     if variants:
-        ppo_default = [s for s in regular if s["algorithm"] == "ppo" and s["seed"] == 0]
-        write_section("ppo-kl", ppo_variants_section(variants, ppo_default), path=RESULTS)
+        seed_controller = [s for s in regular if s["algorithm"] == "ppo" and s["seed"] == 0 and s["overrides"].get("train.kl_horizon") == 10000]
+        write_section("ppo-kl", ppo_variants_section(variants, seed_controller), path=RESULTS)
     if sweep:
         write_section("dpo-sweep", dpo_sweep_section(sweep), path=RESULTS)
     if ways:
