@@ -47,7 +47,10 @@ OVERRIDE_PARAMS = {"steps": "train.steps", "learning_rate": "train.dpo_learning_
     params={
         "pairs": pairs_param(),
         "config": config_param(None),
-        "steps": Param(None, type=["null", "integer"], minimum=1, description=f"train.steps, DPO optimiser steps (at most train.dpo_max_epochs passes over the pairs); empty: {from_config('train.steps')}."),
+        "steps": Param(
+            None, type=["null", "integer"], minimum=1,
+            description=f"train.steps, DPO optimiser steps (at most train.dpo_max_epochs passes over the pairs); empty: {from_config('train.steps')}.",
+        ),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.dpo_learning_rate; empty: {from_config('train.dpo_learning_rate')} (None: train.learning_rate)."),
         "beta": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.dpo_beta, the pull towards the base policy; empty: {from_config('train.dpo_beta')}."),
         "rounds": Param(

@@ -78,7 +78,10 @@ schedule = nightly_schedule(None if schedule.strip().lower() == "none" else sche
             values_display={None: "(from the config)", "ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO (preference pairs)"},
         ),
         "steps": Param(None, type=["null", "integer"], minimum=1, description=f"train.steps, PPO/GRPO/RLOO updates; empty: {from_config('train.steps')}."),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description=f"train.learning_rate (DPO: train.dpo_learning_rate when the config sets it; change that one with set); empty: {from_config('train.learning_rate')}."),
+        "learning_rate": Param(
+            None, type=["null", "number"], exclusiveMinimum=0,
+            description=f"train.learning_rate (DPO: train.dpo_learning_rate when the config sets it; change that one with set); empty: {from_config('train.learning_rate')}.",
+        ),
         "policy": model_param("model.policy", "the policy to align (e.g. models:/NAME@champion)"),
         "reward": model_param("reward.model", "the judge used as reward"),
         "set": set_param(),

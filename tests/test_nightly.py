@@ -360,7 +360,6 @@ def test_a_lora_policy_registered_as_its_adapter_stores_megabytes_and_loads_as_t
 def test_the_eval_settings_tag_is_the_evaluating_hosts(home, config_path, monkeypatch):
     """Issue 22: `evaluation.dtype: auto` resolves where the evaluation runs (the gpu queue), not where the data was prepared."""
     from mlflow import MlflowClient
-
     from rlaif_tasks.config import load_config
     from rlaif_tasks.models import hub
     from rlaif_tasks.tags import TAG_EVAL_SETTINGS
