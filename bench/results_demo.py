@@ -439,7 +439,9 @@ def dpo_sweep_section(sweep: list[dict]) -> str:
 {report['prompts']} train prompts drawn at random (`preferences.max_prompts: {config.preferences.max_prompts}`) {report['k']} times, jigsaw-bilstm
 labelled them (margin {report['margin']}), {first['dpo']['pairs_eval']} pairs of unseen prompts are held out. Evaluated like every run above; the gate decides on
 profanity-check. "prefers chosen" is the share of the held-out pairs whose chosen response the trained policy finds
-likelier than the rejected one (95% Wilson interval). Distinct-2 and relevance are ratios to the base policy's.
+likelier than the rejected one (95% Wilson interval). Distinct-2 and relevance are ratios to the base policy's. The
+first point's minutes include building the pairs; the minutes are wall time while other runs shared the 2 cores, not a
+measure of speed (a DPO night's time is bench/bench_nightly.py's to measure).
 
 | learning rate | beta | steps | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | prefers chosen (held out) | gate | min (train + eval) |
 |---|---|---|---|---|---|---|---|---|---|---|---|
