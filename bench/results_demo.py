@@ -419,6 +419,12 @@ KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Rat
 {chr(10).join(rows)}"""
 
 
+def minutes(record: dict) -> str:
+    """`train + eval` minutes; a policy trained by an earlier, interrupted run of the script has no training time here."""
+    train = f"{record['train_seconds'] / 60:.1f}" if record["train_seconds"] is not None else "(an interrupted run)"
+    return f"{train} + {record['eval_seconds'] / 60:.1f}"
+
+
 def dpo_sweep_section(sweep: list[dict]) -> str:
     first = sweep[0]
     report = first["preferences_manifest"]["report"]
@@ -429,7 +435,7 @@ def dpo_sweep_section(sweep: list[dict]) -> str:
         f"| {s['sets']['detox-ood']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['detox-ood']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['detox-ood']['judges']['profanity-check']['relative']['upper']:+.0%}] "
         f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {s['sets']['test']['quality']['relevance_ratio']:.2f} "
         f"| {share_with_interval(s['dpo']['preferred_final'], s['dpo']['pairs_eval'])} "
-        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s['train_seconds'] / 60:.1f} + {s['eval_seconds'] / 60:.1f} |"
+        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
         for s in sweep
     ]
     return f"""## DPO's defaults: a sweep of learning rate and beta
