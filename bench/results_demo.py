@@ -15,6 +15,8 @@ reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at see
     .venv/bin/python bench/results_demo.py --algorithms ppo --seeds 0       # one run
     .venv/bin/python bench/results_demo.py --over-optimised --algorithms    # the refused run only
     .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
+    .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3   # one PPO setting at seed 0
+    .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1                     # DPO's rate and beta at seed 0
     .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
 
 Each run's measurements (and the responses of the ten drawn prompts) are kept in
@@ -410,7 +412,8 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         )
     return f"""## PPO's KL control on a 45-step night
 
-`bench/results_demo.py` (default rows) and `ppo-variant` records (`docs/results-data/results-ppo-*-s0.json`), PPO seed 0 on
+`bench/results_demo.py --algorithms --ppo-variant NAME [KEY=VALUE ...]` (records `docs/results-data/results-ppo-NAME-s0.json`;
+the seed controller's row is the 2026-11-28 `ppo` seed 0 of the table above), PPO seed 0 on
 `configs/demo.yaml` with the settings named, evaluated as above (test split; OOD for profanity-check). "KL" is the evaluation's
 KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Ratios are to the base policy's.
 
@@ -463,6 +466,10 @@ def main() -> None:
         "--preference-ways", nargs="*", choices=PREFERENCE_WAYS,
         help="also RLHF (PPO against a reward model trained on AI-feedback pairs) and DPO on those pairs, seed 0; no names: both",
     )
+    parser.add_argument(
+        "--ppo-variant", nargs="+", metavar=("NAME", "KEY=VALUE"),
+        help="PPO at seed 0 with these settings, recorded as results-ppo-NAME-s0 (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
+    )
     parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at seed 0 for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
@@ -471,6 +478,9 @@ def main() -> None:
     if not args.no_run:
         if args.over_optimised:
             run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED, kind="over-optimised")
+        if args.ppo_variant:
+            name, *settings = args.ppo_variant
+            run_one(f"results-ppo-{name}-s0", 0, "ppo", {k: float(v) for k, v in (s.split("=", 1) for s in settings)}, kind="ppo-variant")
         if args.dpo_sweep is not None:
             run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP))
         if args.preference_ways is not None:
