@@ -129,16 +129,12 @@ def _checked_scores(score_fn: ScoreFn, responses: list[str], prompts: list[str],
     """One finite float per response, or an error naming the judge."""
     if not responses:
         return []
+    from rlaif_tasks.rewards.base import require_finite
+
     scores = [float(s) for s in score_fn(responses, prompts)]
     if len(scores) != len(responses):
         raise RlaifError(f"{what} returned {len(scores)} scores for {len(responses)} responses", f"make {what} return one float per response")
-    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-    if bad:
-        raise RlaifError(
-            f"{what} returned a non-finite score for {len(bad)} response(s), first: {responses[bad[0]][:80]!r}",
-            "check the judge (weights, empty inputs, max_length) or use another one",
-        )
-    return scores
+    return require_finite(scores, responses, what)
 
 
 # -- position bias ---------------------------------------------------------------------------------

@@ -80,13 +80,18 @@ class Scorer:
             if len(out) != len(batch):
                 raise RlaifError(f"scorer {self.name} returned {len(out)} scores for {len(batch)} texts", "make the scorer return one float per text")
             scores.extend(out)
-        bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
-        if bad:
-            raise RlaifError(
-                f"scorer {self.name} returned a non-finite score (NaN or inf) for {len(bad)} text(s), first: {texts[bad[0]][:80]!r}",
-                "check the judge model's weights and inputs (empty text, wrong max_length), or use another judge",
-            )
-        return scores
+        return require_finite(scores, texts, f"scorer {self.name}")
+
+
+def require_finite(scores: list[float], texts: Sequence[str], who: str) -> list[float]:
+    """`scores`, or an error naming `who` and the first text that got NaN or inf (which would poison a mean or a gradient)."""
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise RlaifError(
+            f"{who} returned a non-finite score (NaN or inf) for {len(bad)} text(s), first: {texts[bad[0]][:80]!r}",
+            "check the judge model's weights and inputs (empty text, wrong max_length), or use another judge",
+        )
+    return scores
 
 
 def log_odds_non_toxic(p_toxic: float, eps: float = 1e-6) -> float:

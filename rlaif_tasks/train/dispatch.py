@@ -62,10 +62,10 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     rounds: list[dict] = []
     writer, finished_rows = MetricsWriter(run_dir / "train" / "metrics.jsonl"), []
 
-    steps_before = {1: 0}  # steps of the earlier rounds, so that steps count on across rounds
+    steps_before = 0  # the earlier rounds' steps, so that steps count on across rounds
 
     def across_rounds(number: int, row: dict) -> dict:
-        return {**row, "step": steps_before[number] + row["step"], "round": number}
+        return {**row, "step": steps_before + row["step"], "round": number}
 
     def live(number: int, row: dict) -> None:
         row = across_rounds(number, row)
@@ -93,7 +93,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
             **{k: metrics[k] for k in margins},
         })
         finished_rows += [across_rounds(number, row) for row in metrics["history"]]
-        steps_before[number + 1] = steps_before[number] + metrics["steps"]
+        steps_before += metrics["steps"]
         policy = out
     writer.reset(finished_rows)
     write_json(run_dir / "train" / "dpo.json", {**metrics, "rounds": rounds})
