@@ -25,6 +25,7 @@ import pandas as pd
 from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import GenerationConfig
 from rlaif_tasks.errors import RlaifError
+from rlaif_tasks.rewards.base import require_finite
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ def _checked_scores(score_fn: ScoreFn, responses: list[str], prompts: list[str],
     """One finite float per response, or an error naming the judge."""
     if not responses:
         return []
-    from rlaif_tasks.rewards.base import require_finite
-
     scores = [float(s) for s in score_fn(responses, prompts)]
     if len(scores) != len(responses):
         raise RlaifError(f"{what} returned {len(scores)} scores for {len(responses)} responses", f"make {what} return one float per response")
