@@ -269,9 +269,10 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
     from rlaif_tasks.config import parse_override
 
     # merge_lora_for_rollouts trades the workers' memory for speed: the operator's to set, like device; PPO's KL floor and
-    # horizon shape how the controller holds its budget (a trigger may move the budget, train.target_kl, not the controller)
+    # horizon shape how the controller holds its budget (a trigger may move the budget, train.target_kl, not the controller);
+    # the value warm-up's rollouts are part of the recipe and cost sampling time
     others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true",
-              "train.min_kl_coef=0", "train.kl_horizon=1000000"]
+              "train.min_kl_coef=0", "train.kl_horizon=1000000", "train.value_warmup_steps=100000"]
     for forbidden in FORBIDDEN_SETS + others:
         key, value = parse_override(forbidden)
         with pytest.raises(RlaifError, match=re.escape(key)):

@@ -11,6 +11,7 @@ from rlaif_tasks.train.ppo import (
     AdaptiveKLController,
     FixedKLController,
     batch_indices,
+    fit_linear_value,
     gae,
     kl_penalty,
     masked_mean,
@@ -137,6 +138,18 @@ def test_a_floored_controller_treats_the_target_as_a_budget():
     for _ in range(20):
         budget.update(current_kl=0.0, n_samples=16)
     assert budget.value == 0.2
+
+
+def test_the_value_warm_up_fit_recovers_a_linear_value_and_shrinks_only_the_weights():
+    torch.manual_seed(0)
+    h = torch.randn(500, 6, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0, 1.0], dtype=torch.float64)
+    w, b = torch.tensor([0.5, -0.2, 3.0, 0.0, 1.0, -1.0], dtype=torch.float64), 2.5
+    x = torch.cat([h, torch.ones(500, 1, dtype=torch.float64)], 1)
+    y = h @ w + b
+    weight, bias = fit_linear_value(x.T @ x, x.T @ y, ridge=0.0)
+    assert torch.allclose(weight, w, atol=1e-6) and abs(bias.item() - b) < 1e-6
+    weight, bias = fit_linear_value(x.T @ x, x.T @ y, ridge=1e6)  # all shrunk: the intercept alone is left, the mean
+    assert weight.abs().max().item() < 1e-3 and abs(bias.item() - y.mean().item()) < 1e-2
 
 
 def test_masked_mean_and_eos_mask():

@@ -59,6 +59,26 @@ def test_ppo_learns_to_say_good(causal_path, tmp_path, caplog):
     assert sum(m["reward/mean"] for m in more.metrics[-2:]) / 2 > first + 1.0
 
 
+def test_a_value_warm_up_starts_the_value_head_at_each_prompts_score(causal_path, tmp_path, caplog):
+    """train.value_warmup_steps: the warmed-up head predicts the base policy's scores at step 1 (their level and part of how
+    they differ by prompt), where a zero head's loss is their whole second moment."""
+    import re
+
+    def by_prompt(responses, prompts):
+        return [4.0 if p in QUERIES[:4] else 2.0 for p in prompts]
+
+    first_value_loss = {}
+    for warmup in (0, 4):
+        config = tiny_run_config(causal_path, steps=1, learning_rate=1e-4, save_every=0, value_warmup_steps=warmup)
+        with caplog.at_level(logging.INFO, logger="rlaif_tasks.train.ppo"):
+            result = train_ppo(config, tmp_path / f"warmup{warmup}", QUERIES, reward_fn=by_prompt)
+        first_value_loss[warmup] = result.metrics[0]["loss/value"]
+    assert first_value_loss[0] > 3.0  # 0.5 * E[score^2] = 5, less what one clipped step can learn
+    assert first_value_loss[4] < 0.1 * first_value_loss[0], first_value_loss
+    explained = float(re.search(r"value warm-up: 4 rollouts, \d+ tokens, mean return [\d.]+, variance explained ([\d.-]+)", caplog.text)[1])
+    assert explained > 0.1  # the hidden states of this 2-layer random model say a little about which prompt it answers
+
+
 def test_ppo_learns_in_mixed_bfloat16(causal_path, tmp_path):
     """train.autocast_dtype bfloat16: the forward passes in bfloat16, the weights and optimiser in float32; it learns as float32 does (test above), and the first update starts from the sampled policy."""
     import torch

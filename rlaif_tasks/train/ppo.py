@@ -212,6 +212,18 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def fit_linear_value(gram: torch.Tensor, moment: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least squares for `V(h) = w.h + b` from sums over tokens of the augmented features `x = [h, 1]`:
+    `gram = sum x x^T`, `moment = sum x y`. The penalty is `ridge` times each feature's variance (the intercept is free),
+    so a few huge hidden dimensions neither dominate nor escape it. Returns (w, b)."""
+    gram, moment = gram.double(), moment.double()
+    n = gram[-1, -1].clamp(min=1.0)
+    variance = (gram.diagonal()[:-1] - gram[-1, :-1].square() / n).clamp(min=0.0)
+    penalty = torch.cat([ridge * variance + 1e-8 * n, variance.new_zeros(1)])
+    solution = torch.linalg.solve(gram + torch.diag(penalty), moment)
+    return solution[:-1], solution[-1]
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. The model: policy LM + linear value head sharing its trunk; one forward gives both.
 #    (`lm_forward` and `token_logprobs` live in generation.py: the evaluation's KL uses them too.)
@@ -347,6 +359,17 @@ def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool,
         texts.append(text)
     batch["response_mask"] = mask.long()
     return Rollout(batch=batch, texts=texts, ended=ended)
+
+
+def checked_scores(reward_fn: RewardFn, texts: list[str], prompts: list[str], device) -> torch.Tensor:
+    """The reward's scores as a tensor, or an error if it did not return one finite float per response."""
+    scores = torch.tensor(reward_fn(texts, prompts), dtype=torch.float32, device=device)
+    if scores.shape != (len(texts),) or not torch.isfinite(scores).all():
+        raise RlaifError(
+            f"the reward returned {scores.numel()} scores (finite: {bool(torch.isfinite(scores).all())}) for {len(texts)} responses",
+            "make the reward return one finite float per response",
+        )
+    return scores
 
 
 def shape_scores(
@@ -497,6 +520,38 @@ def train_ppo(
             log.info("saved checkpoint %s", path)
         procs.wait_for_everyone()
 
+    # -- value warm-up: the head learns what each prompt's responses score before the policy moves ---
+    # With fresh LoRA adapters (or none) the policy is the reference, so every token's return is the episode's score.
+    if start_step == 0 and t.value_warmup_steps:
+        t0 = time.perf_counter()
+        width = model.value_head.in_features + 1
+        gram = torch.zeros(width, width, dtype=torch.float64, device=procs.device)
+        moment = torch.zeros(width, dtype=torch.float64, device=procs.device)
+        targets = torch.zeros(2, dtype=torch.float64, device=procs.device)  # sum y, sum y^2
+        for warmup_step in range(1, t.value_warmup_steps + 1):  # the prompts of steps 1, 2, ...: the ones training starts on
+            idx = batch_indices(warmup_step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+            ro = rollout(sampler.refresh(model.policy) if sampler is not None else model.policy, tokenizer, [queries[i] for i in idx], gen_cfg, is_seq2seq, procs.device)
+            batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
+            raw_scores = checked_scores(reward_fn, ro.texts, [prompts[i] for i in idx], procs.device)
+            scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
+            with torch.no_grad(), autocast():
+                _, hidden = lm_forward(model.policy, batch, is_seq2seq)
+            real = batch["response_mask"].bool()
+            x = F.pad(hidden.double()[real], (0, 1), value=1.0)
+            y = scores.double()[:, None].expand(real.shape)[real]
+            gram, moment, targets = gram + x.T @ x, moment + x.T @ y, targets + torch.stack([y.sum(), y.square().sum()])
+        gram, moment, targets = dist.all_reduce_sum(gram), dist.all_reduce_sum(moment), dist.all_reduce_sum(targets)
+        weight, bias = fit_linear_value(gram, moment, t.value_warmup_ridge)
+        with torch.no_grad():
+            model.value_head.weight.copy_(weight.to(model.value_head.weight.dtype)[None])
+            model.value_head.bias.fill_(bias.item())
+        coef = torch.cat([weight, bias[None]])
+        n = gram[-1, -1]
+        residual = targets[1] - 2 * coef @ moment + coef @ gram @ coef
+        explained = 1.0 - (residual / (targets[1] - targets[0] ** 2 / n).clamp(min=1e-12)).item()
+        log.info("value warm-up: %d rollouts, %d tokens, mean return %.3f, variance explained %.2f (%.1f s)", t.value_warmup_steps,
+                 int(n.item()), (targets[0] / n).item(), explained, time.perf_counter() - t0)
+
     # -- the loop -------------------------------------------------------------------------------
     progress = StepProgress(t.steps, log)
     for step in range(start_step + 1, t.steps + 1):
@@ -514,12 +569,7 @@ def train_ppo(
 
         # 2. reward
         t0 = time.perf_counter()
-        raw_scores = torch.tensor(reward_fn(ro.texts, batch_prompts), dtype=torch.float32, device=procs.device)
-        if raw_scores.shape != (len(ro.texts),) or not torch.isfinite(raw_scores).all():
-            raise RlaifError(
-                f"the reward returned {raw_scores.numel()} scores (finite: {bool(torch.isfinite(raw_scores).all())}) for {len(ro.texts)} responses",
-                "make the reward return one finite float per response",
-            )
+        raw_scores = checked_scores(reward_fn, ro.texts, batch_prompts, procs.device)
         scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
         time_score = time.perf_counter() - t0
 
