@@ -15,7 +15,7 @@ reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at see
     .venv/bin/python bench/results_demo.py --algorithms ppo --seeds 0       # one run
     .venv/bin/python bench/results_demo.py --over-optimised --algorithms    # the refused run only
     .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
-    .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3   # one PPO setting at seed 0
+    .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3 --seeds 0   # one PPO setting at seed 0
     .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1                     # DPO's rate and beta at seed 0
     .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
 from rlaif_tasks import gate  # noqa: E402
-from rlaif_tasks.config import load_config  # noqa: E402
+from rlaif_tasks.config import load_config, parse_override  # noqa: E402
 from rlaif_tasks.evaluation.runner import evaluate_model, extra_set_name  # noqa: E402
 from rlaif_tasks.evaluation.toxicity import format_evaluation, read_evaluation  # noqa: E402
 from rlaif_tasks.stages.local import prepare_dataset, train_policy  # noqa: E402
@@ -468,7 +468,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--ppo-variant", nargs="+", metavar=("NAME", "KEY=VALUE"),
-        help="PPO at seed 0 with these settings, recorded as results-ppo-NAME-s0 (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
+        help="PPO at each of --seeds with these settings, recorded as results-ppo-NAME-sSEED (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
     )
     parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at seed 0 for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
@@ -480,7 +480,8 @@ def main() -> None:
             run_one("results-ppo-over-optimised-s0", 0, "ppo", OVER_OPTIMISED, kind="over-optimised")
         if args.ppo_variant:
             name, *settings = args.ppo_variant
-            run_one(f"results-ppo-{name}-s0", 0, "ppo", {k: float(v) for k, v in (s.split("=", 1) for s in settings)}, kind="ppo-variant")
+            for seed in args.seeds:
+                run_one(f"results-ppo-{name}-s{seed}", seed, "ppo", dict(parse_override(s) for s in settings), kind="ppo-variant")
         if args.dpo_sweep is not None:
             run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP))
         if args.preference_ways is not None:
