@@ -358,7 +358,7 @@ def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> st
     margins = dpo.get("dpo", {})
     return f"""## RLAIF, RLHF and DPO side by side
 
-`bench/results_demo.py --preference-ways`, {measured_on(ways)}, seed 0, the same held-out prompts, sampling seeds and
+`bench/results_demo.py --preference-ways`, {measured_on(ways)}, seed 0 (DPO at seeds {', '.join(str(w['seed']) for w in ways if w['algorithm'] == 'dpo')}), the same held-out prompts, sampling seeds and
 judges as above.
 
 - **Preference pairs (AI feedback) for the reward model.** The base policy answered {prompts} train prompts
@@ -384,13 +384,58 @@ judges as above.
 {table(runs, 'detox-ood')}"""
 
 
+BAR = "profanity-check's drop at least 40% at the lower bound of its 95% interval on test and above 0 on OOD, relevance at least 0.85 of the base's, distinct-2 within 5% of it, gate passed"
+"""Issue 24's bar for a default at each seed."""
+
+
+def misses_of(s: dict) -> list[str]:
+    """What keeps one run from issue 24's bar (BAR); empty: it meets it."""
+    test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
+    q = test["quality"]
+    checks = {
+        "test drop": test["judges"]["profanity-check"]["relative"]["lower"] >= 0.40,
+        "OOD drop": ood["judges"]["profanity-check"]["relative"]["lower"] > 0.0,
+        "relevance": q["relevance_ratio"] >= 0.85,
+        "distinct-2": abs(q["distinct2_ratio"] - 1.0) <= 0.05,
+        "gate": s["decision"]["passed"],
+    }
+    return [name for name, ok in checks.items() if not ok]
+
+
+def defaults_section(rows: list[dict]) -> str:
+    """Each way at today's defaults over seeds, and which seeds meet issue 24's bar."""
+    groups: dict[str, list[dict]] = {}
+    for s in rows:
+        groups.setdefault(s["name"].removeprefix("results-").rsplit("-s", 1)[0], []).append(s)
+    verdicts = "\n".join(
+        f"- `{label}`: " + "; ".join(f"seed {s['seed']} " + ("meets it" if not misses_of(s) else "misses: " + ", ".join(misses_of(s))) for s in runs)
+        for label, runs in groups.items()
+    )
+    return f"""## The defaults over seeds, against issue 24's bar
+
+`bench/results_demo.py`, {measured_on(rows)}: each way as `configs/demo.yaml` runs it today, seeds 0, 1, 2 where measured,
+evaluated as above. The bar for a default, at every seed: {BAR}.
+
+### Held-out test split
+
+{table(rows, 'test')}
+
+### Out-of-distribution set `bundled:detox-ood`
+
+{table(rows, 'detox-ood')}
+
+Against the bar (computed from the records by `misses_of`):
+
+{verdicts}"""
+
+
 def drop_cell(judges: dict, name: str) -> str:
     r = judges[name]["relative"]
     return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
 
 
 def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> str:
-    """PPO at seed 0 under the seed's KL controller, tonight's default, and the variants tried on the way (issue 24)."""
+    """PPO under the seed's KL controller (seed 0), tonight's default, and the variants tried on the way (issue 24), per seed."""
     config = demo_config("x", 0, "ppo")
     t = config.train
 
@@ -403,22 +448,23 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         return "default with " + overrides_label(o)
 
     rows = []
-    for s in seed_controller + sorted(variants, key=lambda s: (bool(s["overrides"]), s["name"])):
+    for s in seed_controller + sorted(variants, key=lambda s: (bool(s["overrides"]), s["name"].rsplit("-s", 1)[0], s["seed"])):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
-            f"| {settings(s)} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
+            f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
             f"| {drop_cell(ood['judges'], 'profanity-check')} | {test['quality']['perplexity_ratio']:.2f} | {test['quality']['distinct2_ratio']:.3f} "
             f"| {test['quality']['relevance_ratio']:.2f} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
         )
     return f"""## PPO's KL control on a 45-step night
 
-`bench/results_demo.py --algorithms --ppo-variant NAME [KEY=VALUE ...]` (records `docs/results-data/results-ppo-NAME-s0.json`;
-the seed controller's row is the 2026-11-28 `ppo` seed 0 of the table above), PPO seed 0 on
+`bench/results_demo.py --algorithms --ppo-variant NAME [KEY=VALUE ...] --seeds N ...` (records `docs/results-data/results-ppo-NAME-sN.json`;
+the seed controller's row is the 2026-11-28 `ppo` seed 0 of the table above), PPO on
 `configs/demo.yaml` with the settings named, evaluated as above (test split; OOD for profanity-check). "KL" is the evaluation's
-KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Ratios are to the base policy's.
+KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Ratios are to the base policy's, as evaluated
+on the machine named (the 2026-12-06 runs against the base policy re-evaluated there in float32).
 
-| PPO settings (seed 0) | KL (nats) | train KL | jigsaw-bilstm drop, test | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | measured on |
-|---|---|---|---|---|---|---|---|---|---|---|
+| PPO settings | seed | KL (nats) | train KL | jigsaw-bilstm drop, test | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | measured on |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}"""
 
 
@@ -561,6 +607,12 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
         write_section("ppo-kl", ppo_variants_section(variants, seed_controller), path=RESULTS)
     if sweep:
         write_section("dpo-sweep", dpo_sweep_section(sweep), path=RESULTS)
+    # a record's overrides are what it ran with beside today's configs/demo.yaml, so none: it is today's default
+    order = {"ppo": 0, "dpo": 1, "grpo": 2, "rloo": 3}
+    defaults = sorted((s for s in summaries if not s["overrides"] and s["kind"] in ("regular", "ppo-variant", "preference")),
+                      key=lambda s: (order.get(s["algorithm"], 9), s["name"].rsplit("-s", 1)[0], s["seed"]))
+    if defaults:
+        write_section("defaults", defaults_section(defaults), path=RESULTS)
     if ways:
         write_section("preference-ways", preference_ways_section(read_record("results-preferences"), [s for s in regular if s["seed"] == 0 and s["algorithm"] in ("ppo", "grpo")], ways), path=RESULTS)
 
