@@ -16,7 +16,7 @@ reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at see
     .venv/bin/python bench/results_demo.py --over-optimised --algorithms    # the refused run only
     .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
     .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3 --seeds 0   # one PPO setting at seed 0
-    .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1                     # DPO's rate and beta at seed 0
+    .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1 --seeds 0          # DPO's rate and beta at seed 0
     .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
 
 Each run's measurements (and the responses of the ten drawn prompts) are kept in
@@ -222,17 +222,20 @@ def run_preference_ways(which: list[str], seeds: list[int]) -> None:
             run_one(f"results-dpo-s{seed}", seed, "dpo", kind="preference")
 
 
-def sweep_name(learning_rate: float, beta: float) -> str:
-    return f"results-dpo-sweep-lr{learning_rate:g}-beta{beta:g}-s0"
+def sweep_name(learning_rate: float, beta: float, seed: int = 0) -> str:
+    return f"results-dpo-sweep-lr{learning_rate:g}-beta{beta:g}-s{seed}"
 
 
-def run_dpo_sweep(points: list[tuple[float, float]]) -> None:
-    """DPO at seed 0 for each (learning rate, beta), every point on the first point's pairs (the same policy, budget and seed)."""
-    made = sorted(RUNS.glob("results-dpo-sweep-*-s0/preferences/pairs.parquet"))  # an earlier sweep's pairs
-    first = made[0].parent.parent if made else None
-    for learning_rate, beta in points:
-        run_dir = run_one(sweep_name(learning_rate, beta), 0, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta}, kind="dpo-sweep", pairs_from=first)
-        first = first or run_dir
+def run_dpo_sweep(points: list[tuple[float, float]], seeds: list[int]) -> None:
+    """DPO for each (learning rate, beta) and seed, every point of a seed on that seed's pairs (the same policy, budget and seed
+    draw them): an earlier sweep's or default DPO run's of the seed, else the first point's."""
+    for seed in seeds:
+        made = sorted(RUNS.glob(f"results-dpo-sweep-*-s{seed}/preferences/pairs.parquet")) + sorted(RUNS.glob(f"results-dpo-s{seed}/preferences/pairs.parquet"))
+        first = made[0].parent.parent if made else None
+        for learning_rate, beta in points:
+            run_dir = run_one(sweep_name(learning_rate, beta, seed), seed, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta},
+                              kind="dpo-sweep", pairs_from=first)
+            first = first or run_dir
 
 
 def redecide(summary: dict) -> dict:
@@ -516,7 +519,7 @@ def main() -> None:
         "--ppo-variant", nargs="+", metavar=("NAME", "KEY=VALUE"),
         help="PPO at each of --seeds with these settings, recorded as results-ppo-NAME-sSEED (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
     )
-    parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at seed 0 for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs")
+    parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at each of --seeds for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs per seed")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -529,7 +532,7 @@ def main() -> None:
             for seed in args.seeds:
                 run_one(f"results-ppo-{name}-s{seed}", seed, "ppo", dict(parse_override(s) for s in settings), kind="ppo-variant")
         if args.dpo_sweep is not None:
-            run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP))
+            run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP), args.seeds)
         if args.preference_ways is not None:
             run_preference_ways(args.preference_ways or list(PREFERENCE_WAYS), args.seeds)
         for seed in args.seeds:
