@@ -16,7 +16,8 @@ One training step:
                   clipped value loss, gradient clipping, Adam step
     6. KL coef    adaptive controller (Ziegler et al. 2019) or fixed
 
-The value head is one linear layer on the policy's last hidden state (shared trunk). The math in
+The value head is one linear layer on the policy's last hidden state (shared trunk); with
+`train.value_warmup_steps` it is fitted to the base policy's scores by least squares before step 1. The math in
 section 1 is pure functions over tensors, tested against hand-computed numbers. See docs/ppo.md.
 
 Under `accelerate launch` with N processes (CleanRL's multi-GPU PPO): `train.batch_size` and
