@@ -301,7 +301,7 @@ def table(summaries: list[dict], set_name: str) -> str:
             spread([x["perplexity_ratio"] for x in q], ".2f"),
             f"{spread([x['challenger']['distinct_2'] for x in q], '.3f')} ({base['distinct_2']:.3f})",
             f"{spread([x['challenger']['repeated_3gram_share'] for x in q], '.3f')} ({base['repeated_3gram_share']:.3f})",
-            spread([x["relevance_ratio"] for x in q], ".2f"),
+            spread([x["relevance_ratio"] for x in q], ".3f"),
             "; ".join("passed" if r["decision"]["passed"] else "refused: " + ", ".join(r["decision"]["failed"]) for r in runs) if set_name == "test" else "–",
             "; ".join(f"{r['train_seconds'] / 60:.1f} + {r['eval_seconds'] / 60:.1f}" if r["train_seconds"] is not None else f"(make run) + {r['eval_seconds'] / 60:.1f}" for r in runs) if set_name == "test" else "–",
         ]
@@ -456,7 +456,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         rows.append(
             f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
             f"| {drop_cell(ood['judges'], 'profanity-check')} | {test['quality']['perplexity_ratio']:.2f} | {test['quality']['distinct2_ratio']:.3f} "
-            f"| {test['quality']['relevance_ratio']:.2f} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
+            f"| {test['quality']['relevance_ratio']:.3f} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
         )
     return f"""## PPO's KL control on a 45-step night
 
@@ -482,27 +482,28 @@ def dpo_sweep_section(sweep: list[dict]) -> str:
     report = first["preferences_manifest"]["report"]
     config = demo_config(first["name"], 0, "dpo")
     rows = [
-        f"| {s['overrides']['train.dpo_learning_rate']:g} | {s['overrides']['train.dpo_beta']:g} | {s['dpo']['steps']} | {s['kl']:.2f} "
+        f"| {s['overrides']['train.dpo_learning_rate']:g} | {s['overrides']['train.dpo_beta']:g} | {s['seed']} | {s['dpo']['steps']} | {s['kl']:.2f} "
         f"| {s['sets']['test']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['test']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['test']['judges']['profanity-check']['relative']['upper']:+.0%}] "
         f"| {s['sets']['detox-ood']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['detox-ood']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['detox-ood']['judges']['profanity-check']['relative']['upper']:+.0%}] "
-        f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {s['sets']['test']['quality']['relevance_ratio']:.2f} "
+        f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {s['sets']['test']['quality']['relevance_ratio']:.3f} "
         f"| {share_with_interval(s['dpo']['preferred_final'], s['dpo']['pairs_eval'])} "
         f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
         for s in sweep
     ]
     return f"""## DPO's defaults: a sweep of learning rate and beta
 
-`bench/results_demo.py --dpo-sweep`, {first.get('machine', machine())}, seed 0. Every point trains one epoch
-(`train.dpo_max_epochs: 1`, a cap on the 45 steps) of 16-pair steps on the same {first['dpo']['pairs_train'] + first['dpo']['pairs_eval']} AI-feedback pairs: the base policy answered
-{report['prompts']} train prompts drawn at random (`preferences.max_prompts: {config.preferences.max_prompts}`) {report['k']} times, jigsaw-bilstm
+`bench/results_demo.py --dpo-sweep`, {measured_on(sweep)}, seeds {', '.join(sorted({str(s['seed']) for s in sweep}))}. Every point trains one epoch
+(`train.dpo_max_epochs: 1`, a cap on the 45 steps) of 16-pair steps on its seed's AI-feedback pairs, the same for every point of a seed
+({first['dpo']['pairs_train'] + first['dpo']['pairs_eval']} at seed {first['seed']}): the base policy answered
+{report['prompts']} train prompts drawn at random by the seed (`preferences.max_prompts: {config.preferences.max_prompts}`) {report['k']} times, jigsaw-bilstm
 labelled them (margin {report['margin']}), {first['dpo']['pairs_eval']} pairs of unseen prompts are held out. Evaluated like every run above; the gate decides on
 profanity-check. "prefers chosen" is the share of the held-out pairs whose chosen response the trained policy finds
 likelier than the rejected one (95% Wilson interval). Distinct-2 and relevance are ratios to the base policy's. The
 first point's minutes include building the pairs; the minutes are wall time while other runs shared the 2 cores, not a
 measure of speed (a DPO night's time is bench/bench_nightly.py's to measure).
 
-| learning rate | beta | steps | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | prefers chosen (held out) | gate | min (train + eval) |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| learning rate | beta | seed | steps | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | prefers chosen (held out) | gate | min (train + eval) |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}"""
 
 
@@ -544,7 +545,12 @@ def main() -> None:
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]
     variants = [s for s in summaries if s["kind"] == "ppo-variant"]
-    sweep = sorted((s for s in summaries if s["kind"] == "dpo-sweep"), key=lambda s: (s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"]))
+    sweep = [s for s in summaries if s["kind"] == "dpo-sweep"]
+    points = {(s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]) for s in sweep}
+    t = demo_config("x", 0, "dpo").train
+    sweep += [dict(s, overrides={"train.dpo_learning_rate": t.dpo_learning_rate, "train.dpo_beta": t.dpo_beta}) for s in ways  # the default's other seeds
+              if s["algorithm"] == "dpo" and not s["overrides"] and (t.dpo_learning_rate, t.dpo_beta, s["seed"]) not in points]
+    sweep.sort(key=lambda s: (s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]))
     if not regular and not over:
         sys.exit("no results yet: run without --no-run")
     if not RESULTS.exists():
