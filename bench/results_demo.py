@@ -472,13 +472,13 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
     def settings(s: dict) -> str:
         o = s["overrides"]
         if s["kind"] == "regular":
-            return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor"
-        if not o:
-            return f"**default**: init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}"
-        return "default with " + overrides_label(o)
+            return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
+        if is_default(s):
+            return f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}"
+        return "default with " + overrides_label({k: v for k, v in o.items() if not is_default(dict(s, overrides={k: v}))})
 
     rows = []
-    for s in seed_controller + sorted(variants, key=lambda s: (bool(s["overrides"]), s["name"].rsplit("-s", 1)[0], s["seed"])):
+    for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
             f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
