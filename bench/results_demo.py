@@ -338,7 +338,8 @@ def dpo_how(dpo: dict) -> str:
     if "preferences.source" in dpo.get("overrides", {}):
         return "on the same pairs, at PPO's learning rate (5e-4) as DPO ran before 2026-12-06"
     prompts = dpo.get("preferences_manifest", {}).get("report", {}).get("prompts", "?")
-    return f"as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in the run from {prompts} train prompts drawn by its seed, at the config's DPO defaults"
+    settings = f" except {overrides_label(dpo['overrides'])} (the default until 2026-12-07)" if dpo.get("overrides") else ""
+    return f"as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in the run from {prompts} train prompts drawn by its seed, at the config's DPO defaults{settings}"
 
 
 def judges_line(prefs: dict, rm: dict) -> str:
