@@ -576,8 +576,10 @@ def main() -> None:
     sweep = [s for s in summaries if s["kind"] == "dpo-sweep"]
     points = {(s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]) for s in sweep}
     t = demo_config("x", 0, "dpo").train
-    sweep += [dict(s, overrides={"train.dpo_learning_rate": t.dpo_learning_rate, "train.dpo_beta": t.dpo_beta}) for s in ways  # the default's other seeds
-              if s["algorithm"] == "dpo" and not s["overrides"] and (t.dpo_learning_rate, t.dpo_beta, s["seed"]) not in points]
+    for s in ways:  # DPO runs of `--preference-ways` (a default's seeds) are points of the sweep too
+        point = {"train.dpo_learning_rate": t.dpo_learning_rate, "train.dpo_beta": t.dpo_beta, **s["overrides"]}
+        if s["algorithm"] == "dpo" and set(point) == {"train.dpo_learning_rate", "train.dpo_beta"} and (*point.values(), s["seed"]) not in points:
+            sweep.append(dict(s, overrides=point))
     sweep.sort(key=lambda s: (s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]))
     if not regular and not over:
         sys.exit("no results yet: run without --no-run")
