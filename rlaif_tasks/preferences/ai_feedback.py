@@ -25,7 +25,7 @@ import pandas as pd
 from rlaif_tasks.atomic import atomic_path, write_json
 from rlaif_tasks.config import GenerationConfig
 from rlaif_tasks.errors import RlaifError
-from rlaif_tasks.rewards.base import require_finite
+from rlaif_tasks.rewards.base import checked_scores
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_ai_feedback_pairs(
         out = generate(model, tokenizer, queries, settings, num_samples=k, seed=seed + 7919 * number, batch_size=batch_size)
         prompt_index += list(out.prompt_index)
         responses += list(out.responses)
-    scores = _checked_scores(score_fn, responses, [prompts[i] for i in prompt_index], "score_fn")
+    scores = checked_scores(score_fn, responses, [prompts[i] for i in prompt_index], "score_fn")
 
     candidates: list[dict[str, float]] = [{} for _ in prompts]
     for i, text, score in zip(prompt_index, responses, scores):
@@ -111,8 +111,8 @@ def build_ai_feedback_pairs(
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     disagreed = {}
     for name, judge in (agreeing or {}).items():
-        chosen_scores = _checked_scores(judge, pairs["chosen"].tolist(), pairs["prompt"].tolist(), name)
-        rejected_scores = _checked_scores(judge, pairs["rejected"].tolist(), pairs["prompt"].tolist(), name)
+        chosen_scores = checked_scores(judge, pairs["chosen"].tolist(), pairs["prompt"].tolist(), name)
+        rejected_scores = checked_scores(judge, pairs["rejected"].tolist(), pairs["prompt"].tolist(), name)
         agrees = np.asarray(chosen_scores) > np.asarray(rejected_scores)
         disagreed[name] = int((~agrees).sum())
         pairs = pairs[agrees].reset_index(drop=True)
@@ -124,16 +124,6 @@ def build_ai_feedback_pairs(
     log.info("AI feedback: %d pairs from %d prompts (k=%d; %d within margin %.3g, %d with < 2 distinct responses%s)", len(pairs), len(prompts), k, below,
              margin, too_few, "".join(f", {n} where {name} disagreed" for name, n in disagreed.items()))
     return pairs
-
-
-def _checked_scores(score_fn: ScoreFn, responses: list[str], prompts: list[str], what: str) -> list[float]:
-    """One finite float per response, or an error naming the judge."""
-    if not responses:
-        return []
-    scores = [float(s) for s in score_fn(responses, prompts)]
-    if len(scores) != len(responses):
-        raise RlaifError(f"{what} returned {len(scores)} scores for {len(responses)} responses", f"make {what} return one float per response")
-    return require_finite(scores, responses, what)
 
 
 # -- position bias ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 from rlaif_tasks.errors import RlaifError
 
@@ -81,6 +81,16 @@ class Scorer:
                 raise RlaifError(f"scorer {self.name} returned {len(out)} scores for {len(batch)} texts", "make the scorer return one float per text")
             scores.extend(out)
         return require_finite(scores, texts, f"scorer {self.name}")
+
+
+def checked_scores(score_fn: Callable[[list[str], list[str]], Sequence[float]], texts: list[str], prompts: list[str], who: str) -> list[float]:
+    """`score_fn(texts, prompts)` as one finite float per text, or an error naming `who`."""
+    if not texts:
+        return []
+    scores = [float(s) for s in score_fn(texts, prompts)]
+    if len(scores) != len(texts):
+        raise RlaifError(f"{who} returned {len(scores)} scores for {len(texts)} texts", f"make {who} return one float per text")
+    return require_finite(scores, texts, who)
 
 
 def require_finite(scores: list[float], texts: Sequence[str], who: str) -> list[float]:

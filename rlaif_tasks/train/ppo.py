@@ -46,6 +46,7 @@ from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.generation import lm_forward, token_logprobs
 from rlaif_tasks.models import load_model, resolve_device, resolve_dtype
 from rlaif_tasks.rewards import build_scorer
+from rlaif_tasks.rewards.base import checked_scores
 from rlaif_tasks.train import checkpoint as ckpt
 from rlaif_tasks.train import collectives as dist
 from rlaif_tasks.train.common import MergedSampler, StepProgress, TrainResult, with_lora
@@ -362,17 +363,6 @@ def rollout(model, tokenizer, queries: Sequence[str], gen_cfg, is_seq2seq: bool,
     return Rollout(batch=batch, texts=texts, ended=ended)
 
 
-def checked_scores(reward_fn: RewardFn, texts: list[str], prompts: list[str], device) -> torch.Tensor:
-    """The reward's scores as a tensor, or an error if it did not return one finite float per response."""
-    scores = torch.tensor(reward_fn(texts, prompts), dtype=torch.float32, device=device)
-    if scores.shape != (len(texts),) or not torch.isfinite(scores).all():
-        raise RlaifError(
-            f"the reward returned {scores.numel()} scores (finite: {bool(torch.isfinite(scores).all())}) for {len(texts)} responses",
-            "make the reward return one finite float per response",
-        )
-    return scores
-
-
 def shape_scores(
     scores: torch.Tensor, ended: torch.Tensor, t: TrainConfig, sum_all: Callable[[torch.Tensor], torch.Tensor] = _this_process
 ) -> torch.Tensor:
@@ -529,11 +519,12 @@ def train_ppo(
         gram = torch.zeros(width, width, dtype=torch.float64, device=procs.device)
         moment = torch.zeros(width, dtype=torch.float64, device=procs.device)
         targets = torch.zeros(2, dtype=torch.float64, device=procs.device)  # sum y, sum y^2
+        sampling_model = sampler.refresh(model.policy) if sampler is not None else model.policy  # the policy does not move here
         for warmup_step in range(1, t.value_warmup_steps + 1):  # the prompts of steps 1, 2, ...: the ones training starts on
             idx = batch_indices(warmup_step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
-            ro = rollout(sampler.refresh(model.policy) if sampler is not None else model.policy, tokenizer, [queries[i] for i in idx], gen_cfg, is_seq2seq, procs.device)
+            ro = rollout(sampling_model, tokenizer, [queries[i] for i in idx], gen_cfg, is_seq2seq, procs.device)
             batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
-            raw_scores = checked_scores(reward_fn, ro.texts, [prompts[i] for i in idx], procs.device)
+            raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, [prompts[i] for i in idx], "the reward"), device=procs.device)
             scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
             with torch.no_grad(), autocast():
                 _, hidden = lm_forward(model.policy, batch, is_seq2seq)
@@ -570,7 +561,7 @@ def train_ppo(
 
         # 2. reward
         t0 = time.perf_counter()
-        raw_scores = checked_scores(reward_fn, ro.texts, batch_prompts, procs.device)
+        raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, batch_prompts, "the reward"), device=procs.device)
         scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
         time_score = time.perf_counter() - t0
 
