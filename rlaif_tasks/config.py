@@ -208,6 +208,11 @@ class TrainConfig(LoraSettings):
     max_grad_norm: float = 1.0
     num_generations: int = 4
     """Completions per prompt for GRPO/RLOO."""
+    ppo_responses_per_prompt: int = 1
+    """PPO: responses sampled per prompt in a batch (`batch_size / ppo_responses_per_prompt` prompts a step). Above 1 each
+    response's score is taken relative to the mean of its prompt's other responses (RLOO's leave-one-out baseline) before the
+    KL penalty and GAE, so an advantage says whether this answer beat its prompt's others, not whether the prompt was an easy
+    one to answer cleanly (docs/ppo.md, "Per-prompt baseline")."""
     save_every: int = 5
     merge_adapter: bool = True
     merge_lora_for_rollouts: bool = True
@@ -345,7 +350,7 @@ class TrackingConfig:
 
 TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
-    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
+    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt", "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "preferences.temperatures", "model.policy", "reward.model",
     "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
@@ -632,6 +637,12 @@ def validate(config: RunConfig) -> None:
         )
     if t.num_processes < 1:
         raise RlaifError(f"train.num_processes must be >= 1, got {t.num_processes}", "set train.num_processes to 1 (this process) or the number of processes to launch")
+    if t.algorithm == "ppo" and (t.ppo_responses_per_prompt < 1 or t.batch_size % (t.ppo_responses_per_prompt * t.num_processes)):
+        raise RlaifError(
+            f"train.ppo_responses_per_prompt ({t.ppo_responses_per_prompt}) must be >= 1 and divide each process's share of "
+            f"train.batch_size ({t.batch_size} over {t.num_processes} process(es)), so that a prompt's responses are scored together",
+            "set train.ppo_responses_per_prompt to 1 (one response per prompt) or a divisor of batch_size / num_processes, e.g. 4",
+        )
     if t.dpo_max_epochs is not None and t.dpo_max_epochs <= 0:
         raise RlaifError(f"train.dpo_max_epochs must be > 0, got {t.dpo_max_epochs}", "set it to the most passes over the pairs (e.g. 1), or unset it to train train.steps steps")
     if config.preferences.max_prompts is not None and config.preferences.max_prompts < 1:

@@ -11,6 +11,8 @@ from rlaif_tasks.train.ppo import (
     AdaptiveKLController,
     FixedKLController,
     batch_indices,
+    leave_one_out,
+    step_prompts,
     fit_linear_value,
     gae,
     kl_penalty,
@@ -170,6 +172,36 @@ def test_batch_indices_cover_each_epoch_once():
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
     assert batch_indices(3, 10, 4, seed=1) == batch_indices(3, 10, 4, seed=1)
     assert batch_indices(1, 10, 4, seed=1) != batch_indices(1, 10, 4, seed=2)
+
+
+def test_leave_one_out_compares_each_response_with_its_prompts_others():
+    scores = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    assert leave_one_out(scores, 2).tolist() == [-1.0, 1.0, -3.0, 3.0]
+    assert leave_one_out(scores, 4).tolist() == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3])
+    assert leave_one_out(scores, 1).tolist() == scores.tolist()
+    assert leave_one_out(torch.tensor([5.0, 5.0, 1.0, 1.0]), 2).tolist() == [0.0, 0.0, 0.0, 0.0]  # a prompt's level is gone
+
+
+def test_step_prompts_repeat_each_prompt_in_a_row_and_keep_the_single_response_draw():
+    from rlaif_tasks.config import TrainConfig
+
+    grouped = step_prompts(2, 10, TrainConfig(batch_size=8, ppo_responses_per_prompt=4), seed=1)
+    assert grouped == [i for i in batch_indices(2, 10, 2, seed=1) for _ in range(4)] and len(set(grouped)) == 2
+    assert step_prompts(2, 10, TrainConfig(batch_size=8), seed=1) == batch_indices(2, 10, 8, seed=1)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"train.ppo_responses_per_prompt": 3}, "must be >= 1 and divide"),  # 16 is no multiple of 3
+    ({"train.ppo_responses_per_prompt": 0}, "must be >= 1 and divide"),
+    ({"train.ppo_responses_per_prompt": 8, "train.num_processes": 4}, "over 4 process"),  # a process's 4 cannot hold a group of 8
+])
+def test_a_prompts_responses_must_fit_in_each_processs_batch(overrides, message):
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.errors import RlaifError
+
+    with pytest.raises(RlaifError, match=message):
+        load_config(None, {"train.batch_size": 16, "train.mini_batch_size": 4, **overrides})
+    assert load_config(None, {"train.batch_size": 16, "train.mini_batch_size": 4, "train.ppo_responses_per_prompt": 4}).train.ppo_responses_per_prompt == 4
 
 
 def test_disabled_adapter_is_exactly_the_base_model(tmp_path):

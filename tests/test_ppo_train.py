@@ -68,13 +68,15 @@ def test_a_value_warm_up_starts_the_value_head_at_each_prompts_score(causal_path
         return [4.0 if p in QUERIES[:4] else 2.0 for p in prompts]
 
     first_value_loss = {}
-    for warmup in (0, 4):
-        config = tiny_run_config(causal_path, steps=1, learning_rate=1e-4, save_every=0, value_warmup_steps=warmup)
+    for warmup, per_prompt in ((0, 1), (4, 1), (0, 4)):
+        config = tiny_run_config(causal_path, steps=1, learning_rate=1e-4, save_every=0, value_warmup_steps=warmup, ppo_responses_per_prompt=per_prompt)
         with caplog.at_level(logging.INFO, logger="rlaif_tasks.train.ppo"):
-            result = train_ppo(config, tmp_path / f"warmup{warmup}", QUERIES, reward_fn=by_prompt)
-        first_value_loss[warmup] = result.metrics[0]["loss/value"]
-    assert first_value_loss[0] > 3.0  # 0.5 * E[score^2] = 5, less what one clipped step can learn
-    assert first_value_loss[4] < 0.1 * first_value_loss[0], first_value_loss
+            result = train_ppo(config, tmp_path / f"warmup{warmup}-k{per_prompt}", QUERIES, reward_fn=by_prompt)
+        first_value_loss[warmup, per_prompt] = result.metrics[0]["loss/value"]
+    assert first_value_loss[0, 1] > 3.0  # 0.5 * E[score^2] = 5, less what one clipped step can learn
+    assert first_value_loss[4, 1] < 0.1 * first_value_loss[0, 1], first_value_loss
+    # train.ppo_responses_per_prompt: a score that only the prompt decides is no news to any of its responses
+    assert first_value_loss[0, 4] < 1e-3, first_value_loss
     explained = float(re.search(r"value warm-up: 4 rollouts, \d+ tokens, mean return [\d.]+, variance explained ([\d.-]+)", caplog.text)[1])
     assert explained > 0.1  # the hidden states of this 2-layer random model say a little about which prompt it answers
 

@@ -381,6 +381,15 @@ def shape_scores(
     return scores
 
 
+def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each score less the mean of the k-1 other responses to its prompt (consecutive groups of k), as RLOO's baseline:
+    unbiased, because a response's own score is not in what it is compared with. k=1 leaves the scores as they are."""
+    if k == 1:
+        return scores
+    groups = scores.view(-1, k)
+    return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. The training loop.
 # ------------------------------------------------------------------------------------------------
@@ -398,6 +407,13 @@ def batch_indices(step: int, n: int, size: int, seed: int) -> list[int]:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         out.extend(perm[offset : offset + size - len(out)].tolist())
     return out
+
+
+def step_prompts(step: int, n: int, t: TrainConfig, seed: int) -> list[int]:
+    """Prompt indices of a step's global batch: `batch_size / ppo_responses_per_prompt` prompts, each that many times in a
+    row, so that every process's share holds whole groups (config.validate checks it divides)."""
+    k = t.ppo_responses_per_prompt
+    return [i for i in batch_indices(step, n, t.batch_size // k, seed) for _ in range(k)]
 
 
 def train_ppo(
@@ -521,11 +537,11 @@ def train_ppo(
         targets = torch.zeros(2, dtype=torch.float64, device=procs.device)  # sum y, sum y^2
         sampling_model = sampler.refresh(model.policy) if sampler is not None else model.policy  # the policy does not move here
         for warmup_step in range(1, t.value_warmup_steps + 1):  # the prompts of steps 1, 2, ...: the ones training starts on
-            idx = batch_indices(warmup_step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+            idx = step_prompts(warmup_step, len(queries), t, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
             ro = rollout(sampling_model, tokenizer, [queries[i] for i in idx], gen_cfg, is_seq2seq, procs.device)
             batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
             raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, [prompts[i] for i in idx], "the reward"), device=procs.device)
-            scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
+            scores = leave_one_out(shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
             with torch.no_grad(), autocast():
                 _, hidden = lm_forward(model.policy, batch, is_seq2seq)
             real = batch["response_mask"].bool()
@@ -548,7 +564,7 @@ def train_ppo(
     progress = StepProgress(t.steps, log)
     for step in range(start_step + 1, t.steps + 1):
         t_step = time.perf_counter()
-        idx = batch_indices(step, len(queries), t.batch_size, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+        idx = step_prompts(step, len(queries), t, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
         batch_queries, batch_prompts = [queries[i] for i in idx], [prompts[i] for i in idx]
 
         # 1. rollout (this rank's share of the batch)
@@ -562,7 +578,7 @@ def train_ppo(
         # 2. reward
         t0 = time.perf_counter()
         raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, batch_prompts, "the reward"), device=procs.device)
-        scores = shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
+        scores = leave_one_out(shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
         time_score = time.perf_counter() - t0
 
         # 3. evaluate the rollout: old log-probs, values, entropy; reference log-probs (no grad)
