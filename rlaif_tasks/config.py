@@ -350,12 +350,21 @@ class TrackingConfig:
 
 TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
-    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt", "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
+    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt",
+    "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "preferences.temperatures", "model.policy", "reward.model",
     "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
 )
 """orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
+TRIGGER_WORK_KEYS = (
+    "train.steps", "train.batch_size", "train.ppo_epochs", "train.num_generations", "train.dpo_rounds", "train.dpo_max_epochs",
+    "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
+    "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.max_prompts", "preferences.temperatures",
+    "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
+)
+"""Keys whose value a night's time, memory or disk grows with (a list's length): a trigger may set each to at most
+orchestration.trigger_scale_limit times the operator's value, and never unbounded where the operator set a bound."""
 TRUST_KEYS = (
     "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
     "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
@@ -426,6 +435,11 @@ class OrchestrationConfig:
     retrain_on_reward_model: bool = False
     """Also start rlaif_nightly whenever reward_model_training registers a new reward model, and train that run against
     it (`reward.model: models:/<policy name>-reward/<new version>`): RLHF on the newest preferences."""
+    trigger_scale_limit: float = 4.0
+    """A trigger may ask for at most this many times the work this file sets: each of TRIGGER_WORK_KEYS (steps, batch sizes,
+    prompts, samples, pairs, attacks; a list's length) up to this multiple of the file's value (of 1 where it is 0 or empty),
+    and never unset where the file sets a bound. The task timeouts stop a night that runs long; this refuses one asked
+    to run for days or to fill the disk before anything starts. Only this file sets it (orchestration is the operator's)."""
     trigger_overrides: list[str] = field(default_factory=lambda: list(TRIGGER_OVERRIDES))
     """Config keys a DAG trigger (its form's fields and `set`, an asset event's overrides) or `rlaif nightly --set` may change;
     anything else comes only from this file. Keys that decide trust (TRUST_KEYS: gate.*, tracking.*, judges and their
@@ -627,6 +641,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     return config
 
 
+def with_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """`config` with dotted `overrides` applied, typed and validated as load_config would."""
+    data = config.to_dict()
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    applied = _build(RunConfig, data)
+    validate(applied)
+    return applied
+
+
+def dotted_value(config: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = getattr(config, key)
+    return config
+
+
 def validate(config: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     t, g, d = config.train, config.generation, config.data
@@ -680,6 +710,9 @@ def validate(config: RunConfig) -> None:
     unknown_keys = [key for key in o.trigger_overrides if not _is_field(RunConfig, key)]
     if unknown_keys:
         raise RlaifError(f"orchestration.trigger_overrides names no config field: {unknown_keys}", "list dotted keys such as train.steps")
+    if o.trigger_scale_limit < 1:
+        raise RlaifError(f"orchestration.trigger_scale_limit must be >= 1, got {o.trigger_scale_limit}",
+                         "set it to 1 (a trigger may only ask for less work than this file) or more")
     if o.dagrun_timeout_minutes <= 0 or o.max_active_runs < 1:
         raise RlaifError("orchestration.dagrun_timeout_minutes must be > 0 and orchestration.max_active_runs >= 1", "raise the value")
     r = config.retention

@@ -11,6 +11,9 @@ trust (config.TRUST_KEYS) cannot be allowed at all.
 name, this project's registered models (`models:/<registered model>` or its `-reward` model, by alias
 or version), or an absolute folder under a configured root (the project, $RLAIF_HOME,
 $RLAIF_CONFIG_DIRS). Not a hub id (it could name any repository) and not `python:module:function`.
+
+What a night costs is bounded too: each of config.TRIGGER_WORK_KEYS at most `orchestration.trigger_scale_limit` times
+the config's own value (`check_trigger_work`), so a trigger cannot ask for a week of training or a full disk.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from rlaif_tasks.config import RunConfig, is_trust_key, pattern_escape
+from rlaif_tasks.config import TRIGGER_WORK_KEYS, RunConfig, dotted_value, is_trust_key, pattern_escape, with_overrides
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.bundled import BUNDLED_MODELS
 
@@ -71,6 +74,7 @@ def check_trigger_overrides(config: RunConfig, overrides: Mapping[str, Any], roo
             "put the change in the operator's config file (or a new config under the project, $RLAIF_HOME or $RLAIF_CONFIG_DIRS), "
             "or, for a harmless key, add it to orchestration.trigger_overrides",
         )
+    check_trigger_work(config, overrides, origin)
     value_pattern = re.compile(model_value_pattern(config, list(roots)))
     for key in MODEL_KEYS:
         if key in overrides and overrides[key] is not None and not value_pattern.fullmatch(str(overrides[key]).strip()):
@@ -79,3 +83,23 @@ def check_trigger_overrides(config: RunConfig, overrides: Mapping[str, Any], roo
                 f"({', '.join(registered_names(config))}) or a folder under the configured roots",
                 "name one of those, or put a hub id or any other source in the config file",
             )
+
+
+def check_trigger_work(config: RunConfig, overrides: Mapping[str, Any], origin: str = "the trigger") -> None:
+    """Refuse overrides that ask for more than `orchestration.trigger_scale_limit` times the config's work, or for no bound."""
+    asked = with_overrides(config, {key: overrides[key] for key in TRIGGER_WORK_KEYS if key in overrides})
+    limit = config.orchestration.trigger_scale_limit
+    refused = []
+    for key in TRIGGER_WORK_KEYS:
+        base = dotted_value(config, key)
+        if key not in overrides or base is None:  # the file sets no bound: a trigger's value is no more than it allows
+            continue
+        value = dotted_value(asked, key)
+        cap = limit * max(len(base) if isinstance(base, list) else base, 1)
+        if value is None or (len(value) if isinstance(value, list) else value) > cap:
+            refused.append(f"{key}={value!r} (at most {f'{cap:g} values' if isinstance(base, list) else f'{cap:g}'}, {limit:g} times the config's {base!r})")
+    if refused:
+        raise RlaifError(
+            f"{origin} asks for more work than the config {config.name!r} lets a trigger: {'; '.join(refused)}",
+            "ask for less, or raise the value (or orchestration.trigger_scale_limit) in the operator's config file",
+        )

@@ -272,20 +272,28 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
     # horizon shape how the controller holds its budget (a trigger may move the budget, train.target_kl, not the controller);
     # the value warm-up's rollouts are part of the recipe and cost sampling time
     others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true",
-              "train.min_kl_coef=0", "train.kl_horizon=1000000", "train.value_warmup_steps=100000"]
+              "train.min_kl_coef=0", "train.kl_horizon=1000000", "train.value_warmup_steps=100000", "orchestration.trigger_scale_limit=1000"]
     for forbidden in FORBIDDEN_SETS + others:
         key, value = parse_override(forbidden)
         with pytest.raises(RlaifError, match=re.escape(key)):
             nightly.prepare_dataset(str(config_path), {"train.steps": 1, key: value}, "rlaif_nightly", "manual__forbidden")
+    # allowed keys, but more work than orchestration.trigger_scale_limit (4) times the file's, or none of its bound
+    from rlaif_tasks.config import load_config
+
+    operator = load_config(config_path)
+    too_much = {"train.steps": 4 * operator.train.steps + 1, "preferences.k": 4 * operator.preferences.k + 1, "generation.max_new_tokens": 10_000,
+                "preferences.temperatures": [0.5, 0.6, 0.7, 0.8, 0.9], "data.test_size": 4 * operator.data.test_size + 1}
+    for key, value in too_much.items():
+        with pytest.raises(RlaifError, match=rf"asks for more work .*{re.escape(key)}=.*\(at most"):
+            nightly.prepare_dataset(str(config_path), {key: value}, "rlaif_nightly", "manual__too_much")
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
-    allowed = {"train.steps": 1, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
+    allowed = {"train.steps": 4 * operator.train.steps, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
                "preferences.temperatures": [0.7, 1.0]}
     refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
-    from rlaif_tasks.config import load_config
-
     saved = load_config(Path(refs["run_dir"]) / "config.yaml")
+    assert saved.train.steps == 4 * operator.train.steps  # at the limit is allowed
     assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts, saved.preferences.temperatures) == (0.1, 5e-5, 2, 99, [0.7, 1.0])
 
 
