@@ -106,6 +106,22 @@ def read_record(name: str) -> dict:
     return json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
 
 
+def with_relevance_interval(record: dict) -> dict:
+    """A record written before run_one stored the relevance ratio's interval gets it from its run folder, where that is still
+    here (the samples of both policies); written back, so a later rebuild without the folder keeps it."""
+    eval_dir, changed = RUNS / record["name"] / "eval", False
+    config = demo_config(record["name"], record["seed"], record["algorithm"], record["overrides"])
+    for set_name, suffix in set_labels(config):
+        quality = record["sets"].get(set_name, {}).get("quality")
+        files = [eval_dir / f"{label}{suffix}_samples.parquet" for label in ("baseline", "final")]
+        if quality is not None and "relevance_ratio_lower" not in quality and all(f.is_file() for f in files):
+            quality.update(gate.relevance_interval(*(pd.read_parquet(f) for f in files), config.gate, config.evaluation.seed))
+            changed = True
+    if changed:
+        write_record(record["name"], record)
+    return record
+
+
 def set_labels(config) -> list[tuple[str, str]]:
     """(report name, eval label suffix) of the test split and each extra set."""
     return [("test", "")] + [(extra_set_name(s), f".{extra_set_name(s)}") for s in config.evaluation.extra_sets]
@@ -138,7 +154,8 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
         after = pd.read_parquet(run_dir / "eval" / f"final{suffix}_samples.parquet")
         sets[set_name] = {
             "judges": gate.compare_judges(before, after, judges, config.gate, seed=config.evaluation.seed, threshold=config.evaluation.toxic_threshold),
-            "quality": gate.compare_quality(read_evaluation(run_dir / "eval" / f"baseline{suffix}.json")["quality"], read_evaluation(run_dir / "eval" / f"final{suffix}.json")["quality"]),
+            "quality": {**gate.compare_quality(read_evaluation(run_dir / "eval" / f"baseline{suffix}.json")["quality"], read_evaluation(run_dir / "eval" / f"final{suffix}.json")["quality"]),
+                        **gate.relevance_interval(before, after, config.gate, config.evaluation.seed)},
         }
     measured = gate.measure_kl(config, run_dir, model_dir)
     base_samples = pd.read_parquet(base / "eval" / "baseline_samples.parquet")
@@ -460,6 +477,12 @@ Against the bar (computed from the records by `misses_of`):
 {verdicts}"""
 
 
+def relevance_cell(quality: dict) -> str:
+    """The relevance ratio, with its 95% paired-bootstrap interval where the record has one (runs since 2026-12-07)."""
+    interval = f" [{quality['relevance_ratio_lower']:.2f}, {quality['relevance_ratio_upper']:.2f}]" if "relevance_ratio_lower" in quality else ""
+    return f"{quality['relevance_ratio']:.3f}{interval}"
+
+
 def drop_cell(judges: dict, name: str) -> str:
     r = judges[name]["relative"]
     return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
@@ -484,7 +507,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         rows.append(
             f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
             f"| {drop_cell(ood['judges'], 'profanity-check')} | {test['quality']['perplexity_ratio']:.2f} | {test['quality']['distinct2_ratio']:.3f} "
-            f"| {test['quality']['relevance_ratio']:.3f} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
+            f"| {relevance_cell(test['quality'])} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
         )
     return f"""## PPO's KL control on a 45-step night
 
@@ -513,7 +536,7 @@ def dpo_sweep_section(sweep: list[dict]) -> str:
         f"| {s['overrides']['train.dpo_learning_rate']:g} | {s['overrides']['train.dpo_beta']:g} | {s['seed']} | {s['dpo']['steps']} | {s['kl']:.2f} "
         f"| {s['sets']['test']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['test']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['test']['judges']['profanity-check']['relative']['upper']:+.0%}] "
         f"| {s['sets']['detox-ood']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['detox-ood']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['detox-ood']['judges']['profanity-check']['relative']['upper']:+.0%}] "
-        f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {s['sets']['test']['quality']['relevance_ratio']:.3f} "
+        f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {relevance_cell(s['sets']['test']['quality'])} "
         f"| {share_with_interval(s['dpo']['preferred_final'], s['dpo']['pairs_eval'])} "
         f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
         for s in sweep
@@ -568,7 +591,7 @@ def main() -> None:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)
     found = sorted(DATA.glob("results-*-s*.json"))
-    summaries = [redecide(json.loads(p.read_text(encoding="utf-8"))) for p in found]
+    summaries = [redecide(with_relevance_interval(json.loads(p.read_text(encoding="utf-8")))) for p in found]
     regular = sorted((s for s in summaries if s["kind"] == "regular"), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]

@@ -133,6 +133,19 @@ def compare_quality(base: dict, challenger: dict) -> dict:
     }
 
 
+def relevance_interval(base: "pd.DataFrame", challenger: "pd.DataFrame", gate: GateConfig, seed: int) -> dict:
+    """The relevance ratio's paired-bootstrap interval over prompts, reported beside the point estimate the budget reads
+    (`relevance_ratio_lower`, `_upper`); empty where either side has no relevance scores."""
+    from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means
+
+    if "relevance" not in base.columns or "relevance" not in challenger.columns:
+        return {}
+    means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame["relevance"].tolist()))) for frame in (base, challenger)]
+    _, ref, chal = paired_differences(*means)
+    drop = paired_bootstrap(ref, chal, n_resamples=gate.n_resamples, confidence=gate.confidence, seed=seed)["relative"]
+    return {"relevance_ratio_lower": 1.0 - drop["upper"], "relevance_ratio_upper": 1.0 - drop["lower"]}
+
+
 def decide(judges: dict[str, dict], judge: str, trained_on: str | None, quality: dict, kl: float, samples_per_prompt: int, gate: GateConfig) -> dict:
     """Every check of the module docstring on already-measured numbers; `passed` when all of gate.require pass.
 
@@ -240,6 +253,7 @@ def format_decision(decision: dict) -> str:
     lines.append(
         f"  KL {format_number(decision['kl'], '.2f')} nats; perplexity ratio {format_number(q['perplexity_ratio'], '.2f')}; distinct-2 ratio {format_number(q['distinct2_ratio'], '.2f')}; "
         f"repeated-3-gram share {format_number(q['repetition_increase'], '+.3f')}; relevance ratio {format_number(q['relevance_ratio'], '.2f')}"
+        + (f" [{format_number(q['relevance_ratio_lower'], '.2f')}, {format_number(q['relevance_ratio_upper'], '.2f')}]" if "relevance_ratio_lower" in q else "")
     )
     lines.append("  checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in decision["checks"].items()))
     return "\n".join(lines)
@@ -486,6 +500,8 @@ def run_gate(
         raise RlaifError(f"the {reference['kind']} or challenger samples have no scores for judge(s) {missing}", "evaluate both with this run's evaluation.judges")
     judges = compare_judges(reference_scores, challenger, names, config.gate, seed=config.evaluation.seed, threshold=config.evaluation.toxic_threshold)
     quality = compare_quality(read_evaluation(run_dir / "eval" / "baseline.json").get("quality", {}), read_evaluation(run_dir / "eval" / "final.json").get("quality", {}))
+    if (base_samples := run_dir / "eval" / "baseline_samples.parquet").is_file():
+        quality.update(relevance_interval(pd.read_parquet(base_samples), challenger, config.gate, config.evaluation.seed))
     measured = measure_kl(config, run_dir, model_dir)
     per_prompt = int(challenger.groupby("prompt_id").size().min())
     decision = decide(judges, judge, trained_on, quality, measured["kl"], per_prompt, config.gate)
@@ -501,6 +517,9 @@ def run_gate(
     return decision
 
 
+QUALITY_METRICS = ("perplexity_ratio", "distinct2_ratio", "repetition_increase", "relevance_ratio", "relevance_ratio_lower", "relevance_ratio_upper")
+
+
 def log_decision(client: "MlflowClient", run_id: str, decision: dict) -> None:
     metrics = {
         "gate/passed": float(decision["passed"]),
@@ -510,7 +529,7 @@ def log_decision(client: "MlflowClient", run_id: str, decision: dict) -> None:
         "gate/improvement_lower": decision["improvement_lower"],
         "gate/improvement_upper": decision["improvement_upper"],
         "gate/kl": decision["kl"],
-        **{f"gate/{k}": decision["quality"][k] for k in ("perplexity_ratio", "distinct2_ratio", "repetition_increase", "relevance_ratio")},
+        **{f"gate/{k}": decision["quality"].get(k) for k in QUALITY_METRICS},
     }
     for judge, r in decision["judges"].items():
         for bound in ("point", "lower", "upper"):

@@ -419,6 +419,21 @@ def scored(prompts: int, samples: int, **judges) -> pd.DataFrame:
     return pd.DataFrame({"prompt_id": [p for p, _ in rows], **{j: [f(int(p[1:]), k) for p, k in rows] for j, f in judges.items()}})
 
 
+def test_the_relevance_ratio_comes_with_its_paired_bootstrap_interval_over_prompts():
+    from rlaif_tasks.config import GateConfig
+
+    cfg = GateConfig(n_resamples=2000)
+    base = scored(50, 2, relevance=lambda p, k: 0.2 + 0.01 * p)
+    halved = scored(50, 2, relevance=lambda p, k: 0.5 * (0.2 + 0.01 * p))
+    assert gate.relevance_interval(base, halved, cfg, seed=0) == pytest.approx({"relevance_ratio_lower": 0.5, "relevance_ratio_upper": 0.5})
+    uneven = scored(50, 2, relevance=lambda p, k: (0.2 + 0.01 * p) * (0.6 if p % 2 else 1.0))  # odd prompts lose 40%
+    interval = gate.relevance_interval(base, uneven, cfg, seed=0)
+    point = uneven["relevance"].mean() / base["relevance"].mean()
+    assert interval["relevance_ratio_lower"] < point < interval["relevance_ratio_upper"]
+    assert 0.03 < interval["relevance_ratio_upper"] - interval["relevance_ratio_lower"] < 0.3
+    assert gate.relevance_interval(base.drop(columns="relevance"), halved, cfg, seed=0) == {}  # relevance switched off
+
+
 QUALITY = {"distinct_2": 0.9, "repeated_3gram_share": 0.02, "perplexity_median": 20.0, "relevance_mean": 0.4}
 
 
