@@ -68,7 +68,7 @@ def statuses(client) -> dict[str, str]:
     return {str(v.version): v.tags.get("rlaif.status", "") for v in client.search_model_versions(f"name = '{MODEL}'")}
 
 
-def run_with_mlflow_outages(stack, run_id: str, down_s: float = 15.0, timeout: float = 900) -> list[str]:
+def run_with_mlflow_outages(stack, run_id: str, down_s: float = 5.0, timeout: float = 900) -> list[str]:
     """Wait for the run; whenever a task holds at a fault point, kill the MLflow server, let the task go on, restart the server later."""
     outages = []
     deadline = time.monotonic() + timeout

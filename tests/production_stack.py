@@ -380,7 +380,7 @@ class ProductionStack:
 
     def wait_for_run(self, run_id: str, timeout: float = 900) -> str:
         return self.wait_until(
-            lambda: (state := self.run_state(run_id)) in ("success", "failed") and state, timeout, f"DAG run {run_id}", every=3,
+            lambda: (state := self.run_state(run_id)) in ("success", "failed") and state, timeout, f"DAG run {run_id}", every=1,
         )
 
     def task_instances(self, run_id: str) -> dict[str, dict]:
@@ -431,6 +431,6 @@ reward: {{model: profanity-check}}
 evaluation: {{judges: [{{model: profanity-check}}], relevance_model: null}}
 train: {{steps: {steps}, batch_size: 4, mini_batch_size: 2, save_every: 1, learning_rate: 1.0e-3, lora_target_modules: [all-linear]}}
 gate: {gate}
-orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.05, train_timeout_minutes: 10, eval_timeout_minutes: 10{orchestration}}}
+orchestration: {{schedule: "0 0 29 2 *", retries: 1, retry_delay_minutes: 0.02, train_timeout_minutes: 10, eval_timeout_minutes: 10{orchestration}}}
 """)
     return config

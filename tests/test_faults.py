@@ -52,7 +52,7 @@ def test_sigkill_in_each_of_the_eight_tasks_is_retried_without_loss_or_duplicati
 
 
 def test_mlflow_server_killed_during_step_logging_register_and_promote(stack):
-    """The MLflow server killed (and restarted 15 s later) while `train` logs step 2, between logging and registering the policy, and with the promotion lease held: the night completes with one MLflow run, one new version that is the champion, `previous` the old one, every step once."""
+    """The MLflow server killed (and restarted 5 s later) while `train` logs step 2, between logging and registering the policy, and with the promotion lease held: the night completes with one MLflow run, one new version that is the champion, `previous` the old one, every step once."""
     inject(stack, **{"train.step-2": "hold", "register.logged": "hold", "promote.locked": "hold"})
     run_id = stack.trigger({"config": str(stack.always_promote)})
     outages = run_with_mlflow_outages(stack, run_id)

@@ -332,10 +332,10 @@ def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp
             state = stack.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
             return state in ("success", "failed") and state
 
-        assert stack.wait_until(lambda: finished(PRODUCER, produced), 300, f"{PRODUCER} {produced}", every=3) == "success"
+        assert stack.wait_until(lambda: finished(PRODUCER, produced), 300, f"{PRODUCER} {produced}", every=1) == "success"
         consumer_runs = lambda: stack.get(f"/dags/{REWARD}/dagRuns")["dag_runs"]  # noqa: E731
         [run] = stack.wait_until(consumer_runs, 60, f"{REWARD} to be started by the asset event", every=2)
-        state = stack.wait_until(lambda: finished(REWARD, run["dag_run_id"]), 300, f"{REWARD} {run['dag_run_id']}", every=3)
+        state = stack.wait_until(lambda: finished(REWARD, run["dag_run_id"]), 300, f"{REWARD} {run['dag_run_id']}", every=1)
         tis = {ti["task_id"]: ti for ti in stack.get(f"/dags/{REWARD}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]}
         assert state == "success", {k: v["state"] for k, v in tis.items()}
         assert run["run_type"] == "asset_triggered" and all(ti["try_number"] == 1 for ti in tis.values())
@@ -365,7 +365,7 @@ def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp
         [started] = stack.wait_until(lambda: stack.get(f"/dags/{NIGHTLY}/dagRuns")["dag_runs"], 60, f"{NIGHTLY} to be started by the reward model", every=2)
         assert started["run_type"] == "asset_triggered"
         nightly_run = started["dag_run_id"]
-        state = stack.wait_until(lambda: finished(NIGHTLY, nightly_run), 300, f"{NIGHTLY} {nightly_run}", every=3)
+        state = stack.wait_until(lambda: finished(NIGHTLY, nightly_run), 300, f"{NIGHTLY} {nightly_run}", every=1)
         tis = {ti["task_id"]: ti["state"] for ti in stack.get(f"/dags/{NIGHTLY}/dagRuns/{nightly_run}/taskInstances")["task_instances"]}
         assert state == "success", tis
         report = stack.get(f"/dags/{NIGHTLY}/dagRuns/{nightly_run}/taskInstances/report/xcomEntries/return_value", deserialize=True)["value"]
@@ -382,9 +382,9 @@ def test_producer_runs_start_the_reward_model_and_the_dpo_dags_by_themselves(tmp
         response = stack.api.post(f"/dags/{PRODUCER}/dagRuns", json={"logical_date": None, "conf": conf})
         assert response.status_code == 200, response.text
         second = response.json()["dag_run_id"]
-        assert stack.wait_until(lambda: finished(PRODUCER, second), 300, f"{PRODUCER} {second}", every=3) == "success"
+        assert stack.wait_until(lambda: finished(PRODUCER, second), 300, f"{PRODUCER} {second}", every=1) == "success"
         [dpo_run] = stack.wait_until(lambda: stack.get(f"/dags/{DPO}/dagRuns")["dag_runs"], 60, f"{DPO} to be started by the new pairs", every=2)
-        state = stack.wait_until(lambda: finished(DPO, dpo_run["dag_run_id"]), 420, f"{DPO} {dpo_run['dag_run_id']}", every=3)
+        state = stack.wait_until(lambda: finished(DPO, dpo_run["dag_run_id"]), 420, f"{DPO} {dpo_run['dag_run_id']}", every=1)
         tis = {ti["task_id"]: ti["state"] for ti in stack.get(f"/dags/{DPO}/dagRuns/{dpo_run['dag_run_id']}/taskInstances")["task_instances"]}
         assert state == "success" and dpo_run["run_type"] == "asset_triggered", tis
         # a DAG's first asset-triggered run consumes every event of its asset so far (here both); the newest one decides
