@@ -16,9 +16,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 # The longest modules first (minutes each, measured in `make test`), then the other slow ones. make test
-# passes --no-loadscope-reorder, without which xdist orders files by their number of tests instead. xdist
-# gives each of the three workers two files at the start, the i-th and the (i+3)-th, so the six longest
-# are paired to even out (about 640, 550 and 550 s); shorter files fill in as workers free up.
+# passes --no-loadscope-reorder, without which xdist orders files by their number of tests instead. xdist's
+# loadfile scheduler gives each worker the next file in this order at the start, and another whenever its
+# current file has at most 2 tests left to run (xdist/scheduler/loadscope.py, `_reschedule`): so a 2-test file
+# such as test_celery_faults takes its successor (test_browser) at once, and the others are handed out as
+# workers run low; shorter files fill in at the end.
 LONGEST_FIRST = (
     "test_faults", "test_celery_topology", "test_celery_faults", "test_browser", "test_faults_standalone", "test_celery_faults_postgres",
     "test_human_preferences", "test_e2e_airflow", "test_preference_dags",
