@@ -58,8 +58,9 @@ REWARD_PAIRS = {"preferences.max_prompts": None, "preferences.temperatures": [0.
 """The reward model's pairs (issue 24): every train prompt answered 4 times at each of two temperatures, the best and the worst
 under the jigsaw reward kept where hatesonar agrees, so the model learns more than one classifier's ranking; the gate's
 judge, profanity-check, stays unseen by every way."""
-REWARD_EVAL_SHARE = 0.2
-"""Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy."""
+REWARD_EVAL_SHARE = 0.25
+"""Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy (one pair per prompt, and
+hatesonar disagreed on 376 of the 1,248 prompts on 2026-12-07, leaving 872 pairs: a fifth would have been 174)."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
