@@ -61,9 +61,6 @@ judge, profanity-check, stays unseen by every way."""
 REWARD_EVAL_SHARE = 0.25
 """Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy (one pair per prompt, and
 hatesonar disagreed on 376 of the 1,248 prompts on 2026-12-07, leaving 872 pairs: a fifth would have been 174)."""
-REWARD_LEARNING_RATE, REWARD_EPOCHS = 1.0e-3, 2.0
-"""The reward model's recipe here: at RewardModelConfig's 1e-4 for one pass (41 steps) its loss stayed near ln 2 and it ordered
-0.679 of 218 held-out pairs (0.601 untrained; profanity-check, which labelled none of them, 0.858)."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
@@ -197,7 +194,7 @@ def preference_ways() -> dict:
     preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))
     paired = time.perf_counter()
     pairs, manifest = read_preferences(run_dir / "preferences")
-    rm_config = reward_model_config(config, learning_rate=REWARD_LEARNING_RATE, epochs=REWARD_EPOCHS)
+    rm_config = reward_model_config(config)
     rm_config.eval_share = REWARD_EVAL_SHARE
     summary = train_reward_model(pairs, reward_dir, rm_config)
     record = {

@@ -46,8 +46,8 @@ OVERRIDE_PARAMS: dict[str, str] = {}  # the reward model's own settings are para
     params={
         "pairs": pairs_param(),
         "config": config_param(None),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="Reward model learning rate; empty: 1e-4."),
-        "epochs": Param(None, type=["null", "number"], exclusiveMinimum=0, description="Passes over the pairs; empty: 1."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="Reward model learning rate; empty: 1e-3."),
+        "epochs": Param(None, type=["null", "number"], exclusiveMinimum=0, description="Passes over the pairs; empty: 2."),
         "set": set_param(),
     },
     **dag_settings(),

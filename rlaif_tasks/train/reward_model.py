@@ -36,8 +36,10 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 class RewardModelConfig(LoraSettings):
     base_model: str
     """A local folder, hub id or bundled name; a causal LM gets a fresh 1-logit score head."""
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    epochs: float = 2.0
+    """On SmolLM2-135M with LoRA and 654 AI-feedback pairs (docs/results.md), 1e-3 for two passes ordered 0.968 of 218
+    held-out pairs; 1e-4 for one pass left the loss near ln 2 and ordered 0.679 (0.601 untrained)."""
     batch_size: int = 8
     max_length: int = 512
     """Longer pairs are dropped from training (TRL filters them) and truncated when scoring."""
