@@ -652,6 +652,7 @@ def with_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig
 
 
 def dotted_value(config: Any, dotted: str) -> Any:
+    """The value of a dotted key such as `train.steps` in a config (or any nest of dataclasses)."""
     for key in dotted.split("."):
         config = getattr(config, key)
     return config

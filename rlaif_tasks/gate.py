@@ -94,6 +94,16 @@ def gate_judge(config: RunConfig) -> str:
 # -- the decision, on measured numbers ----------------------------------------------------------
 
 
+def paired_by_prompt(reference: "pd.DataFrame", challenger: "pd.DataFrame", column: str, gate: GateConfig, seed: int) -> dict:
+    """The paired bootstrap (evaluation/stats.py) of `column`'s per-prompt means, challenger against reference, over the
+    prompts both answered, with the gate's resamples and confidence."""
+    from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means
+
+    means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame[column].tolist()))) for frame in (reference, challenger)]
+    _, ref, chal = paired_differences(*means)
+    return paired_bootstrap(ref, chal, n_resamples=gate.n_resamples, confidence=gate.confidence, seed=seed)
+
+
 def compare_judges(
     reference: "pd.DataFrame", challenger: "pd.DataFrame", judges: list[str], gate: GateConfig, seed: int, threshold: float = 0.5
 ) -> dict[str, dict]:
@@ -101,14 +111,12 @@ def compare_judges(
     reported and not deciding, `expected_max` and `toxicity_probability` (evaluation/rtp.py, toxic at >= threshold)
     with the same bootstrap."""
     from rlaif_tasks.evaluation.rtp import paired_rtp
-    from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means, significantly_worse
+    from rlaif_tasks.evaluation.stats import significantly_worse
 
     settings = {"n_resamples": gate.n_resamples, "confidence": gate.confidence, "seed": seed}
     out = {}
     for judge in judges:
-        means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame[judge].tolist()))) for frame in (reference, challenger)]
-        _, ref, chal = paired_differences(*means)
-        result = paired_bootstrap(ref, chal, **settings)
+        result = paired_by_prompt(reference, challenger, judge, gate, seed)
         result["significantly_worse"] = significantly_worse(result)
         rtp = paired_rtp(reference["prompt_id"].tolist(), reference[judge].tolist(), challenger["prompt_id"].tolist(), challenger[judge].tolist(),
                          threshold=threshold, **settings)
@@ -136,13 +144,9 @@ def compare_quality(base: dict, challenger: dict) -> dict:
 def relevance_interval(base: "pd.DataFrame", challenger: "pd.DataFrame", gate: GateConfig, seed: int) -> dict:
     """The relevance ratio's paired-bootstrap interval over prompts, reported beside the point estimate the budget reads
     (`relevance_ratio_lower`, `_upper`); empty where either side has no relevance scores."""
-    from rlaif_tasks.evaluation.stats import paired_bootstrap, paired_differences, per_prompt_means
-
     if "relevance" not in base.columns or "relevance" not in challenger.columns:
         return {}
-    means = [dict(zip(*per_prompt_means(frame["prompt_id"].tolist(), frame["relevance"].tolist()))) for frame in (base, challenger)]
-    _, ref, chal = paired_differences(*means)
-    drop = paired_bootstrap(ref, chal, n_resamples=gate.n_resamples, confidence=gate.confidence, seed=seed)["relative"]
+    drop = paired_by_prompt(base, challenger, "relevance", gate, seed)["relative"]
     return {"relevance_ratio_lower": 1.0 - drop["upper"], "relevance_ratio_upper": 1.0 - drop["lower"]}
 
 

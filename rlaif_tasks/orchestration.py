@@ -29,7 +29,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import Asset, Param, get_current_context, result, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, load_config, parse_override
+from rlaif_tasks.config import PROJECT_DIR, config_path_pattern, config_roots, dotted_value, load_config, parse_override
 from rlaif_tasks.faults import fault_point
 from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern, model_value_pattern, set_item_pattern
 from rlaif_tasks.services import quiet_libraries
@@ -121,10 +121,7 @@ def set_param() -> Param:
 
 def from_config(key: str) -> str:
     """`from the config (45)`: what an empty field of a trigger form means, with the value of the config the DAG was parsed with."""
-    value: Any = CONFIG
-    for part in key.split("."):
-        value = getattr(value, part)
-    return f"from the config ({value})"
+    return f"from the config ({dotted_value(CONFIG, key)})"
 
 
 def model_param(key: str, what: str) -> Param:

@@ -486,6 +486,15 @@ def train_ppo(
     kl_ctl = kl_controller(t)
     temperature = gen_cfg.sampling_temperature
 
+    def this_rank(step: int) -> list[int]:
+        """This process's share of a step's prompts: whole groups of `ppo_responses_per_prompt`."""
+        return step_prompts(step, len(queries), t, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+
+    def scored(ro: Rollout, batch_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward's raw scores, and the shaped ones advantages start from (clip, EOS penalty, whitening, per-prompt baseline)."""
+        raw = torch.tensor(checked_scores(reward_fn, ro.texts, batch_prompts, "the reward"), device=procs.device)
+        return raw, leave_one_out(shape_scores(raw, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
+
     # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
     metrics: list[dict] = []
@@ -537,11 +546,10 @@ def train_ppo(
         targets = torch.zeros(2, dtype=torch.float64, device=procs.device)  # sum y, sum y^2
         sampling_model = sampler.refresh(model.policy) if sampler is not None else model.policy  # the policy does not move here
         for warmup_step in range(1, t.value_warmup_steps + 1):  # the prompts of steps 1, 2, ...: the ones training starts on
-            idx = step_prompts(warmup_step, len(queries), t, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+            idx = this_rank(warmup_step)
             ro = rollout(sampling_model, tokenizer, [queries[i] for i in idx], gen_cfg, is_seq2seq, procs.device)
             batch = {k: v.to(procs.device) for k, v in ro.batch.items()}
-            raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, [prompts[i] for i in idx], "the reward"), device=procs.device)
-            scores = leave_one_out(shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
+            _, scores = scored(ro, [prompts[i] for i in idx])
             with torch.no_grad(), autocast():
                 _, hidden = lm_forward(model.policy, batch, is_seq2seq)
             real = batch["response_mask"].bool()
@@ -564,7 +572,7 @@ def train_ppo(
     progress = StepProgress(t.steps, log)
     for step in range(start_step + 1, t.steps + 1):
         t_step = time.perf_counter()
-        idx = step_prompts(step, len(queries), t, config.training_seed)[rank * local_batch : (rank + 1) * local_batch]
+        idx = this_rank(step)
         batch_queries, batch_prompts = [queries[i] for i in idx], [prompts[i] for i in idx]
 
         # 1. rollout (this rank's share of the batch)
@@ -577,8 +585,7 @@ def train_ppo(
 
         # 2. reward
         t0 = time.perf_counter()
-        raw_scores = torch.tensor(checked_scores(reward_fn, ro.texts, batch_prompts, "the reward"), device=procs.device)
-        scores = leave_one_out(shape_scores(raw_scores, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
+        raw_scores, scores = scored(ro, batch_prompts)
         time_score = time.perf_counter() - t0
 
         # 3. evaluate the rollout: old log-probs, values, entropy; reference log-probs (no grad)
