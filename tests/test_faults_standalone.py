@@ -90,9 +90,11 @@ def test_two_promotions_racing_leave_one_champion_and_the_other_previous(stack):
         assert "rlaif.promotion_lock" not in model.tags
 
 
-# MLflow's client gives up one call after (9 + 1) x 2 s, and a holder writes for 3 s: the lease is 23 s.
+# MLflow's client gives up one call after (9 + 1) x 2 s, and a holder writes for 8 s: the lease is 28 s. A promotion's
+# ten registry calls after the lease's settle second fit 8 s on a loaded machine (3 s did not, 2026-12-07 CI).
+WORK_S = 8
 SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "RLAIF_PROMOTION_WORK_S": "3"}
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "RLAIF_PROMOTION_WORK_S": str(WORK_S)}
 
 
 def _promote_elsewhere(uri: str, password: str, version: str, env: dict, clock_ahead_s: float, out) -> None:
@@ -115,7 +117,7 @@ def _promote_elsewhere(uri: str, password: str, version: str, env: dict, clock_a
 
 @pytest.mark.parametrize("silent_s", [12, 40], ids=["shorter than the holders retries", "longer than the lease"])
 def test_a_holder_cut_off_from_mlflow_and_a_racer_with_a_fast_clock_move_the_champion_once(stack, tmp_path, silent_s):
-    """Promoter A takes the lease, then its route to MLflow drops every request (12 s: its retried write lands late; 40 s: longer than the 23 s lease), while promoter B, whose clock runs 10 min ahead, waits: B takes over only after a whole lease of its own clock, A writes nothing after its time, one champion move (B's), `previous` the old champion."""
+    """Promoter A takes the lease, then its route to MLflow drops every request (12 s: its retried write lands late; 40 s: longer than the 28 s lease), while promoter B, whose clock runs 10 min ahead, waits: B takes over only after a whole lease of its own clock, A writes nothing after its time, one champion move (B's), `previous` the old champion."""
     from rlaif_tasks import registry
     from rlaif_tasks.lease import client_retry_budget
 
@@ -130,7 +132,7 @@ def test_a_holder_cut_off_from_mlflow_and_a_racer_with_a_fast_clock_move_the_cha
         client.finalize_logged_model(model.model_id, "READY")
         client.create_model_version(name, source=f"models:/{model.model_id}", model_id=model.model_id)
     registry.promote(name, "1", client=client)
-    lease_s = client_retry_budget(timeout=2, retries=9, backoff_factor=0, jitter=0) + 3
+    lease_s = client_retry_budget(timeout=2, retries=9, backoff_factor=0, jitter=0) + WORK_S
     route_a = FlakyProxy(stack.mlflow_url)
     faults_a = tmp_path / "faults-a"
     faults_a.mkdir()
