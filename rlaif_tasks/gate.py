@@ -505,7 +505,8 @@ def run_gate(
     judges = compare_judges(reference_scores, challenger, names, config.gate, seed=config.evaluation.seed, threshold=config.evaluation.toxic_threshold)
     quality = compare_quality(read_evaluation(run_dir / "eval" / "baseline.json").get("quality", {}), read_evaluation(run_dir / "eval" / "final.json").get("quality", {}))
     if (base_samples := run_dir / "eval" / "baseline_samples.parquet").is_file():
-        quality.update(relevance_interval(pd.read_parquet(base_samples), challenger, config.gate, config.evaluation.seed))
+        base = reference_scores if reference["kind"] == "base" else pd.read_parquet(base_samples)
+        quality.update(relevance_interval(base, challenger, config.gate, config.evaluation.seed))
     measured = measure_kl(config, run_dir, model_dir)
     per_prompt = int(challenger.groupby("prompt_id").size().min())
     decision = decide(judges, judge, trained_on, quality, measured["kl"], per_prompt, config.gate)

@@ -1,6 +1,4 @@
-"""The production topology under faults, shared by test_celery_faults (scheduler, Redis) and test_celery_faults_postgres.
-
-Each module starts its own stack, so the two run on two workers at once.
+"""The production topology under faults, for test_celery_faults (the scheduler, Redis, then Postgres, on one stack).
 
 The stack of tests/test_celery_topology.py (CeleryExecutor, Postgres, Redis, an authenticated MLflow
 server, each component started by `scripts/service.sh`), with two differences so that this module

@@ -1,5 +1,5 @@
-"""The fault-injection stack and its helpers, shared by test_faults (a chain of nights on one model) and
-test_faults_standalone (scenarios that need no earlier night), so the two modules run on two workers at once.
+"""The fault-injection stack and its helpers, for test_faults (a chain of nights on one model, then scenarios that
+need no earlier night).
 
 The embedded stack of `make up` (Airflow's scheduler with the LocalExecutor on SQLite) with a real
 `mlflow server` (basic auth, SQLite store, artefacts served) started by `scripts/service.sh`, reached

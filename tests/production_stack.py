@@ -287,7 +287,7 @@ class ProductionStack:
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    def stop_all(self, grace: float = 15.0) -> None:
+    def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM to every component at once, then SIGKILL to whatever still runs after `grace` seconds.
 
         One at a time, each with a minute to stop, this took 74 s in test_faults: a LocalExecutor
