@@ -63,6 +63,9 @@ def test_nightly_run_uses_both_queues_and_the_authenticated_mlflow_server(stack)
     # the workers fork the tasks, so they preload the libraries; the scheduler runs none here, so it does not
     assert all("rlaif warm start: preloaded torch" in stack.log_text(w) for w in ("worker-default", "worker-gpu-1"))
     assert "rlaif warm start" not in stack.log_text("scheduler") and "Starting the scheduler" in stack.log_text("scheduler")
+    # scripts/airflow_env.sh's parse interval reaches the DAG processor service.sh started (docs/orchestration.md, DAG parsing)
+    environ = Path(f"/proc/{stack.processes['dag-processor'].pid}/environ").read_bytes().split(b"\0")
+    assert b"AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL=120" in environ
 
     client = stack.mlflow_client()
     run = mlflow_run_of(client, run_id)
