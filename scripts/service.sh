@@ -141,7 +141,7 @@ case "$component" in
         exec airflow api-server --host "$AIRFLOW__API__HOST" --port "$AIRFLOW__API__PORT" --workers "${RLAIF_API_WORKERS:-1}" "$@"
         ;;
     # The scheduler forks the LocalExecutor's task processes: they start with the libraries imported (rlaif_tasks/warm_start.py).
-    # Under another executor it runs no task, so it imports nothing extra (7 s of CPU and 0.5 GiB saved per start).
+    # Under another executor it runs no task, so it imports nothing extra (8-10 s of imports on 2 cores and about 0.4 GB saved per start, docs/orchestration.md).
     scheduler)
         if [[ "${AIRFLOW__CORE__EXECUTOR}" == LocalExecutor ]]; then
             exec python -m rlaif_tasks.warm_start scheduler "${serve_logs[@]}" "$@"
