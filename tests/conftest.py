@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # passes --no-loadscope-reorder, without which xdist orders files by their number of tests instead. xdist's
 # loadfile scheduler gives each worker the next file in this order at the start, and another whenever its
 # current file has at most 2 tests left to run (xdist/scheduler/loadscope.py, `_reschedule`): so test_celery_faults
-# (3 tests, the longest file) has test_browser queued behind it after its first test, and the others are handed out
+# (3 tests) has test_browser queued behind it after its first test, and the others are handed out
 # as workers run low; shorter files fill in at the end.
 LONGEST_FIRST = (
     "test_faults", "test_celery_faults", "test_celery_topology", "test_browser",

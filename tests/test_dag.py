@@ -249,7 +249,7 @@ def test_compose_publishes_on_loopback_and_refuses_to_start_without_its_secrets(
 
 
 def test_warm_start_imports_the_libraries_quietly_then_runs_the_airflow_command():
-    """The scheduler and Celery workers start through rlaif_tasks.warm_start: the preloaded modules are imported before
+    """Celery workers and the LocalExecutor's scheduler start through rlaif_tasks.warm_start: the preloaded modules are imported before
     Airflow's command runs (so forked tasks inherit them), MLflow without its own stderr handler (a task log would show
     its INFO lines as errors), and the Airflow command's output and exit code are its own."""
     probe = (
