@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 KINDS = [  # (kind, pattern on the command line or process title), first match wins
@@ -46,7 +47,7 @@ def kind_of(command: str, kinds: list[tuple[str, str]] = KINDS) -> str:
 
 def machine_ticks() -> tuple[int, int]:
     """(all, idle + iowait) jiffies of /proc/stat's cpu line."""
-    values = list(map(int, open("/proc/stat").readline().split()[1:]))
+    values = list(map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]))
     return sum(values), values[3] + values[4]
 
 
@@ -57,14 +58,14 @@ def sample(seen: dict, totals: dict, first: bool, kinds: list[tuple[str, str]]) 
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            stat = open(f"/proc/{entry}/stat").read()
+            stat = Path(f"/proc/{entry}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
             ticks, started = int(fields[11]) + int(fields[12]), fields[19]
             key = (entry, started)
             if key in seen:
                 before, kind = seen[key]
             else:
-                kind = kind_of(open(f"/proc/{entry}/cmdline").read().replace("\0", " "), kinds)
+                kind = kind_of(Path(f"/proc/{entry}/cmdline").read_text(errors="replace").replace("\0", " "), kinds)
                 before = ticks if first else 0  # what ran before this script started is not counted
             totals[kind] += (ticks - before) / TICK
             seen[key] = (ticks, kind)
