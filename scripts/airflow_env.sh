@@ -36,8 +36,8 @@ if [[ -s "$AIRFLOW_HOME/jwt_secret" ]]; then
     export AIRFLOW__API_AUTH__JWT_SECRET="${AIRFLOW__API_AUTH__JWT_SECRET:-$(<"$AIRFLOW_HOME/jwt_secret")}"
 fi
 # The DAG processor parses a changed DAG file at once (newest first), and every file again after this many seconds
-# (Airflow: 30), which picks up a change to the YAML config the DAGs read; seven files every 30 s cost about 1.6 s of
-# CPU a minute on 2 cores (docs/orchestration.md). Restart the dag-processor to apply a config change at once.
+# (Airflow: 30), which picks up a change to the YAML config the DAGs read; 120 s saves about 1 s of CPU a minute on
+# 2 cores with seven DAG files (docs/orchestration.md). Restart the dag-processor to apply a config change at once.
 export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="${AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL:-120}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 # Progress bars in task logs arrive as stderr lines at level ERROR; the project logs its own progress.
