@@ -291,6 +291,7 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
         dpo = stage(dpo)
     summary = nightly.report(dpo)
     assert (summary["model_name"], summary["model_version"]) == ("rlaif-stages-policy", "1") and "(dpo, 2 steps)" in summary["text"]
+    assert f"DPO on {extra['pairs']} preference pairs (imported from {Path(extra['path']) / 'pairs.parquet'}), 2 steps" in summary["text"]
     margins = tracking.connect().get_metric_history(dpo["mlflow_run_id"], "train/dpo/reward_margin")
     assert sorted(m.step for m in margins) == [1, 2]  # DPO's per-step curves reach the run as PPO's do
     imported = json.loads((Path(dpo["run_dir"]) / "preferences" / "manifest.json").read_text())

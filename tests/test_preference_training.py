@@ -191,3 +191,9 @@ def test_a_dpo_night_draws_its_prompt_budget_and_trains_one_epoch_at_dpos_own_ra
     assert summary["config"]["learning_rate"] == 1e-2
     assert summary["train_margin_final"] > summary["train_margin_initial"] + 0.5  # at 1e-12 nothing would move
     assert config.train.describe() == "dpo, 1000 steps (at most 1 epoch)"
+    # what the night's report says it did: pairs built from the drawn prompts, the steps one epoch allowed
+    from rlaif_tasks.train.dispatch import describe_dpo
+
+    said = describe_dpo(summary, manifest)
+    assert said.startswith(f"DPO on {len(pairs)} preference pairs (AI feedback built in this run: 20 train prompts drawn by the seed, 6 answers each")
+    assert f"), {summary['steps']} steps" in said

@@ -391,8 +391,15 @@ def report(refs: dict) -> dict:
     signed = sign_off.report_line(refs.get("sign_off"), bool(refs.get("awaiting_sign_off")))
     client = connect(config)
     mlflow_url = tracking.run_url(client, refs["mlflow_run_id"])
+    dpo_summary, pairs_manifest = run_dir / "train" / "dpo.json", run_dir / "preferences" / "manifest.json"
+    trained_on = []
+    if config.train.algorithm == "dpo" and dpo_summary.is_file() and pairs_manifest.is_file():
+        from rlaif_tasks.train.dispatch import describe_dpo
+
+        trained_on = [describe_dpo(json.loads(dpo_summary.read_text(encoding="utf-8")), json.loads(pairs_manifest.read_text(encoding="utf-8")))]
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.describe()})",
+        *trained_on,
         format_comparison(comparison),
         *(f"evaluation set {set_name}:\n{format_comparison(rows)}" for set_name, rows in full_report.get("extra_sets", {}).items()),
         *([gate.format_decision(decision)] if decision.get("judges") else []),

@@ -100,6 +100,24 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     return final
 
 
+def describe_dpo(summary: dict, manifest: dict) -> str:
+    """What a DPO night trained on and how far, for the report: where its pairs came from (so a user sees a night that built
+    them), the steps, and how often the policy prefers the chosen answer of held-out pairs before and after."""
+    if manifest.get("source") == "ai-feedback":
+        report = manifest.get("report", {})
+        prompts = f"{report.get('prompts')} train prompts drawn by the seed" if manifest.get("prompts_drawn") else f"all {report.get('prompts')} train prompts"
+        origin = f"AI feedback built in this run: {prompts}, {manifest.get('k')} answers each, the best and worst under {manifest.get('judge')}"
+    else:
+        origin = f"imported from {manifest.get('source')}"
+    rounds = summary.get("rounds") or []
+    steps = f"{summary.get('steps')} steps" + (f" in the last of {len(rounds)} rounds" if len(rounds) > 1 else "")
+    line = f"DPO on {manifest.get('pairs')} preference pairs ({origin}), {steps}"
+    if summary.get("preferred_initial") is not None and summary.get("preferred_final") is not None:
+        which = f"the {summary.get('pairs_eval')} held-out pairs" if summary.get("margin_on") == "eval" else "sampled training pairs"
+        line += f"; it prefers the chosen answer of {which} {summary['preferred_initial']:.0%} -> {summary['preferred_final']:.0%}"
+    return line
+
+
 def check_algorithm(config: RunConfig) -> None:
     if config.train.algorithm not in ("ppo", "grpo", "rloo", "dpo"):
         raise RlaifError(f"unknown train.algorithm {config.train.algorithm!r}", "set train.algorithm to ppo, grpo, rloo or dpo")
