@@ -110,7 +110,7 @@ def describe_dpo(summary: dict, manifest: dict) -> str:
     else:
         origin = f"imported from {manifest.get('source')}"
     rounds = summary.get("rounds") or []
-    steps = f"{summary.get('steps')} steps" + (f" in the last of {len(rounds)} rounds" if len(rounds) > 1 else "")
+    steps = f"{summary.get('steps')} step{'' if summary.get('steps') == 1 else 's'}" + (f" in the last of {len(rounds)} rounds" if len(rounds) > 1 else "")
     line = f"DPO on {manifest.get('pairs')} preference pairs ({origin}), {steps}"
     if summary.get("preferred_initial") is not None and summary.get("preferred_final") is not None:
         which = f"the {summary.get('pairs_eval')} held-out pairs" if summary.get("margin_on") == "eval" else "sampled training pairs"
