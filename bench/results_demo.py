@@ -61,6 +61,8 @@ judge, profanity-check, stays unseen by every way."""
 REWARD_EVAL_SHARE = 0.25
 """Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy (one pair per prompt, and
 hatesonar disagreed on 376 of the 1,248 prompts on 2026-12-07, leaving 872 pairs: a fifth would have been 174)."""
+PREVIOUS_PPO_DEFAULT = {"train.target_kl": 2.0, "train.ppo_responses_per_prompt": 1, "train.lam": 0.95}
+"""What configs/demo.yaml's PPO differed in from today's until 2026-12-07 (the records of that day carry it as overrides)."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
@@ -499,8 +501,12 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         if s["kind"] == "regular":
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
-            return f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, floor {t.min_kl_coef:g}"
-        return "default with " + overrides_label({k: v for k, v in o.items() if not is_default(dict(s, overrides={k: v}))})
+            return (f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, "
+                    f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}")
+        changed = {k: v for k, v in o.items() if not is_default(dict(s, overrides={k: v}))}
+        if changed == PREVIOUS_PPO_DEFAULT:
+            return "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95"
+        return "default with " + overrides_label(changed)
 
     rows = []
     for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])):
