@@ -109,9 +109,12 @@ def read_record(name: str) -> dict:
     return json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def with_relevance_interval(record: dict) -> dict:
+def with_relevance_interval(record: dict, path: Path) -> dict:
     """A record written before run_one stored the relevance ratio's interval gets it from its run folder, where that is still
-    here (the samples of both policies); written back, so a later rebuild without the folder keeps it."""
+    here (the samples of both policies); written back, so a later rebuild without the folder keeps it. Only a record still
+    filed under its run's name (`path`): a superseded one kept under another name would read a newer run's folder."""
+    if path.stem != record["name"]:
+        return record
     eval_dir, changed = RUNS / record["name"] / "eval", False
     config = demo_config(record["name"], record["seed"], record["algorithm"], record["overrides"])
     for set_name, suffix in set_labels(config):
@@ -531,7 +534,7 @@ on the machine named (the 2026-12-06 runs against the base policy re-evaluated t
 
 def minutes(record: dict) -> str:
     """`train + eval` minutes; a policy trained by an earlier, interrupted run of the script has no training time here."""
-    train = f"{record['train_seconds'] / 60:.1f}" if record["train_seconds"] is not None else "(an interrupted run)"
+    train = f"{record['train_seconds'] / 60:.1f}" if record["train_seconds"] is not None else "(trained by an earlier run)"
     return f"{train} + {record['eval_seconds'] / 60:.1f}"
 
 
@@ -598,7 +601,7 @@ def main() -> None:
             for algorithm in args.algorithms:
                 run_one(f"results-{algorithm}-s{seed}", seed, algorithm)
     found = sorted(DATA.glob("results-*-s*.json"))
-    summaries = [redecide(with_relevance_interval(json.loads(p.read_text(encoding="utf-8")))) for p in found]
+    summaries = [redecide(with_relevance_interval(json.loads(p.read_text(encoding="utf-8")), p)) for p in found]
     regular = sorted((s for s in summaries if s["kind"] == "regular"), key=lambda s: (ALGORITHMS.index(s["algorithm"]), s["seed"]))
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]

@@ -81,7 +81,33 @@ def test_reward_model_with_lora_saves_merged_folder(causal_path, tmp_path, one_t
     chosen = backend.reward((held_out["prompt"] + held_out["chosen"]).tolist())
     rejected = backend.reward((held_out["prompt"] + held_out["rejected"]).tolist())
     margins = [c - r for c, r in zip(chosen, rejected)]
-    assert sum(margins) / len(margins) == pytest.approx(summary["eval_margin"], abs=1e-4)  # the folder is the model evaluated
+    # the folder is the model evaluated, its scores put on a unit scale (these pairs carry no judge's scores)
+    assert summary["score_scale"]["to"] == "unit"
+    assert sum(margins) / len(margins) == pytest.approx(summary["eval_margin"] * summary["score_scale"]["scale"], abs=1e-4)
+
+
+def test_reward_model_scores_come_in_the_units_of_the_judge_that_labelled_the_pairs(causal_path, tmp_path, one_torch_thread):
+    """AI-feedback pairs carry the labelling judge's scores: the served model's scores over the training pairs' answers have
+    their mean and spread, so PPO's KL settings weigh it as they weigh the judge. A raw Bradley-Terry scale would not."""
+    import statistics
+
+    pairs = preference_pairs(120)
+    rng = random.Random(1)
+    pairs["score_chosen"] = [3.0 + rng.gauss(0, 0.5) for _ in range(len(pairs))]
+    pairs["score_rejected"] = [-1.0 + rng.gauss(0, 0.5) for _ in range(len(pairs))]
+    cfg = RewardModelConfig(base_model=str(causal_path), use_lora=False, learning_rate=3e-3, epochs=3, batch_size=16, max_length=32, eval_share=0.2, device="cpu")
+    summary = train_reward_model(pairs, tmp_path / "rm", cfg)
+    assert summary["eval_accuracy"] >= 0.8 and summary["score_scale"]["to"] == "labels", summary
+
+    train_pairs, _ = split_pairs(pairs, cfg.eval_share, cfg.seed)  # fewer than SCALE_PAIRS: all of them set the scale
+    labels = [*train_pairs["score_chosen"], *train_pairs["score_rejected"]]
+    backend = RewardModelBackend(tmp_path / "rm")
+    scores = backend.reward([*(train_pairs["prompt"] + train_pairs["chosen"]), *(train_pairs["prompt"] + train_pairs["rejected"])])
+    assert statistics.fmean(scores) == pytest.approx(statistics.fmean(labels), abs=1e-3)
+    assert statistics.pstdev(scores) == pytest.approx(statistics.pstdev(labels), rel=1e-3)
+    backend.scale, backend.shift = 1.0, 0.0  # the raw head
+    raw = backend.reward([*(train_pairs["prompt"] + train_pairs["chosen"])][:8])
+    assert raw != pytest.approx(scores[:8], abs=0.05)
 
 
 @pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])

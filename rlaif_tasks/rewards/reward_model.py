@@ -41,7 +41,8 @@ class RewardModelBackend:
 
     `toxic_probability` is sigmoid(-reward) so that evaluation code can rank texts with it; a
     Bradley-Terry reward has an arbitrary offset and scale, so this is an ordering, not a calibrated
-    probability.
+    probability. Training stores an affine `score_scale` (the labelling judge's units) in the summary,
+    applied here, so a PPO run's KL settings mean the same against the reward model as against the judge.
     """
 
     def __init__(self, folder: str | Path, device: str = "cpu", batch_size: int = 32):
@@ -54,6 +55,8 @@ class RewardModelBackend:
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
         self.folder, self.batch_size = folder, batch_size
         self.max_length = int(summary.get("max_length", 512))
+        scale = summary.get("score_scale") or {}
+        self.scale, self.shift = float(scale.get("scale", 1.0)), float(scale.get("shift", 0.0))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(resolve_device(device)).eval()
@@ -63,7 +66,7 @@ class RewardModelBackend:
     def reward(self, texts: list[str]) -> list[float]:
         if not texts:
             return []
-        return score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
+        return [r * self.scale + self.shift for r in score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)]
 
     def toxic_probability(self, texts: list[str]) -> list[float]:
         return [_sigmoid(-r) for r in self.reward(texts)]

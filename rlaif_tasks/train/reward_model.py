@@ -47,6 +47,15 @@ class RewardModelConfig(LoraSettings):
     eval_share: float = 0.1
     """Share of the distinct prompts held out; 0 holds none out (no accuracy is reported)."""
     device: str = "auto"
+    rescale: bool = True
+    """Put the scores in the units of the judge that labelled the pairs (its mean and spread over the training pairs'
+    answers, where the pairs carry `score_chosen`/`score_rejected`; else mean 0, std 1). A Bradley-Terry model's offset
+    and scale are arbitrary: trained on 653 pairs its scores spread about 4x as wide as jigsaw-bilstm's, so PPO's KL
+    coefficient, set for the judge, held them back 4x less and the policy drifted to 10 nats (docs/results.md)."""
+
+
+SCALE_PAIRS = 256
+"""Training pairs (a seeded sample) whose answers set the scale: a few hundred pin a mean and a spread."""
 
 
 def check_pairs(pairs: pd.DataFrame, what: str = "pairs") -> pd.DataFrame:
@@ -59,7 +68,8 @@ def check_pairs(pairs: pd.DataFrame, what: str = "pairs") -> pd.DataFrame:
     empty = int(pairs[list(PAIR_COLUMNS)].isna().any(axis=1).sum())
     if empty:
         raise RlaifError(f"{empty} of the {what} have a missing prompt, chosen or rejected text", "drop them, e.g. with rlaif_tasks.preferences.validate_preferences")
-    return pairs[list(PAIR_COLUMNS)].astype(str).reset_index(drop=True)
+    scores = [c for c in ("score_chosen", "score_rejected") if c in pairs.columns]
+    return pd.concat([pairs[list(PAIR_COLUMNS)].astype(str), pairs[scores]], axis=1).reset_index(drop=True)
 
 
 def split_pairs(pairs: pd.DataFrame, eval_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -105,6 +115,24 @@ def pairwise_stats(model, tokenizer, pairs: pd.DataFrame, max_length: int) -> di
     rejected = score_texts(model, tokenizer, (pairs["prompt"] + pairs["rejected"]).tolist(), max_length)
     margins = [c - r for c, r in zip(chosen, rejected)]
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
+
+
+def score_scale(model, tokenizer, pairs: pd.DataFrame, max_length: int, seed: int) -> dict:
+    """`scale` and `shift` such that `raw * scale + shift` has the labels' mean and standard deviation over these pairs'
+    chosen and rejected answers (`to: labels`), or mean 0 and std 1 where the pairs carry no scores (`to: unit`)."""
+    import statistics
+
+    sample = pairs.sample(n=min(len(pairs), SCALE_PAIRS), random_state=seed)
+    raw = score_texts(model, tokenizer, (sample["prompt"] + sample["chosen"]).tolist() + (sample["prompt"] + sample["rejected"]).tolist(), max_length)
+    labelled = {"score_chosen", "score_rejected"} <= set(sample.columns) and not sample[["score_chosen", "score_rejected"]].isna().any().any()
+    if labelled:
+        labels = [*sample["score_chosen"], *sample["score_rejected"]]
+        mean, std = statistics.fmean(labels), statistics.pstdev(labels)
+    else:
+        mean, std = 0.0, 1.0
+    raw_std = statistics.pstdev(raw) if len(raw) > 1 else 0.0
+    scale = std / raw_std if raw_std > 0 and std > 0 else 1.0
+    return {"scale": scale, "shift": mean - scale * statistics.fmean(raw), "to": "labels" if labelled else "unit", "pairs": len(sample)}
 
 
 def _reward_progress(logs: dict) -> str:
@@ -156,6 +184,7 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
     if cfg.use_lora:
         trained = trained.merge_and_unload()
     final = pairwise_stats(trained, tokenizer, eval_pairs, cfg.max_length)
+    scale = score_scale(trained, tokenizer, train_pairs, cfg.max_length, cfg.seed) if cfg.rescale else None
 
     summary = {
         "base_model": cfg.base_model,
@@ -173,6 +202,7 @@ def train_reward_model(pairs_df: pd.DataFrame, out_dir: str | Path, cfg: RewardM
         "eval_margin": final["margin"],
         "appends_eos": tokenizer.eos_token is not None,
         "max_length": cfg.max_length,
+        **({"score_scale": scale} if scale else {}),
     }
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
