@@ -195,8 +195,9 @@ def preference_ways() -> dict:
     if (DATA / "results-preferences.json").is_file() and (reward_dir / SUMMARY_FILE).is_file():
         return read_record("results-preferences")
     prepare_dataset(config)
+    earlier = read_record("results-preferences") if (run_dir / "preferences" / "pairs.parquet").is_file() and (DATA / "results-preferences.json").is_file() else {}
     start = time.perf_counter()
-    preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))
+    preference_pairs(config, run_dir, load_prompts_split(run_dir, "train"))  # made once: a reward model trained again reuses them
     paired = time.perf_counter()
     pairs, manifest = read_preferences(run_dir / "preferences")
     rm_config = reward_model_config(config)
@@ -205,9 +206,9 @@ def preference_ways() -> dict:
     record = {
         "pairs_file": str(run_dir / "preferences" / "pairs.parquet"), "reward_model_dir": str(reward_dir),
         "preferences": {k: manifest.get(k) for k in ("pairs", "prompts", "k", "margin", "judge", "agreeing_judges", "report")},
-        "reward_model": {"learning_rate": rm_config.learning_rate, "epochs": rm_config.epochs} | {k: summary[k] for k in ("pairs_train", "pairs_eval", "prompts_eval", "steps", "eval_accuracy_initial", "eval_accuracy", "eval_margin_initial", "eval_margin")},
+        "reward_model": {"learning_rate": rm_config.learning_rate, "epochs": rm_config.epochs} | {k: summary[k] for k in ("pairs_train", "pairs_eval", "prompts_eval", "steps", "eval_accuracy_initial", "eval_accuracy", "eval_margin_initial", "eval_margin")} | {"score_scale": summary.get("score_scale")},
         "judges_on_held_out": judge_accuracies(config, pairs, rm_config),
-        "pairs_seconds": paired - start, "reward_model_seconds": time.perf_counter() - paired,
+        "pairs_seconds": earlier.get("pairs_seconds", paired - start), "reward_model_seconds": time.perf_counter() - paired,
     }
     write_record("results-preferences", record)
     return record
