@@ -50,8 +50,9 @@ class RewardModelConfig(LoraSettings):
     rescale: bool = True
     """Put the scores in the units of the judge that labelled the pairs (its mean and spread over the training pairs'
     answers, where the pairs carry `score_chosen`/`score_rejected`; else mean 0, std 1). A Bradley-Terry model's offset
-    and scale are arbitrary: trained on 653 pairs its scores spread about 4x as wide as jigsaw-bilstm's, so PPO's KL
-    coefficient, set for the judge, held them back 4x less and the policy drifted to 10 nats (docs/results.md)."""
+    and scale are arbitrary: trained on 653 pairs its scores spread 2.3x as wide as jigsaw-bilstm's on the same answers,
+    so PPO's KL coefficient, set for the judge, weighed 2.3x less against them and the policy drifted to 10 nats
+    (docs/preferences.md)."""
 
 
 SCALE_PAIRS = 256
