@@ -105,7 +105,10 @@ def test_reward_model_scores_come_in_the_units_of_the_judge_that_labelled_the_pa
     scores = backend.reward([*(train_pairs["prompt"] + train_pairs["chosen"]), *(train_pairs["prompt"] + train_pairs["rejected"])])
     assert statistics.fmean(scores) == pytest.approx(statistics.fmean(labels), abs=1e-3)
     assert statistics.pstdev(scores) == pytest.approx(statistics.pstdev(labels), rel=1e-3)
-    backend.scale, backend.shift = 1.0, 0.0  # the raw head
+    assert summary["score_scale"]["low"] == min(labels) and summary["score_scale"]["high"] == max(labels)
+    backend.low = backend.high = 2.0
+    assert backend.reward(["you are a good friend", "you are an awful friend"]) == [2.0, 2.0]  # clamped to the labels' range
+    backend.scale, backend.shift, backend.low, backend.high = 1.0, 0.0, float("-inf"), float("inf")  # the raw head
     raw = backend.reward([*(train_pairs["prompt"] + train_pairs["chosen"])][:8])
     assert raw != pytest.approx(scores[:8], abs=0.05)
 

@@ -42,7 +42,8 @@ class RewardModelBackend:
     `toxic_probability` is sigmoid(-reward) so that evaluation code can rank texts with it; a
     Bradley-Terry reward has an arbitrary offset and scale, so this is an ordering, not a calibrated
     probability. Training stores an affine `score_scale` (the labelling judge's units) in the summary,
-    applied here, so a PPO run's KL settings mean the same against the reward model as against the judge.
+    applied here, so a PPO run's KL settings mean the same against the reward model as against the judge,
+    and clamped to the range of those labels: beyond the best answer it was trained on, a score is extrapolation.
     """
 
     def __init__(self, folder: str | Path, device: str = "cpu", batch_size: int = 32):
@@ -57,6 +58,7 @@ class RewardModelBackend:
         self.max_length = int(summary.get("max_length", 512))
         scale = summary.get("score_scale") or {}
         self.scale, self.shift = float(scale.get("scale", 1.0)), float(scale.get("shift", 0.0))
+        self.low, self.high = float(scale.get("low", -math.inf)), float(scale.get("high", math.inf))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(resolve_device(device)).eval()
@@ -66,7 +68,8 @@ class RewardModelBackend:
     def reward(self, texts: list[str]) -> list[float]:
         if not texts:
             return []
-        return [r * self.scale + self.shift for r in score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)]
+        raw = score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
+        return [min(self.high, max(self.low, r * self.scale + self.shift)) for r in raw]
 
     def toxic_probability(self, texts: list[str]) -> list[float]:
         return [_sigmoid(-r) for r in self.reward(texts)]

@@ -120,7 +120,8 @@ def pairwise_stats(model, tokenizer, pairs: pd.DataFrame, max_length: int) -> di
 
 def score_scale(model, tokenizer, pairs: pd.DataFrame, max_length: int, seed: int) -> dict:
     """`scale` and `shift` such that `raw * scale + shift` has the labels' mean and standard deviation over these pairs'
-    chosen and rejected answers (`to: labels`), or mean 0 and std 1 where the pairs carry no scores (`to: unit`)."""
+    chosen and rejected answers (`to: labels`), or mean 0 and std 1 where the pairs carry no scores (`to: unit`); with
+    labels also `low` and `high`, their range, outside which a score is extrapolation that PPO would chase."""
     import statistics
 
     sample = pairs.sample(n=min(len(pairs), SCALE_PAIRS), random_state=seed)
@@ -133,7 +134,8 @@ def score_scale(model, tokenizer, pairs: pd.DataFrame, max_length: int, seed: in
         mean, std = 0.0, 1.0
     raw_std = statistics.pstdev(raw) if len(raw) > 1 else 0.0
     scale = std / raw_std if raw_std > 0 and std > 0 else 1.0
-    return {"scale": scale, "shift": mean - scale * statistics.fmean(raw), "to": "labels" if labelled else "unit", "pairs": len(sample)}
+    found = {"scale": scale, "shift": mean - scale * statistics.fmean(raw), "to": "labels" if labelled else "unit", "pairs": len(sample)}
+    return found | ({"low": min(labels), "high": max(labels)} if labelled else {})
 
 
 def _reward_progress(logs: dict) -> str:
