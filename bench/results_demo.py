@@ -362,7 +362,8 @@ def dpo_how(dpo: dict) -> str:
     if "preferences.source" in dpo.get("overrides", {}):
         return "on the same pairs, at PPO's learning rate (5e-4) as DPO ran before 2026-12-06"
     prompts = dpo.get("preferences_manifest", {}).get("report", {}).get("prompts", "?")
-    settings = f" except {overrides_label(dpo['overrides'])} (the default until 2026-12-07)" if dpo.get("overrides") else ""
+    changed = {k: v for k, v in dpo.get("overrides", {}).items() if not is_default(dict(dpo, overrides={k: v}))}
+    settings = f" except {overrides_label(changed)}" if changed else ""
     return f"as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in the run from {prompts} train prompts drawn by its seed, at the config's DPO defaults{settings}"
 
 
@@ -376,18 +377,19 @@ def judges_line(prefs: dict, rm: dict) -> str:
             + " (a labelling judge agrees by construction).")
 
 
-def preference_ways_section(prefs: dict, rl: list[dict], ways: list[dict]) -> str:
+def preference_ways_section(prefs: dict, defaults: list[dict]) -> str:
+    """PPO (RLAIF), RLHF-PPO, DPO and GRPO, each at today's defaults over seeds, beside the shared pairs and reward model."""
     p, rm = prefs["preferences"], prefs["reward_model"]
     dropped, prompts = p["report"]["dropped"], p["report"]["prompts"]
-    order = {"ppo": 0, "rlhf-ppo": 1, "dpo": 2, "grpo": 3}
-    runs = sorted(rl + ways, key=lambda s: order.get(s["name"].removeprefix("results-").rsplit("-s", 1)[0], 9))
+    runs = [dict(s, name=f"results-{way_of(s)}-s{s['seed']}") for s in defaults if way_of(s) in ("ppo", "rlhf-ppo", "dpo", "grpo")]
+    ways = [s for s in runs if way_of(s) in ("rlhf-ppo", "dpo")]
     dpo = next((w for w in ways if w["algorithm"] == "dpo"), {})
     imported = dpo.get("preferences_manifest", {}).get("report", {}) if "rows_in" in dpo.get("preferences_manifest", {}).get("report", {}) else {}
     margins = dpo.get("dpo", {})
     return f"""## RLAIF, RLHF and DPO side by side
 
-`bench/results_demo.py --preference-ways`, {measured_on(ways)}, seed 0 (DPO at seeds {', '.join(str(w['seed']) for w in ways if w['algorithm'] == 'dpo')}), the same held-out prompts, sampling seeds and
-judges as above.
+`bench/results_demo.py --preference-ways` (RLHF-PPO, at seeds {', '.join(str(w['seed']) for w in ways if way_of(w) == 'rlhf-ppo') or 'none yet'}) beside the other ways' runs at today's defaults
+(the defaults section above), {measured_on(runs)}, the same held-out prompts, sampling seeds and judges as above.
 
 - **Preference pairs (AI feedback) for the reward model.** The base policy answered {prompts} train prompts
   {p['k']} times each at temperature{'s' if len(p['report'].get('temperatures', [1])) > 1 else ''} {', '.join(f'{t:g}' for t in p['report'].get('temperatures', [1.0]))}; jigsaw-bilstm scored every response, and the best and the worst became a pair
@@ -399,7 +401,7 @@ judges as above.
   {rm['pairs_train']} pairs. On {rm['pairs_eval']} held-out pairs (their {rm['prompts_eval']} prompts never trained on) its pairwise accuracy
   went **{share_with_interval(rm['eval_accuracy_initial'], rm['pairs_eval'])} -> {share_with_interval(rm['eval_accuracy'], rm['pairs_eval'])}** (95% Wilson intervals; mean margin {rm['eval_margin_initial']:+.2f} -> {rm['eval_margin']:+.2f}). {prefs['reward_model_seconds'] / 60:.1f} min.{judges_line(prefs, rm)}
 - **The four policies:** `ppo` is PPO against jigsaw-bilstm (RLAIF, the default); `rlhf-ppo` PPO with the same
-  settings against the reward model; `dpo` TRL's `DPOTrainer` {dpo_how(dpo)} (LoRA, {dpo.get('steps', '?')} steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
+  settings against the reward model (its scores in jigsaw-bilstm's units and range, docs/preferences.md); `dpo` TRL's `DPOTrainer` {dpo_how(dpo)} (LoRA, {dpo.get('steps', '?')} steps of 16 pairs{f", chosen-over-rejected margin on the {margins['pairs_eval']} held-out pairs {margins['margin_initial']:+.2f} -> {margins['margin_final']:+.2f}, share of them it prefers the chosen one {share_with_interval(margins['preferred_initial'], margins['pairs_eval'])} -> {share_with_interval(margins['preferred_final'], margins['pairs_eval'])}" if margins.get('margin_on') == 'eval' else ''});
   `grpo` GRPO against jigsaw-bilstm. jigsaw-bilstm labelled the pairs, so for every row the gate decides on
   profanity-check. The minutes exclude the shared pairs and the reward model above; a DPO row's training minutes include building its own pairs.{'' if dpo else " The DPO run has not been measured yet (`bench/results_demo.py --preference-ways dpo --algorithms`)."}
 
@@ -445,23 +447,39 @@ def is_default(s: dict) -> bool:
     return all(value(key) == wanted for key, wanted in s["overrides"].items())
 
 
+RLHF_SETTINGS = ("reward.model", "gate.judge")
+"""What an RLHF-PPO record sets beside the defaults: the reward model it trains against, and the gate's judge named."""
+
+
+def way_of(s: dict) -> str:
+    """`rlhf-ppo` for PPO against the trained reward model (`--preference-ways`), else the algorithm."""
+    return "rlhf-ppo" if s["name"].startswith("results-rlhf-ppo-s") else s["algorithm"]
+
+
 def todays_defaults(summaries: list[dict]) -> list[dict]:
-    """One record per (algorithm, seed) of what configs/demo.yaml trains today, a sweep's point only where no other run is."""
+    """One record per (way, seed) of what configs/demo.yaml trains today, a sweep's point only where no other run is;
+    RLHF-PPO's where PPO's settings beside its reward model are today's."""
     kinds = ("regular", "ppo-variant", "preference", "dpo-sweep")
+
+    def default(s: dict) -> bool:
+        if way_of(s) == "rlhf-ppo":
+            return is_default(dict(s, overrides={k: v for k, v in s["overrides"].items() if k not in RLHF_SETTINGS}))
+        return is_default(s)
+
     found: dict[tuple[str, int], dict] = {}
-    for s in sorted((s for s in summaries if s["kind"] in kinds and is_default(s)), key=lambda s: kinds.index(s["kind"])):
-        found.setdefault((s["algorithm"], s["seed"]), s)
-    order = {"ppo": 0, "dpo": 1, "grpo": 2, "rloo": 3}
-    return sorted(found.values(), key=lambda s: (order.get(s["algorithm"], 9), s["seed"]))
+    for s in sorted((s for s in summaries if s["kind"] in kinds and default(s)), key=lambda s: kinds.index(s["kind"])):
+        found.setdefault((way_of(s), s["seed"]), s)
+    order = {"ppo": 0, "rlhf-ppo": 1, "dpo": 2, "grpo": 3, "rloo": 4}
+    return sorted(found.values(), key=lambda s: (order.get(way_of(s), 9), s["seed"]))
 
 
 def defaults_section(rows: list[dict]) -> str:
     """Each way at today's defaults over seeds, and which seeds meet issue 24's bar."""
     sources = ", ".join(f"`{s['name']}`" for s in rows)
-    rows = [dict(s, name=f"results-{s['algorithm']}-s{s['seed']}") for s in rows]  # one row per way, whichever command made its seeds
+    rows = [dict(s, name=f"results-{way_of(s)}-s{s['seed']}") for s in rows]  # one row per way, whichever command made its seeds
     groups: dict[str, list[dict]] = {}
     for s in rows:
-        groups.setdefault(s["algorithm"], []).append(s)
+        groups.setdefault(way_of(s), []).append(s)
     verdicts = "\n".join(
         f"- `{label}`: " + "; ".join(f"seed {s['seed']} " + ("meets it" if not misses_of(s) else "misses: " + ", ".join(misses_of(s))) for s in runs)
         for label, runs in groups.items()
@@ -684,7 +702,7 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
     if defaults:
         write_section("defaults", defaults_section(defaults), path=RESULTS)
     if ways:
-        write_section("preference-ways", preference_ways_section(read_record("results-preferences"), [s for s in regular if s["seed"] == 0 and s["algorithm"] in ("ppo", "grpo")], ways), path=RESULTS)
+        write_section("preference-ways", preference_ways_section(read_record("results-preferences"), defaults), path=RESULTS)
 
     if regular:
         seed0 = [s for s in regular if s["seed"] == min(r["seed"] for r in regular)]
