@@ -278,6 +278,10 @@ def test_stages_in_one_process_publish_pairs_register_a_reward_model_and_train_d
     trigger = {"events": [{"extra": extra, "timestamp": "2026-01-01T00:00:01+00:00", "source_dag_id": PRODUCER, "source_run_id": "manual__1"}]}
     source = ps.preference_source(trigger, default_config=config, config_pattern=r"^/.+\.yaml$")
     reward = ps.train_reward_model(ps.prepare_reward_model(source, REWARD, "asset_triggered__1"), epochs=2)
+    scale = json.loads((Path(reward["reward_model_dir"]) / "reward_model.json").read_text())["score_scale"]
+    assert scale["to"] == "labels"  # AI-feedback pairs carry the labelling judge's scores: the model speaks in its units
+    logged = tracking.connect().get_run(reward["mlflow_run_id"]).data.metrics
+    assert logged["reward_model/score_scale/scale"] == pytest.approx(scale["scale"]) and logged["reward_model/score_scale/high"] == pytest.approx(scale["high"])
     first = ps.register_reward_model(reward)
     again = ps.register_reward_model(reward)  # a retried register finds the version
     assert (first["model_name"], first["model_version"], again["model_version"]) == ("rlaif-stages-policy-reward", "1", "1")

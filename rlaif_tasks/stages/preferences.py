@@ -204,7 +204,7 @@ def train_reward_model(refs: dict, *, learning_rate: float | None = None, epochs
         summary = fit(pairs, out, reward_model_config(config, learning_rate=learning_rate, epochs=epochs))
     client, run_id = connect(config), refs["mlflow_run_id"]
     keys = ("train_loss", "eval_accuracy", "eval_accuracy_initial", "eval_margin", "eval_margin_initial", "pairs_train", "pairs_eval", "steps")
-    numbers = {k: summary.get(k) for k in keys}
+    numbers = {k: summary.get(k) for k in keys} | {f"score_scale/{k}": v for k, v in (summary.get("score_scale") or {}).items() if isinstance(v, (int, float))}
     tracking.log_metrics_once(client, run_id, {f"reward_model/{k}": float(v) for k, v in numbers.items() if v is not None})
     existing = client.get_run(run_id).data.params
     settings = tracking.flatten(summary.get("config", {}), "reward_model")
