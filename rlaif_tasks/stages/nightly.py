@@ -40,6 +40,7 @@ from rlaif_tasks.stages.common import connect, finish_run, load_run, run_folder
 from rlaif_tasks.stores import use_tracking_uri
 from rlaif_tasks.tags import TAG_AIRFLOW_URL, TAG_CODE, TAG_CODE_VERSION, TAG_DATASET, TAG_EVAL_SETTINGS, TAG_FAILURE, TAG_REWARD_MODEL, TAG_RUN_DIR, TAG_RUN_KEY, TAG_SEED, TAG_SEED_SOURCE, TAG_STATUS
 from rlaif_tasks.train import train as train_policy
+from rlaif_tasks.train.dispatch import describe_dpo
 from rlaif_tasks.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -394,8 +395,6 @@ def report(refs: dict) -> dict:
     dpo_summary, pairs_manifest = run_dir / "train" / "dpo.json", run_dir / "preferences" / "manifest.json"
     trained_on = []
     if config.train.algorithm == "dpo" and dpo_summary.is_file() and pairs_manifest.is_file():
-        from rlaif_tasks.train.dispatch import describe_dpo
-
         trained_on = [describe_dpo(json.loads(dpo_summary.read_text(encoding="utf-8")), json.loads(pairs_manifest.read_text(encoding="utf-8")))]
     text = "\n".join([
         f"nightly run {config.name} ({run_dir.name}): toxicity before -> after training ({config.train.describe()})",
