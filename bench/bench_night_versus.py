@@ -35,7 +35,7 @@ def one_night(config: str, overrides: list[str], work: Path, label: str) -> dict
     said = report["text"].splitlines()
     print(f"{label}: {wall:.0f} s wall, DAG run {dag_wall:.0f} s, load {load:.1f}; {said[-1]}", flush=True)
     what = [said[0], *(line for line in said if line.startswith("DPO on ")), said[-1]]  # what trained, on what, and the outcome
-    return {"wall": wall, "load": load, "dag": dag_wall, "rows": rows, "said": what, "log": str(log)}
+    return {"wall": wall, "load": load, "dag": dag_wall, "rows": rows, "said": what}
 
 
 def section(args: argparse.Namespace, rounds: list[dict]) -> str:

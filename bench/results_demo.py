@@ -362,7 +362,7 @@ def dpo_how(dpo: dict) -> str:
     if "preferences.source" in dpo.get("overrides", {}):
         return "on the same pairs, at PPO's learning rate (5e-4) as DPO ran before 2026-12-06"
     prompts = dpo.get("preferences_manifest", {}).get("report", {}).get("prompts", "?")
-    changed = {k: v for k, v in dpo.get("overrides", {}).items() if not is_default(dict(dpo, overrides={k: v}))}
+    changed = changed_settings(dpo)
     settings = f" except {overrides_label(changed)}" if changed else ""
     return f"as `make run SET=train.algorithm=dpo` runs it: on its own AI-feedback pairs, built in the run from {prompts} train prompts drawn by its seed, at the config's DPO defaults{settings}"
 
@@ -447,6 +447,11 @@ def is_default(s: dict) -> bool:
     return all(value(key) == wanted for key, wanted in s["overrides"].items())
 
 
+def changed_settings(s: dict) -> dict:
+    """The record's overrides that differ from configs/demo.yaml today."""
+    return {k: v for k, v in s.get("overrides", {}).items() if not is_default(dict(s, overrides={k: v}))}
+
+
 RLHF_SETTINGS = ("reward.model", "gate.judge")
 """What an RLHF-PPO record sets beside the defaults: the reward model it trains against, and the gate's judge named."""
 
@@ -525,7 +530,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         if is_default(s):
             return (f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, "
                     f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}")
-        changed = {k: v for k, v in o.items() if not is_default(dict(s, overrides={k: v}))}
+        changed = changed_settings(s)
         if changed == PREVIOUS_PPO_DEFAULT:
             return "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95"
         return "default with " + overrides_label(changed)
