@@ -17,6 +17,7 @@ reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at see
     .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
     .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3 --seeds 0   # one PPO setting at seed 0
     .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1 --seeds 0          # DPO's rate and beta at seed 0
+    .venv/bin/python bench/results_demo.py --algorithms --dpo-rounds --seeds 0                  # iterative DPO against one round
     .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
 
 Each run's measurements (and the responses of the ten drawn prompts) are kept in
@@ -259,6 +260,21 @@ def run_dpo_sweep(points: list[tuple[float, float]], seeds: list[int]) -> None:
         for learning_rate, beta in points:
             run_dir = run_one(sweep_name(learning_rate, beta, seed), seed, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta},
                               kind="dpo-sweep", pairs_from=first)
+            first = first or run_dir
+
+
+DPO_ROUNDS = {"rounds2": {"train.dpo_rounds": 2}, "epochs2": {"train.dpo_max_epochs": 2}}
+"""`--dpo-rounds`: iterative DPO (a second round on pairs the first round's policy answered) against one round of as many
+steps (a second pass over the same pairs), both at today's rate and beta (issue 24)."""
+
+
+def run_dpo_rounds(seeds: list[int]) -> None:
+    """Both of DPO_ROUNDS at each seed, round 1 on the seed's pairs: the default DPO run's of the seed where there is one."""
+    for seed in seeds:
+        made = sorted(RUNS.glob(f"results-dpo-*s{seed}/preferences/pairs.parquet"))
+        first = made[0].parent.parent if made else None
+        for name, settings in DPO_ROUNDS.items():
+            run_dir = run_one(f"results-dpo-{name}-s{seed}", seed, "dpo", settings, kind="dpo-rounds", pairs_from=first)
             first = first or run_dir
 
 
@@ -592,6 +608,42 @@ measure of speed (a DPO night's time is bench/bench_nightly.py's to measure).
 {chr(10).join(rows)}"""
 
 
+def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
+    """Iterative DPO against one round at equal steps, beside the default (one round, one pass) of the same seeds."""
+    seeds = {s["seed"] for s in runs}
+    one = [dict(s, overrides={}) for s in defaults if s["algorithm"] == "dpo" and s["seed"] in seeds]
+
+    def how(s: dict) -> str:
+        if s["overrides"].get("train.dpo_rounds", 1) > 1:
+            return f"{s['overrides']['train.dpo_rounds']} rounds, the second on pairs its first round's policy answered"
+        if s["overrides"].get("train.dpo_max_epochs", 1) > 1:
+            return f"one round, {s['overrides']['train.dpo_max_epochs']} passes over its pairs"
+        return "**default**: one round, one pass"
+
+    def pairs(s: dict) -> str:
+        rounds = s["dpo"].get("rounds") or [{"pairs": s["dpo"]["pairs_train"] + s["dpo"]["pairs_eval"]}]
+        return " + ".join(str(r["pairs"]) for r in rounds)
+
+    rows = [
+        f"| {how(s)} | {s['seed']} | {s['dpo']['steps']} | {pairs(s)} | {s['kl']:.2f} | {drop_cell(s['sets']['test']['judges'], 'profanity-check')} "
+        f"| {drop_cell(s['sets']['detox-ood']['judges'], 'profanity-check')} | {s['sets']['test']['quality']['perplexity_ratio']:.2f} "
+        f"| {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {relevance_cell(s['sets']['test']['quality'])} "
+        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
+        for s in sorted(one + runs, key=lambda s: (s["seed"], s["dpo"]["steps"], s["name"]))
+    ]
+    return f"""## Iterative DPO against one round at equal steps
+
+`bench/results_demo.py --algorithms --dpo-rounds --seeds N`, {measured_on(runs)}: DPO at today's rate and beta, round 1 on the seed's
+AI-feedback pairs (those of the default run beside it). `train.dpo_rounds=2` then answers {demo_config('x', 0, 'dpo').preferences.max_prompts}
+other drawn train prompts with round 1's policy, labels them with jigsaw-bilstm and trains as many steps again from that policy, its
+new reference; `train.dpo_max_epochs=2` spends the same steps on a second pass over round 1's pairs. "pairs" counts each round's.
+Evaluated like every run above; minutes include building the pairs each run built, on 2 cores shared with another run.
+
+| DPO | seed | steps | pairs | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | min (train + eval) |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=ALGORITHMS)
@@ -606,6 +658,7 @@ def main() -> None:
         help="PPO at each of --seeds with these settings, recorded as results-ppo-NAME-sSEED (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
     )
     parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at each of --seeds for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs per seed")
+    parser.add_argument("--dpo-rounds", action="store_true", help="iterative DPO (2 rounds) and one round of as many steps, at each of --seeds")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -619,6 +672,8 @@ def main() -> None:
                 run_one(f"results-ppo-{name}-s{seed}", seed, "ppo", dict(parse_override(s) for s in settings), kind="ppo-variant")
         if args.dpo_sweep is not None:
             run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP), args.seeds)
+        if args.dpo_rounds:
+            run_dpo_rounds(args.seeds)
         if args.preference_ways is not None:
             run_preference_ways(args.preference_ways or list(PREFERENCE_WAYS), args.seeds)
         for seed in args.seeds:
@@ -631,6 +686,7 @@ def main() -> None:
     ways = [s for s in summaries if s["kind"] == "preference"]
     variants = [s for s in summaries if s["kind"] == "ppo-variant"]
     sweep = [s for s in summaries if s["kind"] == "dpo-sweep"]
+    rounds = [s for s in summaries if s["kind"] == "dpo-rounds"]
     points = {(s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]) for s in sweep}
     t = demo_config("x", 0, "dpo").train
     for s in ways:  # DPO runs of `--preference-ways` (a default's seeds) are points of the sweep too
@@ -706,6 +762,8 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
     defaults = todays_defaults(summaries)
     if defaults:
         write_section("defaults", defaults_section(defaults), path=RESULTS)
+    if rounds:
+        write_section("dpo-rounds", dpo_rounds_section(rounds, defaults), path=RESULTS)
     if ways:
         write_section("preference-ways", preference_ways_section(read_record("results-preferences"), defaults), path=RESULTS)
 

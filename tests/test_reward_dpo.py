@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pandas as pd
@@ -111,6 +112,26 @@ def test_reward_model_scores_come_in_the_units_of_the_judge_that_labelled_the_pa
     backend.scale, backend.shift, backend.low, backend.high = 1.0, 0.0, float("-inf"), float("inf")  # the raw head
     raw = backend.reward([*(train_pairs["prompt"] + train_pairs["chosen"])][:8])
     assert raw != pytest.approx(scores[:8], abs=0.05)
+
+
+def test_reward_model_reads_the_prompt_before_the_response_as_it_was_trained(causal_path, tmp_path, one_torch_thread):
+    """Training scored prompt+response (and fitted the scale and clamp on them): a reward or judge built from the folder scores
+    each response after its prompt whatever the scorer's `input` says, not the response alone."""
+    from rlaif_tasks.config import ScorerConfig
+    from rlaif_tasks.rewards import build_scorer
+
+    cfg = RewardModelConfig(base_model=str(causal_path), use_lora=False, learning_rate=3e-3, epochs=1, batch_size=16, max_length=32, eval_share=0.2, device="cpu")
+    train_reward_model(preference_pairs(80), tmp_path / "rm", cfg)
+    backend = RewardModelBackend(tmp_path / "rm")
+    prompts, responses = ["why are you so", "hello they think", "what is it"], [" very kind", " a stupid day", " my friend"]
+    joined = backend.reward([p + r for p, r in zip(prompts, responses)])
+    alone = backend.reward(responses)
+    assert joined != pytest.approx(alone, abs=1e-3)
+    for purpose in ("reward", "toxicity"):
+        scorer = build_scorer(ScorerConfig(model=str(tmp_path / "rm"), input="response"), purpose=purpose)
+        expected = joined if purpose == "reward" else [1.0 / (1.0 + math.exp(r)) for r in joined]
+        assert scorer(responses, prompts) == pytest.approx(expected, abs=1e-5)
+        assert scorer(responses) == pytest.approx(alone if purpose == "reward" else [1.0 / (1.0 + math.exp(r)) for r in alone], abs=1e-5)
 
 
 @pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])

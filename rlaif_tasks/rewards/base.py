@@ -62,10 +62,10 @@ class Scorer:
         return [p + r for p, r in zip(prompts, responses)]
 
     def __call__(self, responses: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
-        paired = getattr(self.backend, "reward_with_prompts", None) if self.purpose == "reward" else None
+        paired = getattr(self.backend, "reward_with_prompts" if self.purpose == "reward" else "toxic_probability_with_prompts", None)
         if paired is not None:
-            # a backend that reads prompts apart (rewards/composite.py) gets them, and the whole call at once:
-            # it batches per part itself, and its per-call statistics then cover the whole training batch
+            # a backend that reads prompts apart (rewards/composite.py, a trained reward model) gets them, and the whole call
+            # at once: it batches itself, and a composite's per-call statistics then cover the whole training batch
             if prompts is not None and len(prompts) != len(responses):
                 raise RlaifError(f"scorer {self.name} got {len(prompts)} prompts for {len(responses)} responses", "pass one prompt per response")
             texts = list(responses)

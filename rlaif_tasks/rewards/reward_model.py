@@ -66,13 +66,22 @@ class RewardModelBackend:
             raise RlaifError(f"{folder} has {self.model.config.num_labels} labels; a reward model has one", "use HFClassifierBackend for classifiers")
 
     def reward(self, texts: list[str]) -> list[float]:
-        if not texts:
+        return self.reward_with_prompts(texts, None)
+
+    def reward_with_prompts(self, responses: list[str], prompts: list[str] | None) -> list[float]:
+        """Each response scored after its prompt, as training scored the pairs (and fitted the scale and clamp), whatever
+        the scorer's `input` says; the response alone only where no prompts come."""
+        if not responses:
             return []
+        texts = list(responses) if prompts is None else [p + r for p, r in zip(prompts, responses, strict=True)]
         raw = score_texts(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
         return [min(self.high, max(self.low, r * self.scale + self.shift)) for r in raw]
 
     def toxic_probability(self, texts: list[str]) -> list[float]:
-        return [_sigmoid(-r) for r in self.reward(texts)]
+        return self.toxic_probability_with_prompts(texts, None)
+
+    def toxic_probability_with_prompts(self, responses: list[str], prompts: list[str] | None) -> list[float]:
+        return [_sigmoid(-r) for r in self.reward_with_prompts(responses, prompts)]
 
 
 def _sigmoid(x: float) -> float:
