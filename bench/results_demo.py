@@ -175,8 +175,8 @@ def run_one(name: str, seed: int, algorithm: str, extra: dict | None = None, kin
     for key, path in (("preferences_manifest", run_dir / "preferences" / "manifest.json"), ("dpo", run_dir / "train" / "dpo.json")):
         if path.is_file():
             summary[key] = json.loads(path.read_text(encoding="utf-8"))
-    if "dpo" in summary:
-        summary["steps"] = summary["dpo"]["steps"]
+    if "dpo" in summary:  # every round's steps: dpo.json's own count is the last round's
+        summary["steps"] = sum(r["steps"] for r in summary["dpo"]["rounds"]) if summary["dpo"].get("rounds") else summary["dpo"]["steps"]
     write_record(name, summary)  # the decision is made when the doc is written (redecide)
     return run_dir
 
@@ -625,11 +625,11 @@ def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
         return " + ".join(str(r["pairs"]) for r in rounds)
 
     rows = [
-        f"| {how(s)} | {s['seed']} | {s['dpo']['steps']} | {pairs(s)} | {s['kl']:.2f} | {drop_cell(s['sets']['test']['judges'], 'profanity-check')} "
+        f"| {how(s)} | {s['seed']} | {s['steps']} | {pairs(s)} | {s['kl']:.2f} | {drop_cell(s['sets']['test']['judges'], 'profanity-check')} "
         f"| {drop_cell(s['sets']['detox-ood']['judges'], 'profanity-check')} | {s['sets']['test']['quality']['perplexity_ratio']:.2f} "
         f"| {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {relevance_cell(s['sets']['test']['quality'])} "
         f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
-        for s in sorted(one + runs, key=lambda s: (s["seed"], s["dpo"]["steps"], s["name"]))
+        for s in sorted(one + runs, key=lambda s: (s["seed"], s["steps"], s["name"]))
     ]
     return f"""## Iterative DPO against one round at equal steps
 

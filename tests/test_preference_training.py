@@ -153,6 +153,7 @@ def test_iterative_dpo_samples_each_round_from_the_last_policy(policy, tmp_path)
 
     summary = json.loads((run_dir / "train" / "dpo.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["rounds"][1]["policy"] == str(round_one_policy)
+    assert [r["steps"] for r in summary["rounds"]] == [30, 30] and summary["steps"] == 30  # the last round's, as the report says
     assert all(r["train_margin_final"] > r["train_margin_initial"] + 1 for r in summary["rounds"]), summary["rounds"]  # 3 held-out pairs are too few to judge
     assert summary["rounds"][1]["sample_reward_mean"] == second_manifest["report"]["mean_score"]
 

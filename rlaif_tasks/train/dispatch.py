@@ -89,7 +89,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
             write_json(summary, metrics)
         margins = ("margin_on", "margin_initial", "margin_final", "preferred_initial", "preferred_final", "train_margin_initial", "train_margin_final")
         rounds.append({
-            "round": number, "policy": str(policy), "pairs": len(pairs), "sample_reward_mean": manifest.get("report", {}).get("mean_score"),
+            "round": number, "policy": str(policy), "pairs": len(pairs), "steps": metrics["steps"], "sample_reward_mean": manifest.get("report", {}).get("mean_score"),
             **{k: metrics[k] for k in margins},
         })
         finished_rows += [across_rounds(number, row) for row in metrics["history"]]
