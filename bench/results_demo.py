@@ -636,7 +636,7 @@ def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
 `bench/results_demo.py --algorithms --dpo-rounds --seeds N`, {measured_on(runs)}: DPO at today's rate and beta, round 1 on the seed's
 AI-feedback pairs (those of the default run beside it). `train.dpo_rounds=2` then answers {demo_config('x', 0, 'dpo').preferences.max_prompts}
 other drawn train prompts with round 1's policy, labels them with jigsaw-bilstm and trains as many steps again from that policy, its
-new reference; `train.dpo_max_epochs=2` spends the same steps on a second pass over round 1's pairs. "pairs" counts each round's.
+new reference; `train.dpo_max_epochs=2` spends as many steps (up to `train.steps`) on a second pass over round 1's pairs. "pairs" counts each round's.
 Evaluated like every run above; minutes include building the pairs each run built, on 2 cores shared with another run.
 
 | DPO | seed | steps | pairs | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | min (train + eval) |
