@@ -269,7 +269,7 @@ steps (a second pass over the same pairs), both at today's rate and beta (issue 
 
 
 def run_dpo_rounds(seeds: list[int]) -> None:
-    """Both of DPO_ROUNDS at each seed, round 1 on the seed's pairs: the default DPO run's of the seed where there is one."""
+    """Both of DPO_ROUNDS at each seed, round 1 on the seed's pairs: a DPO run's of the seed where the runs folder holds one."""
     for seed in seeds:
         made = sorted(RUNS.glob(f"results-dpo-*s{seed}/preferences/pairs.parquet"))
         first = made[0].parent.parent if made else None
@@ -634,7 +634,8 @@ def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
     return f"""## Iterative DPO against one round at equal steps
 
 `bench/results_demo.py --algorithms --dpo-rounds --seeds N`, {measured_on(runs)}: DPO at today's rate and beta, round 1 on the seed's
-AI-feedback pairs (those of the default run beside it). `train.dpo_rounds=2` then answers {demo_config('x', 0, 'dpo').preferences.max_prompts}
+AI-feedback pairs (a default DPO run's of the seed where the runs folder holds one, else built by the first run and reused by
+the second; the default's row built its own from the same seed, on the machine its record names). `train.dpo_rounds=2` then answers {demo_config('x', 0, 'dpo').preferences.max_prompts}
 other drawn train prompts with round 1's policy, labels them with jigsaw-bilstm and trains as many steps again from that policy, its
 new reference; `train.dpo_max_epochs=2` spends as many steps (up to `train.steps`) on a second pass over round 1's pairs. "pairs" counts each round's.
 Evaluated like every run above; minutes include building the pairs each run built, on 2 cores shared with another run.
