@@ -637,7 +637,8 @@ def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
 AI-feedback pairs (a default DPO run's of the seed where the runs folder holds one, else built by the first run and reused by
 the second; the default's row built its own from the same seed, on the machine its record names). `train.dpo_rounds=2` then answers {demo_config('x', 0, 'dpo').preferences.max_prompts}
 other drawn train prompts with round 1's policy, labels them with jigsaw-bilstm and trains as many steps again from that policy, its
-new reference; `train.dpo_max_epochs=2` spends as many steps (up to `train.steps`) on a second pass over round 1's pairs. "pairs" counts each round's.
+new reference; `train.dpo_max_epochs=2` spends as many steps (up to `train.steps`) on a second pass over round 1's pairs. The 24-step rows (`results-dpo-rounds2-steps12-sN`) run the two rounds at
+`train.steps=12`, the default's total. "pairs" counts each round's.
 Evaluated like every run above; minutes include building the pairs each run built, on 2 cores shared with another run.
 
 | DPO | seed | steps | pairs | KL (nats) | profanity-check drop, test | profanity-check drop, OOD | fluency ratio | distinct-2 ratio | relevance ratio | gate | min (train + eval) |
