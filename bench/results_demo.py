@@ -251,12 +251,18 @@ def sweep_name(learning_rate: float, beta: float, seed: int = 0) -> str:
     return f"results-dpo-sweep-lr{learning_rate:g}-beta{beta:g}-s{seed}"
 
 
+def dpo_pairs_run(seed: int) -> Path | None:
+    """A DPO run folder of `seed` whose AI-feedback pairs another run of the seed can reuse: the same policy, prompt budget and
+    seed draw them, so every such folder holds the same pairs (an iterative run's round 1 included)."""
+    made = sorted(RUNS.glob(f"results-dpo-*s{seed}/preferences/pairs.parquet"))
+    return made[0].parent.parent if made else None
+
+
 def run_dpo_sweep(points: list[tuple[float, float]], seeds: list[int]) -> None:
-    """DPO for each (learning rate, beta) and seed, every point of a seed on that seed's pairs (the same policy, budget and seed
-    draw them): an earlier sweep's or default DPO run's of the seed, else the first point's."""
+    """DPO for each (learning rate, beta) and seed, every point of a seed on that seed's pairs: an earlier DPO run's of the seed
+    (`dpo_pairs_run`), else the first point's."""
     for seed in seeds:
-        made = sorted(RUNS.glob(f"results-dpo-sweep-*-s{seed}/preferences/pairs.parquet")) + sorted(RUNS.glob(f"results-dpo-s{seed}/preferences/pairs.parquet"))
-        first = made[0].parent.parent if made else None
+        first = dpo_pairs_run(seed)
         for learning_rate, beta in points:
             run_dir = run_one(sweep_name(learning_rate, beta, seed), seed, "dpo", {"train.dpo_learning_rate": learning_rate, "train.dpo_beta": beta},
                               kind="dpo-sweep", pairs_from=first)
@@ -269,10 +275,10 @@ steps (a second pass over the same pairs), both at today's rate and beta (issue 
 
 
 def run_dpo_rounds(seeds: list[int]) -> None:
-    """Both of DPO_ROUNDS at each seed, round 1 on the seed's pairs: a DPO run's of the seed where the runs folder holds one."""
+    """Both of DPO_ROUNDS at each seed, round 1 on the seed's pairs: an earlier DPO run's of the seed (`dpo_pairs_run`), else
+    the first variant's."""
     for seed in seeds:
-        made = sorted(RUNS.glob(f"results-dpo-*s{seed}/preferences/pairs.parquet"))
-        first = made[0].parent.parent if made else None
+        first = dpo_pairs_run(seed)
         for name, settings in DPO_ROUNDS.items():
             run_dir = run_one(f"results-dpo-{name}-s{seed}", seed, "dpo", settings, kind="dpo-rounds", pairs_from=first)
             first = first or run_dir
@@ -529,6 +535,11 @@ def relevance_cell(quality: dict) -> str:
     return f"{quality['relevance_ratio']:.3f}{interval}"
 
 
+def gate_cell(s: dict) -> str:
+    """The gate's decision on a record, as every table shows it."""
+    return "passed" if s["decision"]["passed"] else "refused: " + ", ".join(s["decision"]["failed"])
+
+
 def drop_cell(judges: dict, name: str) -> str:
     r = judges[name]["relative"]
     return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
@@ -557,7 +568,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
         rows.append(
             f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
             f"| {drop_cell(ood['judges'], 'profanity-check')} | {test['quality']['perplexity_ratio']:.2f} | {test['quality']['distinct2_ratio']:.3f} "
-            f"| {relevance_cell(test['quality'])} | {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {s.get('machine', '?')} |"
+            f"| {relevance_cell(test['quality'])} | {gate_cell(s)} | {s.get('machine', '?')} |"
         )
     return f"""## PPO's KL control on a 45-step night
 
@@ -584,11 +595,10 @@ def dpo_sweep_section(sweep: list[dict]) -> str:
     config = demo_config(first["name"], 0, "dpo")
     rows = [
         f"| {s['overrides']['train.dpo_learning_rate']:g} | {s['overrides']['train.dpo_beta']:g} | {s['seed']} | {s['dpo']['steps']} | {s['kl']:.2f} "
-        f"| {s['sets']['test']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['test']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['test']['judges']['profanity-check']['relative']['upper']:+.0%}] "
-        f"| {s['sets']['detox-ood']['judges']['profanity-check']['relative']['point']:+.0%} [{s['sets']['detox-ood']['judges']['profanity-check']['relative']['lower']:+.0%}, {s['sets']['detox-ood']['judges']['profanity-check']['relative']['upper']:+.0%}] "
+        f"| {drop_cell(s['sets']['test']['judges'], 'profanity-check')} | {drop_cell(s['sets']['detox-ood']['judges'], 'profanity-check')} "
         f"| {s['sets']['test']['quality']['perplexity_ratio']:.2f} | {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {relevance_cell(s['sets']['test']['quality'])} "
         f"| {share_with_interval(s['dpo']['preferred_final'], s['dpo']['pairs_eval'])} "
-        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
+        f"| {gate_cell(s)} | {minutes(s)} |"
         for s in sweep
     ]
     return f"""## DPO's defaults: a sweep of learning rate and beta
@@ -628,7 +638,7 @@ def dpo_rounds_section(runs: list[dict], defaults: list[dict]) -> str:
         f"| {how(s)} | {s['seed']} | {s['steps']} | {pairs(s)} | {s['kl']:.2f} | {drop_cell(s['sets']['test']['judges'], 'profanity-check')} "
         f"| {drop_cell(s['sets']['detox-ood']['judges'], 'profanity-check')} | {s['sets']['test']['quality']['perplexity_ratio']:.2f} "
         f"| {s['sets']['test']['quality']['distinct2_ratio']:.3f} | {relevance_cell(s['sets']['test']['quality'])} "
-        f"| {'passed' if s['decision']['passed'] else 'refused: ' + ', '.join(s['decision']['failed'])} | {minutes(s)} |"
+        f"| {gate_cell(s)} | {minutes(s)} |"
         for s in sorted(one + runs, key=lambda s: (s["seed"], s["steps"], s["name"]))
     ]
     return f"""## Iterative DPO against one round at equal steps
