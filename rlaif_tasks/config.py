@@ -213,6 +213,15 @@ class TrainConfig(LoraSettings):
     response's score is taken relative to the mean of its prompt's other responses (RLOO's leave-one-out baseline) before the
     KL penalty and GAE, so an advantage says whether this answer beat its prompt's others, not whether the prompt was an easy
     one to answer cleanly (docs/ppo.md, "Per-prompt baseline")."""
+    ppo_scale_rewards: Literal["none", "group"] = "none"
+    """PPO with `ppo_responses_per_prompt` > 1: `group` divides each response's centred score by the standard deviation of its
+    prompt's scores, as GRPO does (TRL's `scale_rewards`), so every prompt's comparison weighs the same whatever the reward's
+    units or how far its answers differ. The operator's recipe: a trigger may not set it."""
+    kl_term: Literal["reward", "loss"] = "reward"
+    """PPO: where the KL to the reference acts. `reward`: `-kl_coef * kl_penalty` on every token's reward (Ziegler et al.),
+    so it goes through GAE and the advantages; `loss`: `kl_coef` times the k3 estimate on the current log-probabilities is
+    added to the loss (as GRPO), and the advantages hold the score alone. The controller moves `kl_coef` either way. The
+    operator's recipe: a trigger may not set it."""
     save_every: int = 5
     merge_adapter: bool = True
     merge_lora_for_rollouts: bool = True
@@ -673,6 +682,11 @@ def validate(config: RunConfig) -> None:
             f"train.ppo_responses_per_prompt ({t.ppo_responses_per_prompt}) must be >= 1 and divide each process's share of "
             f"train.batch_size ({t.batch_size} over {t.num_processes} process(es)), so that a prompt's responses are scored together",
             "set train.ppo_responses_per_prompt to 1 (one response per prompt) or a divisor of batch_size / num_processes, e.g. 4",
+        )
+    if t.algorithm == "ppo" and t.ppo_scale_rewards == "group" and t.ppo_responses_per_prompt < 2:
+        raise RlaifError(
+            "train.ppo_scale_rewards is 'group' with one response per prompt: a group of one has no spread to scale by",
+            "set train.ppo_responses_per_prompt to 2 or more (e.g. 4), or train.ppo_scale_rewards to 'none'",
         )
     if t.dpo_max_epochs is not None and t.dpo_max_epochs <= 0:
         raise RlaifError(f"train.dpo_max_epochs must be > 0, got {t.dpo_max_epochs}", "set it to the most passes over the pairs (e.g. 1), or unset it to train train.steps steps")

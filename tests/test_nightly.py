@@ -270,9 +270,11 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
 
     # merge_lora_for_rollouts trades the workers' memory for speed: the operator's to set, like device; PPO's KL floor and
     # horizon shape how the controller holds its budget (a trigger may move the budget, train.target_kl, not the controller);
-    # the value warm-up's rollouts are part of the recipe and cost sampling time
+    # the value warm-up's rollouts are part of the recipe and cost sampling time; where PPO's KL acts and how it scales its
+    # scores are the recipe too
     others = ["model.policy=meta-llama/Meta-Llama-3.1-8B", "reward.model=models:/someone-elses-policy@champion", "train.merge_lora_for_rollouts=true",
-              "train.min_kl_coef=0", "train.kl_horizon=1000000", "train.value_warmup_steps=100000", "orchestration.trigger_scale_limit=1000"]
+              "train.min_kl_coef=0", "train.kl_horizon=1000000", "train.value_warmup_steps=100000", "orchestration.trigger_scale_limit=1000",
+              "train.kl_term=loss", "train.ppo_scale_rewards=group"]
     for forbidden in FORBIDDEN_SETS + others:
         key, value = parse_override(forbidden)
         with pytest.raises(RlaifError, match=re.escape(key)):

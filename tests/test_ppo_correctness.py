@@ -404,6 +404,28 @@ def test_loop_old_logprobs_are_generates_at_the_configured_temperature(causal_pa
     assert torch.equal(old_logp, ref_logp)  # LoRA B = 0: the reference is the policy
 
 
+def test_with_the_kl_in_the_loss_the_rewards_hold_the_score_alone_and_the_loss_holds_k3(causal_path, tmp_path, monkeypatch):
+    """`train.kl_term: loss`: once the policy has moved (step 2), GAE's per-token rewards are 0 except the score on the last
+    token, and every minibatch's loss adds the k3 estimate on its current log-probabilities against the reference's."""
+    calls: dict = {}
+    for name in ("gae", "policy_loss", "kl_penalty"):
+        _record(monkeypatch, name, calls, result=True)
+    config = _tiny_run(causal_path, 0.7, steps=2, learning_rate=1e-2, kl_term="loss", init_kl_coef=0.5, adaptive_kl=False)
+    result = ppo.train_ppo(config, tmp_path, list(SCRIPT), reward_fn=lambda texts, prompts: [float(len(t)) for t in texts])
+    assert result.metrics[1]["kl"] != 0.0  # the policy moved in step 1: a KL in the reward would show below
+
+    (rewards, _, mask, _, _), _, _ = calls["gae"][1]
+    last = mask.sum(1) - 1
+    off_last = rewards.clone()
+    off_last[torch.arange(len(last)), last] = 0
+    assert torch.count_nonzero(off_last) == 0
+    in_loss = [c for c in calls["kl_penalty"] if c[0][2:] == ("k3",)]
+    pg_logps = [c[0][0] for c in calls["policy_loss"]]
+    assert len(in_loss) == len(pg_logps) == 4  # 2 steps x 2 minibatches
+    assert all(k3[0][0] is logp and logp.requires_grad for k3, logp in zip(in_loss, pg_logps))
+    assert any(masked_mean(k3[2], m).item() > 0 for k3, m in zip(in_loss, (c[0][3] for c in calls["policy_loss"])))
+
+
 def test_the_row_sampler_draws_each_token_with_its_softmax_probability():
     """generation.RowSeededSampler (inverse CDF, one uniform per row and step): 20,000 rows' frequencies are within 4
     standard errors of softmax(scores); a zero-probability token (-inf, e.g. EOS before min_new_tokens) is never drawn."""

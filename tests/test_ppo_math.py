@@ -17,6 +17,7 @@ from rlaif_tasks.train.ppo import (
     leave_one_out,
     masked_mean,
     policy_loss,
+    scale_by_group_std,
     step_prompts,
     token_logprobs,
     until_eos_mask,
@@ -180,6 +181,25 @@ def test_leave_one_out_compares_each_response_with_its_prompts_others():
     assert leave_one_out(scores, 4).tolist() == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3])
     assert leave_one_out(scores, 1).tolist() == scores.tolist()
     assert leave_one_out(torch.tensor([5.0, 5.0, 1.0, 1.0]), 2).tolist() == [0.0, 0.0, 0.0, 0.0]  # a prompt's level is gone
+
+
+def test_group_scaling_divides_each_prompts_centred_scores_by_its_spread():
+    scores = torch.tensor([1.0, 3.0, 10.0, 10.5])
+    centred = leave_one_out(scores, 2)  # [-2, 2, -0.5, 0.5]
+    std_a, std_b = torch.tensor([1.0, 3.0]).std().item(), torch.tensor([10.0, 10.5]).std().item()
+    scaled = scale_by_group_std(centred, scores, 2)
+    assert scaled.tolist() == pytest.approx([-2 / std_a, 2 / std_a, -0.5 / std_b, 0.5 / std_b], rel=1e-3)
+    assert scaled[1].item() == pytest.approx(scaled[3].item(), rel=1e-3)  # the closer pair weighs as much as the wider one
+    assert scale_by_group_std(torch.zeros(4), torch.full((4,), 2.0), 4).tolist() == [0.0] * 4  # no spread: no push, no division by 0
+
+
+def test_group_scaling_needs_groups():
+    from rlaif_tasks.config import load_config
+    from rlaif_tasks.errors import RlaifError
+
+    with pytest.raises(RlaifError, match="a group of one has no spread"):
+        load_config(None, {"train.ppo_scale_rewards": "group", "train.ppo_responses_per_prompt": 1})
+    assert load_config(None, {"train.ppo_scale_rewards": "group", "train.ppo_responses_per_prompt": 4}).train.ppo_scale_rewards == "group"
 
 
 def test_step_prompts_repeat_each_prompt_in_a_row_and_keep_the_single_response_draw():

@@ -11,7 +11,8 @@ One training step:
                   reference (log-probs): with LoRA the reference is the same model with its
                   adapters switched off, so there is no second copy in memory
     4. advantage  per-token reward = -kl_coef * KL estimate, plus the score on the last token;
-                  GAE(gamma, lam) advantages and returns; advantages whitened
+                  GAE(gamma, lam) advantages and returns; advantages whitened (with `kl_term: loss`
+                  the KL is kept out of the reward and kl_coef * k3 is added to the loss instead)
     5. update     `ppo_epochs` passes over shuffled minibatches: clipped policy loss + vf_coef *
                   clipped value loss, gradient clipping, Adam step
     6. KL coef    adaptive controller (Ziegler et al. 2019) or fixed
@@ -390,6 +391,13 @@ def leave_one_out(scores: torch.Tensor, k: int) -> torch.Tensor:
     return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
 
 
+def scale_by_group_std(centred: torch.Tensor, scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
+    """`centred` over the (unbiased) standard deviation of `scores` within each consecutive group of k, as GRPO scales its
+    advantages: a prompt whose answers differ little weighs as much as one whose answers differ a lot."""
+    std = scores.view(-1, k).std(1, keepdim=True)
+    return (centred.view(-1, k) / (std + eps)).view(-1)
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. The training loop.
 # ------------------------------------------------------------------------------------------------
@@ -493,7 +501,11 @@ def train_ppo(
     def scored(ro: Rollout, batch_prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reward's raw scores, and the shaped ones advantages start from (clip, EOS penalty, whitening, per-prompt baseline)."""
         raw = torch.tensor(checked_scores(reward_fn, ro.texts, batch_prompts, "the reward"), device=procs.device)
-        return raw, leave_one_out(shape_scores(raw, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum), t.ppo_responses_per_prompt)
+        shaped = shape_scores(raw, ro.ended.to(procs.device), t, sum_all=dist.all_reduce_sum)
+        centred = leave_one_out(shaped, t.ppo_responses_per_prompt)
+        if t.ppo_scale_rewards == "group":
+            centred = scale_by_group_std(centred, shaped, t.ppo_responses_per_prompt)
+        return raw, centred
 
     # -- resume: rank 0 tidies up, then every rank loads the same checkpoint (and its own RNG state) --
     fields = ckpt.training_fields(config, queries)
@@ -611,9 +623,11 @@ def train_ppo(
         old_logp, old_values, ref_logp, entropy = (torch.cat(x) for x in (old_logp, old_values, ref_logp, entropy))
         time_forward = time.perf_counter() - t0
 
-        # 4. per-token rewards (KL penalty + score on the last token), GAE, advantages whitened over the global batch
+        # 4. per-token rewards (KL penalty unless it is in the loss, + score on the last token), GAE, advantages whitened
+        #    over the global batch
         kl_coef = kl_ctl.value
-        rewards = -kl_coef * kl_penalty(old_logp, ref_logp, t.kl_penalty) * mask
+        kl_in_reward = kl_coef if t.kl_term == "reward" else 0.0
+        rewards = -kl_in_reward * kl_penalty(old_logp, ref_logp, t.kl_penalty) * mask
         last = mask.sum(1) - 1
         rewards[torch.arange(n), last] += scores
         advantages, returns = gae(rewards, old_values * mask, mask, t.gamma, t.lam)
@@ -632,11 +646,14 @@ def train_ppo(
                 m = mask[mb]
                 pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp[mb], advantages[mb], m, t.cliprange)
                 vf_loss, _ = value_loss(values.float(), old_values[mb], returns[mb], m, t.cliprange_value)
+                loss = pg_loss + t.vf_coef * vf_loss
+                if t.kl_term == "loss":
+                    loss = loss + kl_coef * masked_mean(kl_penalty(logp, ref_logp[mb], "k3"), m)
                 # this rank's share of the global minibatch's tokens: averaging the gradients over ranks
                 # then gives the gradient of the mean over all its tokens, as one process would (1.0 there)
                 tokens = m.sum().float()
                 share = world * tokens / dist.all_reduce_sum(tokens).clamp(min=1)
-                ((pg_loss + t.vf_coef * vf_loss) * share).backward()
+                (loss * share).backward()
                 dist.all_reduce_mean_grads(params)
                 if t.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
