@@ -16,6 +16,7 @@ reward model trained on them (RLHF) and DPO on them, next to PPO and GRPO at see
     .venv/bin/python bench/results_demo.py --over-optimised --algorithms    # the refused run only
     .venv/bin/python bench/results_demo.py --preference-ways --algorithms   # RLHF and DPO next to PPO and GRPO
     .venv/bin/python bench/results_demo.py --algorithms --ppo-variant clip3 train.reward_clip=3 --seeds 0   # one PPO setting at seed 0
+    .venv/bin/python bench/results_demo.py --algorithms --rlhf-variant klloss train.kl_term=loss --seeds 0   # RLHF-PPO with one PPO setting
     .venv/bin/python bench/results_demo.py --algorithms --dpo-sweep 3e-4:0.1 --seeds 0          # DPO's rate and beta at seed 0
     .venv/bin/python bench/results_demo.py --algorithms --dpo-rounds --seeds 0                  # iterative DPO against one round
     .venv/bin/python bench/results_demo.py --no-run                         # rebuild the doc from docs/results-data
@@ -235,14 +236,18 @@ DPO_SWEEP = ((5.0e-5, 0.1), (1.5e-4, 0.1), (1.5e-4, 0.3))
 KL 24.6 nats in two epochs (2026-11-28), so the sweep starts a tenth below it."""
 
 
+def rlhf_settings() -> dict:
+    """RLHF-PPO's settings beside PPO's (RLHF_SETTINGS): the reward model trained on the shared pairs (made once) and, as that
+    model learnt jigsaw-bilstm's preferences, the gate deciding on profanity-check as for the others."""
+    return {"reward.model": preference_ways()["reward_model_dir"], "gate.judge": "profanity-check"}
+
+
 def run_preference_ways(which: list[str], seeds: list[int]) -> None:
     """RLHF-PPO against the reward model trained on the shared pairs; DPO as `make run SET=train.algorithm=dpo` runs it
     (its own pairs, built in the run from `preferences.max_prompts` drawn train prompts, at the config's DPO defaults)."""
     for seed in seeds:
         if "rlhf-ppo" in which:
-            ways = preference_ways()
-            # the reward model learnt jigsaw-bilstm's preferences, so the gate decides on profanity-check as for the others
-            run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", {"reward.model": ways["reward_model_dir"], "gate.judge": "profanity-check"}, kind="preference")
+            run_one(f"results-rlhf-ppo-s{seed}", seed, "ppo", rlhf_settings(), kind="preference")
         if "dpo" in which:
             run_one(f"results-dpo-s{seed}", seed, "dpo", kind="preference")
 
@@ -545,13 +550,16 @@ def drop_cell(judges: dict, name: str) -> str:
     return f"{r['point']:+.0%} [{r['lower']:+.0%}, {r['upper']:+.0%}]"
 
 
-def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> str:
-    """PPO under the seed's KL controller (seed 0), tonight's default, and the variants tried on the way (issue 24), per seed."""
+def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf: list[dict]) -> str:
+    """PPO under the seed's KL controller (seed 0), tonight's default, and the variants tried on the way (issue 24), per seed;
+    then RLHF-PPO (`rlhf`: its default seeds and `--rlhf-variant` runs), whose settings are PPO's."""
     config = demo_config("x", 0, "ppo")
     t = config.train
 
     def settings(s: dict) -> str:
         o = s["overrides"]
+        if s in rlhf:
+            return "RLHF-PPO: " + settings(dict(s, kind="ppo-variant", overrides={k: v for k, v in o.items() if k not in RLHF_SETTINGS}))
         if s["kind"] == "regular":
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
@@ -562,8 +570,13 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
             return "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95"
         return "default with " + overrides_label(changed)
 
+    def is_default_ppo(s: dict) -> bool:
+        return is_default(dict(s, overrides={k: v for k, v in s["overrides"].items() if k not in RLHF_SETTINGS}))
+
     rows = []
-    for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])):
+    for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])) + sorted(
+        rlhf, key=lambda s: (not is_default_ppo(s), s["name"].rsplit("-s", 1)[0], s["seed"])
+    ):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
             f"| {settings(s)} | {s['seed']} | {s['kl']:.2f} | {s['train_kl_last5']:.2f} | {drop_cell(test['judges'], 'jigsaw-bilstm')} | {drop_cell(test['judges'], 'profanity-check')} "
@@ -573,7 +586,9 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict]) -> s
     return f"""## PPO's KL control on a 45-step night
 
 `bench/results_demo.py --algorithms --ppo-variant NAME [KEY=VALUE ...] --seeds N ...` (records `docs/results-data/results-ppo-NAME-sN.json`;
-the seed controller's row is the 2026-11-28 `ppo` seed 0 of the table above), PPO on
+the seed controller's row is the 2026-11-28 `ppo` seed 0 of the table above; the RLHF-PPO rows, PPO against the reward model of
+"RLAIF, RLHF and DPO side by side", are `--preference-ways rlhf-ppo` at the defaults and `--rlhf-variant NAME [KEY=VALUE ...]`,
+records `results-rlhf-ppo-NAME-sN.json`), PPO on
 `configs/demo.yaml` with the settings named, evaluated as above (test split; OOD for profanity-check). "KL" is the evaluation's
 KL on the test prompts, "train KL" the rollouts' mean over the last 5 steps. Ratios are to the base policy's, as evaluated
 on the machine named (the 2026-12-06 runs against the base policy re-evaluated there in float32).
@@ -669,6 +684,10 @@ def main() -> None:
         "--ppo-variant", nargs="+", metavar=("NAME", "KEY=VALUE"),
         help="PPO at each of --seeds with these settings, recorded as results-ppo-NAME-sSEED (e.g. clip3 train.reward_clip=3; NAME kl-default and no settings: the default)",
     )
+    parser.add_argument(
+        "--rlhf-variant", nargs="+", metavar=("NAME", "KEY=VALUE"),
+        help="RLHF-PPO (PPO against the reward model of --preference-ways) at each of --seeds with these settings, recorded as results-rlhf-ppo-NAME-sSEED",
+    )
     parser.add_argument("--dpo-sweep", nargs="*", metavar="LR:BETA", help="DPO at each of --seeds for each learning rate and beta (no points: DPO_SWEEP), on one set of pairs per seed")
     parser.add_argument("--dpo-rounds", action="store_true", help="iterative DPO (2 rounds) and one round of as many steps, at each of --seeds")
     parser.add_argument("--no-run", action="store_true", help="rebuild docs/results.md from existing runs only")
@@ -682,6 +701,10 @@ def main() -> None:
             name, *settings = args.ppo_variant
             for seed in args.seeds:
                 run_one(f"results-ppo-{name}-s{seed}", seed, "ppo", dict(parse_override(s) for s in settings), kind="ppo-variant")
+        if args.rlhf_variant:
+            name, *settings = args.rlhf_variant
+            for seed in args.seeds:
+                run_one(f"results-rlhf-ppo-{name}-s{seed}", seed, "ppo", {**rlhf_settings(), **dict(parse_override(s) for s in settings)}, kind="rlhf-variant")
         if args.dpo_sweep is not None:
             run_dpo_sweep([tuple(map(float, p.split(":"))) for p in args.dpo_sweep] or list(DPO_SWEEP), args.seeds)
         if args.dpo_rounds:
@@ -697,6 +720,7 @@ def main() -> None:
     over = [s for s in summaries if s["kind"] == "over-optimised"]
     ways = [s for s in summaries if s["kind"] == "preference"]
     variants = [s for s in summaries if s["kind"] == "ppo-variant"]
+    rlhf = [s for s in summaries if s["kind"] == "rlhf-variant" or (s["kind"] == "preference" and way_of(s) == "rlhf-ppo")]
     sweep = [s for s in summaries if s["kind"] == "dpo-sweep"]
     rounds = [s for s in summaries if s["kind"] == "dpo-rounds"]
     points = {(s["overrides"]["train.dpo_learning_rate"], s["overrides"]["train.dpo_beta"], s["seed"]) for s in sweep}
@@ -768,7 +792,7 @@ Seeds present: {', '.join(sorted({f"{s['algorithm']} {s['seed']}" for s in regul
 
     if variants:
         seed_controller = [s for s in regular if s["algorithm"] == "ppo" and s["seed"] == 0 and s["overrides"].get("train.kl_horizon") == 10000]
-        write_section("ppo-kl", ppo_variants_section(variants, seed_controller), path=RESULTS)
+        write_section("ppo-kl", ppo_variants_section(variants, seed_controller, rlhf), path=RESULTS)
     if sweep:
         write_section("dpo-sweep", dpo_sweep_section(sweep), path=RESULTS)
     defaults = todays_defaults(summaries)
