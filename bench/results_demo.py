@@ -483,6 +483,11 @@ RLHF_SETTINGS = ("reward.model", "gate.judge")
 """What an RLHF-PPO record sets beside the defaults: the reward model it trains against, and the gate's judge named."""
 
 
+def ppo_settings_of(s: dict) -> dict:
+    """The record with only its PPO settings as overrides (RLHF_SETTINGS dropped): RLHF-PPO runs PPO's defaults."""
+    return dict(s, overrides={k: v for k, v in s["overrides"].items() if k not in RLHF_SETTINGS})
+
+
 def way_of(s: dict) -> str:
     """`rlhf-ppo` for PPO against the trained reward model (`--preference-ways`), else the algorithm."""
     return "rlhf-ppo" if s["name"].startswith("results-rlhf-ppo-s") else s["algorithm"]
@@ -495,7 +500,7 @@ def todays_defaults(summaries: list[dict]) -> list[dict]:
 
     def default(s: dict) -> bool:
         if way_of(s) == "rlhf-ppo":
-            return is_default(dict(s, overrides={k: v for k, v in s["overrides"].items() if k not in RLHF_SETTINGS}))
+            return is_default(ppo_settings_of(s))
         return is_default(s)
 
     found: dict[tuple[str, int], dict] = {}
@@ -558,8 +563,8 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
 
     def settings(s: dict) -> str:
         o = s["overrides"]
-        if s in rlhf:
-            return "RLHF-PPO: " + settings(dict(s, kind="ppo-variant", overrides={k: v for k, v in o.items() if k not in RLHF_SETTINGS}))
+        if s["kind"] in ("preference", "rlhf-variant"):
+            return "RLHF-PPO: " + settings(dict(ppo_settings_of(s), kind="ppo-variant"))
         if s["kind"] == "regular":
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
@@ -570,12 +575,9 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
             return "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95"
         return "default with " + overrides_label(changed)
 
-    def is_default_ppo(s: dict) -> bool:
-        return is_default(dict(s, overrides={k: v for k, v in s["overrides"].items() if k not in RLHF_SETTINGS}))
-
     rows = []
     for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])) + sorted(
-        rlhf, key=lambda s: (not is_default_ppo(s), s["name"].rsplit("-s", 1)[0], s["seed"])
+        rlhf, key=lambda s: (not is_default(ppo_settings_of(s)), s["name"].rsplit("-s", 1)[0], s["seed"])
     ):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
