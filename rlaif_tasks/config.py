@@ -171,7 +171,15 @@ class TrainConfig(LoraSettings):
     steps: int = 10
     learning_rate: float = 1.41e-5
     batch_size: int = 16
+    """Samples per optimiser step: GRPO/RLOO's completions, DPO's pairs, and PPO's responses unless `ppo_batch_size` is set."""
     mini_batch_size: int = 4
+    """PPO: responses per minibatch update (`batch_size / mini_batch_size` updates a step); GRPO/RLOO: completions per
+    forward pass, the gradients accumulated over the batch."""
+    ppo_batch_size: int | None = None
+    """PPO only: responses sampled and trained on per step (unset: `batch_size`). PPO learns more per step from a larger
+    batch than GRPO/RLOO or DPO need, so the demo config sets its own (docs/results.md, "PPO's batch")."""
+    ppo_mini_batch_size: int | None = None
+    """PPO only: responses per minibatch update (unset: `mini_batch_size`)."""
     ppo_epochs: int = 1
     gamma: float = 1.0
     lam: float = 0.95
@@ -250,6 +258,15 @@ class TrainConfig(LoraSettings):
     `steps` more steps from that policy with it as the reference."""
     num_processes: int = 1
     """Processes for `accelerate launch` (data-parallel, `batch_size` is split over them); 1 trains in this process."""
+
+    def ppo_sizes(self) -> tuple[int, int]:
+        """PPO's global batch and minibatch: its own where the config sets them, else the shared ones."""
+        batch = self.batch_size if self.ppo_batch_size is None else self.ppo_batch_size
+        return batch, self.mini_batch_size if self.ppo_mini_batch_size is None else self.ppo_mini_batch_size
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """The global batch and minibatch of this config's algorithm."""
+        return self.ppo_sizes() if self.algorithm == "ppo" else (self.batch_size, self.mini_batch_size)
 
     def describe(self) -> str:
         """What trained the policy, as reports say it: `ppo, 45 steps`, `dpo, 3 rounds of 45 steps` or `dpo, 45 steps (at most 1 epoch)`."""
@@ -359,7 +376,7 @@ class TrackingConfig:
 
 TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
-    "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt",
+    "train.ppo_batch_size", "train.ppo_mini_batch_size", "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt",
     "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "preferences.temperatures", "model.policy", "reward.model",
@@ -367,13 +384,15 @@ TRIGGER_OVERRIDES = (
 )
 """orchestration.trigger_overrides by default: what a night may vary without becoming another recipe of trust."""
 TRIGGER_WORK_KEYS = (
-    "train.steps", "train.batch_size", "train.ppo_epochs", "train.num_generations", "train.dpo_rounds", "train.dpo_max_epochs",
+    "train.steps", "train.batch_size", "train.ppo_batch_size", "train.ppo_epochs", "train.num_generations", "train.dpo_rounds", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.max_prompts", "preferences.temperatures",
     "human_preferences.pairs", "red_team.attacks", "red_team.answers_per_attack", "red_team.few_shot",
 )
 """Keys whose value a night's time, memory or disk grows with (a list's length): a trigger may set each to at most
 orchestration.trigger_scale_limit times the operator's value, and never unbounded where the operator set a bound."""
+TRIGGER_WORK_FALLBACKS = {"train.ppo_batch_size": "train.batch_size"}
+"""Work keys that, unset, take another key's value: a trigger's value is bounded by that one's."""
 TRUST_KEYS = (
     "gate", "tracking", "orchestration", "run_dir", "device", "model.trust_remote_code", "model.revision", "reward.llm_judge",
     "reward.parts", "reward.input", "evaluation.judges", "evaluation.fluency_model", "evaluation.relevance_model",
@@ -675,13 +694,20 @@ def validate(config: RunConfig) -> None:
             f"train.batch_size ({t.batch_size}) is not a multiple of train.mini_batch_size ({t.mini_batch_size})",
             "choose a mini-batch size that divides the batch size",
         )
+    ppo_batch, ppo_mini = t.ppo_sizes()
+    if ppo_batch < 1 or ppo_mini < 1 or ppo_batch % ppo_mini:
+        raise RlaifError(
+            f"PPO's batch ({ppo_batch}, train.ppo_batch_size or batch_size) must be a multiple of its minibatch ({ppo_mini}, "
+            "train.ppo_mini_batch_size or mini_batch_size), both >= 1",
+            "set train.ppo_mini_batch_size to a divisor of train.ppo_batch_size (e.g. a quarter of it)",
+        )
     if t.num_processes < 1:
         raise RlaifError(f"train.num_processes must be >= 1, got {t.num_processes}", "set train.num_processes to 1 (this process) or the number of processes to launch")
-    if t.algorithm == "ppo" and (t.ppo_responses_per_prompt < 1 or t.batch_size % (t.ppo_responses_per_prompt * t.num_processes)):
+    if t.algorithm == "ppo" and (t.ppo_responses_per_prompt < 1 or ppo_batch % (t.ppo_responses_per_prompt * t.num_processes)):
         raise RlaifError(
             f"train.ppo_responses_per_prompt ({t.ppo_responses_per_prompt}) must be >= 1 and divide each process's share of "
-            f"train.batch_size ({t.batch_size} over {t.num_processes} process(es)), so that a prompt's responses are scored together",
-            "set train.ppo_responses_per_prompt to 1 (one response per prompt) or a divisor of batch_size / num_processes, e.g. 4",
+            f"PPO's batch ({ppo_batch} over {t.num_processes} process(es)), so that a prompt's responses are scored together",
+            "set train.ppo_responses_per_prompt to 1 (one response per prompt) or a divisor of ppo_batch_size / num_processes, e.g. 4",
         )
     if t.algorithm == "ppo" and t.ppo_scale_rewards == "group" and t.ppo_responses_per_prompt < 2:
         raise RlaifError(

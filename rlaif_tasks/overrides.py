@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from rlaif_tasks.config import TRIGGER_WORK_KEYS, RunConfig, dotted_value, is_trust_key, pattern_escape, with_overrides
+from rlaif_tasks.config import TRIGGER_WORK_FALLBACKS, TRIGGER_WORK_KEYS, RunConfig, dotted_value, is_trust_key, pattern_escape, with_overrides
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.bundled import BUNDLED_MODELS
 
@@ -92,6 +92,8 @@ def check_trigger_work(config: RunConfig, overrides: Mapping[str, Any], origin: 
     refused = []
     for key in TRIGGER_WORK_KEYS:
         base = dotted_value(config, key)
+        if base is None and key in TRIGGER_WORK_FALLBACKS:
+            base = dotted_value(config, TRIGGER_WORK_FALLBACKS[key])
         if key not in overrides or base is None:  # the file sets no bound: a trigger's value is no more than it allows
             continue
         value = dotted_value(asked, key)

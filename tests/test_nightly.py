@@ -284,18 +284,20 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
 
     operator = load_config(config_path)
     too_much = {"train.steps": 4 * operator.train.steps + 1, "preferences.k": 4 * operator.preferences.k + 1, "generation.max_new_tokens": 10_000,
-                "preferences.temperatures": [0.5, 0.6, 0.7, 0.8, 0.9], "data.test_size": 4 * operator.data.test_size + 1}
+                "preferences.temperatures": [0.5, 0.6, 0.7, 0.8, 0.9], "data.test_size": 4 * operator.data.test_size + 1,
+                "train.ppo_batch_size": 4 * operator.train.batch_size + operator.train.mini_batch_size}  # unset in the file: bounded by batch_size
     for key, value in too_much.items():
         with pytest.raises(RlaifError, match=rf"asks for more work .*{re.escape(key)}=.*\(at most"):
             nightly.prepare_dataset(str(config_path), {key: value}, "rlaif_nightly", "manual__too_much")
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
     allowed = {"train.steps": 4 * operator.train.steps, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
-               "preferences.temperatures": [0.7, 1.0]}
+               "preferences.temperatures": [0.7, 1.0], "train.ppo_batch_size": 4 * operator.train.batch_size}
     refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
     saved = load_config(Path(refs["run_dir"]) / "config.yaml")
     assert saved.train.steps == 4 * operator.train.steps  # at the limit is allowed
+    assert saved.train.ppo_batch_size == 4 * operator.train.batch_size
     assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts, saved.preferences.temperatures) == (0.1, 5e-5, 2, 99, [0.7, 1.0])
 
 

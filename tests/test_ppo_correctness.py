@@ -426,6 +426,19 @@ def test_with_the_kl_in_the_loss_the_rewards_hold_the_score_alone_and_the_loss_h
     assert any(masked_mean(k3[2], m).item() > 0 for k3, m in zip(in_loss, (c[0][3] for c in calls["policy_loss"])))
 
 
+def test_ppos_own_batch_is_what_a_step_samples_and_splits_into_minibatches(causal_path, tmp_path, monkeypatch):
+    """`train.ppo_batch_size` 8 and `ppo_mini_batch_size` 2 over a shared batch of 4: each step samples 8 responses (2
+    prompts x 4) and updates on 4 minibatches of 2."""
+    calls: dict = {}
+    for name in ("rollout", "policy_loss"):
+        _record(monkeypatch, name, calls)
+    config = _tiny_run(causal_path, 0.7, steps=2, ppo_batch_size=8, ppo_mini_batch_size=2, ppo_responses_per_prompt=4)
+    ppo.train_ppo(config, tmp_path, list(SCRIPT), reward_fn=lambda texts, prompts: [float(len(t)) for t in texts])
+    assert [len(args[2]) for args, _ in calls["rollout"]] == [8, 8]
+    assert [len(set(args[2])) for args, _ in calls["rollout"]] == [2, 2]
+    assert [args[0].shape[0] for args, _ in calls["policy_loss"]] == [2] * 8  # 2 steps x 4 minibatches of 2
+
+
 def test_the_row_sampler_draws_each_token_with_its_softmax_probability():
     """generation.RowSeededSampler (inverse CDF, one uniform per row and step): 20,000 rows' frequencies are within 4
     standard errors of softmax(scores); a zero-probability token (-inf, e.g. EOS before min_new_tokens) is never drawn."""

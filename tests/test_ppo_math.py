@@ -210,6 +210,25 @@ def test_step_prompts_repeat_each_prompt_in_a_row_and_keep_the_single_response_d
     assert step_prompts(2, 10, TrainConfig(batch_size=8), seed=1) == batch_indices(2, 10, 8, seed=1)
 
 
+def test_ppos_own_batch_sizes_its_steps_and_the_others_keep_the_shared_one():
+    """`train.ppo_batch_size` and `ppo_mini_batch_size` size PPO's steps only; unset, PPO takes `batch_size` and `mini_batch_size`."""
+    from rlaif_tasks.config import TrainConfig, load_config
+    from rlaif_tasks.errors import RlaifError
+
+    own = TrainConfig(batch_size=16, mini_batch_size=4, ppo_batch_size=32, ppo_mini_batch_size=8, ppo_responses_per_prompt=4)
+    assert own.ppo_sizes() == own.batch_sizes() == (32, 8)
+    assert len(step_prompts(2, 100, own, seed=1)) == 32 and len(set(step_prompts(2, 100, own, seed=1))) == 8
+    for algorithm in ("grpo", "rloo", "dpo"):
+        assert TrainConfig(algorithm=algorithm, batch_size=16, mini_batch_size=4, ppo_batch_size=32, ppo_mini_batch_size=8).batch_sizes() == (16, 4)
+    assert TrainConfig(batch_size=16, mini_batch_size=4).ppo_sizes() == (16, 4)
+    with pytest.raises(RlaifError, match="must be a multiple of its minibatch"):
+        load_config(None, {"train.ppo_batch_size": 32, "train.ppo_mini_batch_size": 12})
+    with pytest.raises(RlaifError, match="must be a multiple of its minibatch"):
+        load_config(None, {"train.ppo_batch_size": 0})
+    with pytest.raises(RlaifError, match="must be >= 1 and divide"):  # the groups must fit PPO's own batch, not the shared one
+        load_config(None, {"train.batch_size": 16, "train.ppo_batch_size": 30, "train.ppo_mini_batch_size": 6, "train.ppo_responses_per_prompt": 4})
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"train.ppo_responses_per_prompt": 3}, "must be >= 1 and divide"),  # 16 is no multiple of 3
     ({"train.ppo_responses_per_prompt": 0}, "must be >= 1 and divide"),

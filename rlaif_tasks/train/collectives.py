@@ -110,14 +110,16 @@ def all_reduce_mean_grads(params: Iterable[torch.nn.Parameter]) -> None:
 
 
 def check_batch_split(t: TrainConfig, processes: int) -> None:
-    """`train.batch_size` and `mini_batch_size` are global: each of N processes takes 1/N of both."""
-    if t.batch_size % processes or t.mini_batch_size % processes:
-        good = [n for n in range(1, t.mini_batch_size + 1) if t.mini_batch_size % n == 0 and t.batch_size % n == 0]
+    """The algorithm's batch and minibatch (`train.batch_sizes()`) are global: each of N processes takes 1/N of both."""
+    batch, mini = t.batch_sizes()
+    prefix = "ppo_" if t.algorithm == "ppo" and t.ppo_batch_size is not None else ""
+    if batch % processes or mini % processes:
+        good = [n for n in range(1, mini + 1) if mini % n == 0 and batch % n == 0]
         raise RlaifError(
-            f"train.batch_size ({t.batch_size}) and train.mini_batch_size ({t.mini_batch_size}) are global and must split "
+            f"train.{prefix}batch_size ({batch}) and train.{prefix}mini_batch_size ({mini}) are global and must split "
             f"evenly over {processes} processes",
-            f"set train.mini_batch_size (and batch_size) to multiples of {processes}, e.g. mini_batch_size="
-            f"{processes * max(1, round(t.mini_batch_size / processes))}, or train.num_processes to one of {good}",
+            f"set train.{prefix}mini_batch_size (and {prefix}batch_size) to multiples of {processes}, e.g. {prefix}mini_batch_size="
+            f"{processes * max(1, round(mini / processes))}, or train.num_processes to one of {good}",
         )
 
 

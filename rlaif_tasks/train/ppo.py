@@ -21,8 +21,8 @@ The value head is one linear layer on the policy's last hidden state (shared tru
 `train.value_warmup_steps` it is fitted to the base policy's scores by least squares before step 1. The math in
 section 1 is pure functions over tensors, tested against hand-computed numbers. See docs/ppo.md.
 
-Under `accelerate launch` with N processes (CleanRL's multi-GPU PPO): `train.batch_size` and
-`mini_batch_size` are global, each rank rolls out and trains on its 1/N share, the gradients are
+Under `accelerate launch` with N processes (CleanRL's multi-GPU PPO): PPO's batch and minibatch
+(`train.ppo_sizes()`) are global, each rank rolls out and trains on its 1/N share, the gradients are
 averaged over ranks before clipping and the step (so all ranks keep identical weights), whitening,
 the KL controller and the metrics use the global batch's statistics, and only rank 0 writes files.
 The collectives are in collectives.py; in one process they are the identity.
@@ -418,10 +418,10 @@ def batch_indices(step: int, n: int, size: int, seed: int) -> list[int]:
 
 
 def step_prompts(step: int, n: int, t: TrainConfig, seed: int) -> list[int]:
-    """Prompt indices of a step's global batch: `batch_size / ppo_responses_per_prompt` prompts, each that many times in a
-    row, so that every process's share holds whole groups (config.validate checks it divides)."""
+    """Prompt indices of a step's global batch: `ppo_sizes()[0] / ppo_responses_per_prompt` prompts, each that many times
+    in a row, so that every process's share holds whole groups (config.validate checks it divides)."""
     k = t.ppo_responses_per_prompt
-    return [i for i in batch_indices(step, n, t.batch_size // k, seed) for _ in range(k)]
+    return [i for i in batch_indices(step, n, t.ppo_sizes()[0] // k, seed) for _ in range(k)]
 
 
 def train_ppo(
@@ -458,7 +458,7 @@ def train_ppo(
     world, rank, main = procs.num_processes, procs.process_index, procs.is_main_process
     dist.check_world(t, world)
     dist.refuse_sharding("PPO")
-    local_batch, local_mini = t.batch_size // world, t.mini_batch_size // world
+    local_batch, local_mini = (size // world for size in t.ppo_sizes())
     set_seed(config.training_seed)  # the same initial weights (LoRA init) on every rank
     loaded = load_model(
         config.model.policy, kind="auto", revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
