@@ -63,8 +63,14 @@ judge, profanity-check, stays unseen by every way."""
 REWARD_EVAL_SHARE = 0.25
 """Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy (one pair per prompt, and
 hatesonar disagreed on 376 of the 1,248 prompts on 2026-12-07, leaving 872 pairs: a fifth would have been 174)."""
-PREVIOUS_PPO_DEFAULT = {"train.target_kl": 2.0, "train.ppo_responses_per_prompt": 1, "train.lam": 0.95}
-"""What configs/demo.yaml's PPO differed in from today's until 2026-12-07 (the records of that day carry it as overrides)."""
+PREVIOUS_PPO_DEFAULTS = (
+    ({"train.target_kl": 2.0, "train.ppo_responses_per_prompt": 1, "train.lam": 0.95, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4},
+     "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95, batch 16 in minibatches of 4"),
+    ({"train.target_kl": 3.0, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4},
+     "the default until the evening of 2026-12-07: the same but target 3, batch 16 in minibatches of 4"),
+)
+"""What configs/demo.yaml's PPO differed in from today's before, and how the table names it (the records of those days
+carry it as overrides)."""
 OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
@@ -489,14 +495,14 @@ def ppo_settings_of(s: dict) -> dict:
 
 
 def way_of(s: dict) -> str:
-    """`rlhf-ppo` for PPO against the trained reward model (`--preference-ways`), else the algorithm."""
-    return "rlhf-ppo" if s["name"].startswith("results-rlhf-ppo-s") else s["algorithm"]
+    """`rlhf-ppo` for PPO against the trained reward model (`--preference-ways`, `--rlhf-variant`), else the algorithm."""
+    return "rlhf-ppo" if s["kind"] == "rlhf-variant" or s["name"].startswith("results-rlhf-ppo-s") else s["algorithm"]
 
 
 def todays_defaults(summaries: list[dict]) -> list[dict]:
     """One record per (way, seed) of what configs/demo.yaml trains today, a sweep's point only where no other run is;
     RLHF-PPO's where PPO's settings beside its reward model are today's."""
-    kinds = ("regular", "ppo-variant", "preference", "dpo-sweep")
+    kinds = ("regular", "ppo-variant", "preference", "rlhf-variant", "dpo-sweep")
 
     def default(s: dict) -> bool:
         if way_of(s) == "rlhf-ppo":
@@ -569,11 +575,9 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
             return (f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, "
-                    f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}")
+                    f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}, batch {t.ppo_sizes()[0]} in minibatches of {t.ppo_sizes()[1]}")
         changed = changed_settings(s)
-        if changed == PREVIOUS_PPO_DEFAULT:
-            return "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95"
-        return "default with " + overrides_label(changed)
+        return next((label for before, label in PREVIOUS_PPO_DEFAULTS if changed == before), "default with " + overrides_label(changed))
 
     rows = []
     for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])) + sorted(
