@@ -466,8 +466,9 @@ class OrchestrationConfig:
     trigger_scale_limit: float = 4.0
     """A trigger may ask for at most this many times the work this file sets: each of TRIGGER_WORK_KEYS (steps, batch sizes,
     prompts, samples, pairs, attacks; a list's length) up to this multiple of the file's value (of 1 where it is 0 or empty),
-    and never unset where the file sets a bound. The task timeouts stop a night that runs long; this refuses one asked
-    to run for days or to fill the disk before anything starts. Only this file sets it (orchestration is the operator's)."""
+    and never unset where the file sets a bound; a step's minibatches (batch over minibatch size, shared and PPO's) alike.
+    The task timeouts stop a night that runs long; this refuses one asked to run for days or to fill the disk before
+    anything starts. Only this file sets it (orchestration is the operator's)."""
     trigger_overrides: list[str] = field(default_factory=lambda: list(TRIGGER_OVERRIDES))
     """Config keys a DAG trigger (its form's fields and `set`, an asset event's overrides) or `rlaif nightly --set` may change;
     anything else comes only from this file. Keys that decide trust (TRUST_KEYS: gate.*, tracking.*, judges and their

@@ -13,7 +13,9 @@ or version), or an absolute folder under a configured root (the project, $RLAIF_
 $RLAIF_CONFIG_DIRS). Not a hub id (it could name any repository) and not `python:module:function`.
 
 What a night costs is bounded too: each of config.TRIGGER_WORK_KEYS at most `orchestration.trigger_scale_limit` times
-the config's own value (`check_trigger_work`), so a trigger cannot ask for a week of training or a full disk.
+the config's own value (`check_trigger_work`), so a trigger cannot ask for a week of training or a full disk; and a step's
+minibatches (batch over minibatch size) at most that multiple of the config's, so a minibatch of 1 cannot multiply a
+step's updates either.
 """
 
 from __future__ import annotations
@@ -85,11 +87,26 @@ def check_trigger_overrides(config: RunConfig, overrides: Mapping[str, Any], roo
             )
 
 
+MINIBATCH_KEYS = ("train.batch_size", "train.mini_batch_size", "train.ppo_batch_size", "train.ppo_mini_batch_size")
+"""The sizes whose ratio is a step's optimiser updates: a smaller minibatch is more work, which no TRIGGER_WORK_KEYS bound sees."""
+
+
+def minibatches_per_step(config: RunConfig) -> dict[str, float]:
+    """Minibatches a step's batch is split into: the shared sizes' (GRPO, RLOO) and PPO's own (its sizes, else the shared)."""
+    t = config.train
+    ppo_batch, ppo_mini = t.ppo_sizes()
+    return {"train.batch_size/mini_batch_size": t.batch_size / t.mini_batch_size, "train.ppo_batch_size/ppo_mini_batch_size": ppo_batch / ppo_mini}
+
+
 def check_trigger_work(config: RunConfig, overrides: Mapping[str, Any], origin: str = "the trigger") -> None:
     """Refuse overrides that ask for more than `orchestration.trigger_scale_limit` times the config's work, or for no bound."""
-    asked = with_overrides(config, {key: overrides[key] for key in TRIGGER_WORK_KEYS if key in overrides})
+    asked = with_overrides(config, {key: overrides[key] for key in (*TRIGGER_WORK_KEYS, *MINIBATCH_KEYS) if key in overrides})
     limit = config.orchestration.trigger_scale_limit
     refused = []
+    if any(key in overrides for key in MINIBATCH_KEYS):
+        for (name, base), value in zip(minibatches_per_step(config).items(), minibatches_per_step(asked).values()):
+            if value > limit * base:
+                refused.append(f"{name}={value:g} minibatches a step (at most {limit * base:g}, {limit:g} times the config's {base:g})")
     for key in TRIGGER_WORK_KEYS:
         base = dotted_value(config, key)
         if base is None and key in TRIGGER_WORK_FALLBACKS:

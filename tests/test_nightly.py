@@ -289,15 +289,20 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
     for key, value in too_much.items():
         with pytest.raises(RlaifError, match=rf"asks for more work .*{re.escape(key)}=.*\(at most"):
             nightly.prepare_dataset(str(config_path), {key: value}, "rlaif_nightly", "manual__too_much")
+    # a smaller minibatch is more updates a step: 16/1 and 32/1 are 16 and 32 minibatches, over 4 times the file's 8/4
+    for ratio, sizes in (("train.batch_size/mini_batch_size=16", {"train.batch_size": 16, "train.mini_batch_size": 1}),
+                         ("train.ppo_batch_size/ppo_mini_batch_size=32", {"train.ppo_batch_size": 32, "train.ppo_mini_batch_size": 1})):
+        with pytest.raises(RlaifError, match=rf"asks for more work .*{re.escape(ratio)} minibatches a step \(at most 8,"):
+            nightly.prepare_dataset(str(config_path), sizes, "rlaif_nightly", "manual__too_many_updates")
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
     allowed = {"train.steps": 4 * operator.train.steps, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
-               "preferences.temperatures": [0.7, 1.0], "train.ppo_batch_size": 4 * operator.train.batch_size}
+               "preferences.temperatures": [0.7, 1.0], "train.ppo_batch_size": 4 * operator.train.batch_size, "train.ppo_mini_batch_size": 4}
     refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
     saved = load_config(Path(refs["run_dir"]) / "config.yaml")
     assert saved.train.steps == 4 * operator.train.steps  # at the limit is allowed
-    assert saved.train.ppo_batch_size == 4 * operator.train.batch_size
+    assert saved.train.ppo_sizes() == (4 * operator.train.batch_size, 4)  # 8 minibatches a step: 4 times the file's 2
     assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts, saved.preferences.temperatures) == (0.1, 5e-5, 2, 99, [0.7, 1.0])
 
 
