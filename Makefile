@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/demo.yaml
-# Extra config overrides for `make run`, e.g. SET="train.steps=10 train.learning_rate=1e-4": only keys the config lists in
+# Extra config overrides for `make run`, e.g. SET="train.steps=10 train.ppo_learning_rate=1e-4": only keys the config lists in
 # orchestration.trigger_overrides (a gate, store or judge change needs its own config file: CONFIG=...).
 SET ?=
 AIRFLOW_PORT ?= 8080

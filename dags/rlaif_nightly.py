@@ -35,10 +35,12 @@ from rlaif_tasks.orchestration import (
     dag_settings,
     evaluate_train_and_gate,
     from_config,
+    learning_rate_key,
     logical_date,
     model_param,
     nightly_schedule,
     orchestration,
+    rates_from_config,
     resolve_config_path,
     reward_model_of,
     run_stage,
@@ -51,7 +53,7 @@ from rlaif_tasks.stages import nightly
 OVERRIDE_PARAMS = {
     "algorithm": "train.algorithm",
     "steps": "train.steps",
-    "learning_rate": "train.learning_rate",
+    "learning_rate": "train.learning_rate",  # that of the night's algorithm: learning_rate_key
     "policy": "model.policy",
     "reward": "reward.model",
 }
@@ -80,7 +82,8 @@ schedule = nightly_schedule(None if schedule.strip().lower() == "none" else sche
         "steps": Param(None, type=["null", "integer"], minimum=1, description=f"train.steps, PPO/GRPO/RLOO updates; empty: {from_config('train.steps')}."),
         "learning_rate": Param(
             None, type=["null", "number"], exclusiveMinimum=0,
-            description=f"train.learning_rate (DPO: train.dpo_learning_rate when the config sets it; change that one with set); empty: {from_config('train.learning_rate')}.",
+            description="the learning rate of the night's algorithm: train.learning_rate, or train.ppo_learning_rate / train.dpo_learning_rate "
+            f"where the config sets PPO's or DPO's own; empty: from the config ({rates_from_config()}).",
         ),
         "policy": model_param("model.policy", "the policy to align (e.g. models:/NAME@champion)"),
         "reward": model_param("reward.model", "the judge used as reward"),
@@ -93,7 +96,8 @@ def rlaif_nightly():
     def prepare_dataset() -> dict:
         context = get_current_context()
         params = context["params"]
-        overrides = trigger_overrides(params, OVERRIDE_PARAMS, resolve_config_path(params["config"]))
+        path = resolve_config_path(params["config"])
+        overrides = trigger_overrides(params, {**OVERRIDE_PARAMS, "learning_rate": learning_rate_key(params, path)}, path)
         new_reward_model = reward_model_of(context)
         if new_reward_model and "reward.model" not in overrides:
             print(f"started by a new reward model: training against {new_reward_model}")

@@ -180,6 +180,9 @@ class TrainConfig(LoraSettings):
     batch than GRPO/RLOO or DPO need, so the demo config sets its own (docs/results.md, "PPO's batch")."""
     ppo_mini_batch_size: int | None = None
     """PPO only: responses per minibatch update (unset: `mini_batch_size`)."""
+    ppo_learning_rate: float | None = None
+    """PPO only: its learning rate (unset: `learning_rate`). With its own larger batch PPO drifted further at GRPO's rate,
+    so the demo config sets its own (docs/results.md, "PPO's learning rate")."""
     ppo_epochs: int = 1
     gamma: float = 1.0
     lam: float = 0.95
@@ -263,6 +266,15 @@ class TrainConfig(LoraSettings):
         """PPO's global batch and minibatch: its own where the config sets them, else the shared ones."""
         batch = self.batch_size if self.ppo_batch_size is None else self.ppo_batch_size
         return batch, self.mini_batch_size if self.ppo_mini_batch_size is None else self.ppo_mini_batch_size
+
+    def rate_key(self) -> str:
+        """The field holding the learning rate this config's algorithm trains at: PPO's or DPO's own where set, else the shared one."""
+        own = {"ppo": "ppo_learning_rate", "dpo": "dpo_learning_rate"}.get(self.algorithm)
+        return own if own and getattr(self, own) is not None else "learning_rate"
+
+    def rate(self) -> float:
+        """The learning rate this config's algorithm trains at (`rate_key`)."""
+        return getattr(self, self.rate_key())
 
     def batch_sizes(self) -> tuple[int, int]:
         """The global batch and minibatch of this config's algorithm."""
@@ -376,7 +388,7 @@ class TrackingConfig:
 
 TRIGGER_OVERRIDES = (
     "seed", "train.algorithm", "train.steps", "train.learning_rate", "train.batch_size", "train.mini_batch_size", "train.ppo_epochs",
-    "train.ppo_batch_size", "train.ppo_mini_batch_size", "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt",
+    "train.ppo_batch_size", "train.ppo_mini_batch_size", "train.ppo_learning_rate", "train.init_kl_coef", "train.target_kl", "train.beta", "train.num_generations", "train.ppo_responses_per_prompt",
     "train.dpo_beta", "train.dpo_rounds", "train.dpo_learning_rate", "train.dpo_max_epochs",
     "data.test_size", "evaluation.num_prompts", "evaluation.samples_per_prompt", "evaluation.extra_samples_per_prompt", "evaluation.batch_size",
     "generation.max_new_tokens", "generation.batch_size", "preferences.k", "preferences.margin", "preferences.max_prompts", "preferences.temperatures", "model.policy", "reward.model",

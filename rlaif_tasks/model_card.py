@@ -54,7 +54,7 @@ def model_card(config: RunConfig, name: str, version: str, note: str, refs: dict
         f"# {name} version {version}", "",
         verdict, "",
         "## What trained it", "",
-        f"- {t.describe()} from `{config.model.policy}` ({config.model.dtype}), learning rate {t.learning_rate:g}, batch {t.batch_sizes()[0]}, "
+        f"- {t.describe()} from `{config.model.policy}` ({config.model.dtype}), learning rate {t.rate():g}, batch {t.batch_sizes()[0]}, "
         f"LoRA {'r=' + str(t.lora_r) if t.use_lora else 'off'}, seed {config.seed}",
         f"- reward `{config.reward.display_name}`; run config `{config.name}` (hash `{refs.get('config_hash', '?')}`)",
         f"- prompts `{config.data.source}` (prepared splits sha256 `{str(refs.get('dataset_sha256', '?'))[:16]}`), "

@@ -19,6 +19,7 @@ heavy libraries (torch, transformers, mlflow) inside the functions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from datetime import datetime, timedelta, timezone
@@ -124,6 +125,12 @@ def from_config(key: str) -> str:
     return f"from the config ({dotted_value(CONFIG, key)})"
 
 
+def rates_from_config() -> str:
+    """`PPO 0.0004, GRPO 0.0005, RLOO 0.0005, DPO 0.0003`: the rate each algorithm trains at in the config the DAG was
+    parsed with (`TrainConfig.rate`), what an empty learning-rate field means."""
+    return ", ".join(f"{a.upper()} {dataclasses.replace(CONFIG.train, algorithm=a).rate():g}" for a in ("ppo", "grpo", "rloo", "dpo"))
+
+
 def model_param(key: str, what: str) -> Param:
     """`model.policy` or `reward.model` from a form: a bundled name, this project's registered models or a folder under the roots."""
     return Param(None, type=["null", "string"], pattern=MODEL_VALUE_PATTERN,
@@ -136,6 +143,13 @@ def trigger_overrides(params: dict, mapping: dict[str, str], config_path: str) -
     overrides = overrides_from_params(params, mapping)
     check_trigger_overrides(load_config(config_path), overrides, ROOTS, origin="this DAG run's form")
     return overrides
+
+
+def learning_rate_key(params: dict, config_path: str) -> str:
+    """The key a form's learning rate sets: the rate the night's algorithm trains at (`TrainConfig.rate_key`: PPO's or
+    DPO's own where the config sets one), so the field never sets a rate the night does not use."""
+    algorithm = overrides_from_params(params, {"algorithm": "train.algorithm"}).get("train.algorithm")
+    return "train." + load_config(config_path, {"train.algorithm": algorithm} if algorithm else None).train.rate_key()
 
 
 def overrides_from_params(params: dict, mapping: dict[str, str]) -> dict:

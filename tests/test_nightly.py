@@ -297,12 +297,13 @@ def test_a_trigger_cannot_change_what_decides_trust_and_fails_before_anything_is
     assert not (home / "runs").exists() and not (home / ".mlflow").exists()  # refused before a folder or a store was made
     # issue 24's new knobs a night may vary: GRPO/RLOO's beta, DPO's rate and epochs, the AI-feedback prompt budget
     allowed = {"train.steps": 4 * operator.train.steps, "reward.model": "hatesonar", "train.beta": 0.1, "train.dpo_learning_rate": 5e-5, "train.dpo_max_epochs": 2, "preferences.max_prompts": 99,
-               "preferences.temperatures": [0.7, 1.0], "train.ppo_batch_size": 4 * operator.train.batch_size, "train.ppo_mini_batch_size": 4}
+               "preferences.temperatures": [0.7, 1.0], "train.ppo_batch_size": 4 * operator.train.batch_size, "train.ppo_mini_batch_size": 4, "train.ppo_learning_rate": 2e-4}
     refs = nightly.prepare_dataset(str(config_path), allowed, "rlaif_nightly", "manual__allowed")
     assert Path(refs["run_dir"]).is_dir()
     saved = load_config(Path(refs["run_dir"]) / "config.yaml")
     assert saved.train.steps == 4 * operator.train.steps  # at the limit is allowed
     assert saved.train.ppo_sizes() == (4 * operator.train.batch_size, 4)  # 8 minibatches a step: 4 times the file's 2
+    assert saved.train.rate() == 2e-4  # PPO's own rate, as a trigger may set the shared one
     assert (saved.train.beta, saved.train.dpo_learning_rate, saved.train.dpo_max_epochs, saved.preferences.max_prompts, saved.preferences.temperatures) == (0.1, 5e-5, 2, 99, [0.7, 1.0])
 
 

@@ -428,12 +428,21 @@ def test_with_the_kl_in_the_loss_the_rewards_hold_the_score_alone_and_the_loss_h
 
 def test_ppos_own_batch_is_what_a_step_samples_and_splits_into_minibatches(causal_path, tmp_path, monkeypatch):
     """`train.ppo_batch_size` 8 and `ppo_mini_batch_size` 2 over a shared batch of 4: each step samples 8 responses (2
-    prompts x 4) and updates on 4 minibatches of 2."""
+    prompts x 4) and updates on 4 minibatches of 2; the optimiser steps at `ppo_learning_rate`, not the shared rate."""
     calls: dict = {}
     for name in ("rollout", "policy_loss"):
         _record(monkeypatch, name, calls)
-    config = _tiny_run(causal_path, 0.7, steps=2, ppo_batch_size=8, ppo_mini_batch_size=2, ppo_responses_per_prompt=4)
+    rates = []
+    adamw = torch.optim.AdamW
+
+    def recorded_adamw(params, lr, **kwargs):
+        rates.append(lr)
+        return adamw(params, lr=lr, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recorded_adamw)
+    config = _tiny_run(causal_path, 0.7, steps=2, ppo_batch_size=8, ppo_mini_batch_size=2, ppo_responses_per_prompt=4, learning_rate=1e-3, ppo_learning_rate=2e-4)
     ppo.train_ppo(config, tmp_path, list(SCRIPT), reward_fn=lambda texts, prompts: [float(len(t)) for t in texts])
+    assert rates == [2e-4]
     assert [len(args[2]) for args, _ in calls["rollout"]] == [8, 8]
     assert [len(set(args[2])) for args, _ in calls["rollout"]] == [2, 2]
     assert [args[0].shape[0] for args, _ in calls["policy_loss"]] == [2] * 8  # 2 steps x 4 minibatches of 2

@@ -229,6 +229,16 @@ def test_ppos_own_batch_sizes_its_steps_and_the_others_keep_the_shared_one():
         load_config(None, {"train.batch_size": 16, "train.ppo_batch_size": 30, "train.ppo_mini_batch_size": 6, "train.ppo_responses_per_prompt": 4})
 
 
+def test_each_algorithm_trains_at_its_own_rate_where_the_config_sets_one():
+    """`train.ppo_learning_rate` and `dpo_learning_rate` are PPO's and DPO's rates; unset, and for GRPO/RLOO, `learning_rate`."""
+    from rlaif_tasks.config import TrainConfig
+
+    both = {"learning_rate": 5e-4, "ppo_learning_rate": 4e-4, "dpo_learning_rate": 3e-4}
+    assert [(TrainConfig(algorithm=a, **both).rate_key(), TrainConfig(algorithm=a, **both).rate()) for a in ("ppo", "grpo", "rloo", "dpo")] == [
+        ("ppo_learning_rate", 4e-4), ("learning_rate", 5e-4), ("learning_rate", 5e-4), ("dpo_learning_rate", 3e-4)]
+    assert [TrainConfig(algorithm=a, learning_rate=5e-4).rate_key() for a in ("ppo", "dpo")] == ["learning_rate", "learning_rate"]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"train.ppo_responses_per_prompt": 3}, "must be >= 1 and divide"),  # 16 is no multiple of 3
     ({"train.ppo_responses_per_prompt": 0}, "must be >= 1 and divide"),

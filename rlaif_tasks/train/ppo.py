@@ -485,7 +485,7 @@ def train_ppo(
     model = PolicyWithValueHead(policy, is_seq2seq).to(procs.device)
     model.eval()  # no dropout anywhere: PPO's ratios need the same function in rollout and update
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=t.rate(), weight_decay=0.0)
     if rank:
         set_seed(config.training_seed + rank)  # each rank samples its own responses; rank 0 keeps the one-process stream
     if reward_fn is None:
