@@ -64,14 +64,15 @@ REWARD_EVAL_SHARE = 0.25
 """Share of the pairs' prompts held out from the reward model: at least 200 pairs for its accuracy (one pair per prompt, and
 hatesonar disagreed on 376 of the 1,248 prompts on 2026-12-07, leaving 872 pairs: a fifth would have been 174)."""
 PREVIOUS_PPO_DEFAULTS = (
-    ({"train.target_kl": 2.0, "train.ppo_responses_per_prompt": 1, "train.lam": 0.95, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4},
-     "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95, batch 16 in minibatches of 4"),
-    ({"train.target_kl": 3.0, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4},
-     "the default until the evening of 2026-12-07: the same but target 3, batch 16 in minibatches of 4"),
+    ({"train.target_kl": 2.0, "train.ppo_responses_per_prompt": 1, "train.lam": 0.95, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4, "train.ppo_learning_rate": 5e-4},
+     "the default until 2026-12-07: the same but target 2, one answer a prompt, lam 0.95, batch 16 in minibatches of 4, rate 0.0005"),
+    ({"train.target_kl": 3.0, "train.ppo_batch_size": 16, "train.ppo_mini_batch_size": 4, "train.ppo_learning_rate": 5e-4},
+     "the default until the evening of 2026-12-07: the same but target 3, batch 16 in minibatches of 4, rate 0.0005"),
+    ({"train.ppo_learning_rate": 5e-4}, "the default until the night of 2026-12-07: the same at rate 0.0005"),
 )
 """What configs/demo.yaml's PPO differed in from today's before, and how the table names it (the records of those days
 carry it as overrides)."""
-OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.learning_rate": 5.0e-3, "train.steps": 20}
+OVER_OPTIMISED = {"train.init_kl_coef": 0.0, "train.adaptive_kl": False, "train.ppo_learning_rate": 5.0e-3, "train.steps": 20}
 HEADER = "# Results\n\nMeasured by `bench/results_demo.py`; each section names what produced it.\n"
 
 
@@ -575,7 +576,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
             return (f"**default**: value warm-up {t.value_warmup_steps}, init {t.init_kl_coef:g}, target {t.target_kl:g}, horizon {t.kl_horizon}, "
-                    f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}, batch {t.ppo_sizes()[0]} in minibatches of {t.ppo_sizes()[1]}")
+                    f"floor {t.min_kl_coef:g}, {t.ppo_responses_per_prompt} answers a prompt, lam {t.lam:g}, batch {t.ppo_sizes()[0]} in minibatches of {t.ppo_sizes()[1]}, rate {t.rate():g}")
         changed = changed_settings(s)
         return next((label for before, label in PREVIOUS_PPO_DEFAULTS if changed == before), "default with " + overrides_label(changed))
 
