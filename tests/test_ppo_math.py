@@ -231,12 +231,15 @@ def test_ppos_own_batch_sizes_its_steps_and_the_others_keep_the_shared_one():
 
 def test_each_algorithm_trains_at_its_own_rate_where_the_config_sets_one():
     """`train.ppo_learning_rate` and `dpo_learning_rate` are PPO's and DPO's rates; unset, and for GRPO/RLOO, `learning_rate`."""
-    from rlaif_tasks.config import TrainConfig
+    from rlaif_tasks.config import RunConfig, TrainConfig
+    from rlaif_tasks.model_card import model_card
 
     both = {"learning_rate": 5e-4, "ppo_learning_rate": 4e-4, "dpo_learning_rate": 3e-4}
     assert [(TrainConfig(algorithm=a, **both).rate_key(), TrainConfig(algorithm=a, **both).rate()) for a in ("ppo", "grpo", "rloo", "dpo")] == [
         ("ppo_learning_rate", 4e-4), ("learning_rate", 5e-4), ("learning_rate", 5e-4), ("dpo_learning_rate", 3e-4)]
     assert [TrainConfig(algorithm=a, learning_rate=5e-4).rate_key() for a in ("ppo", "dpo")] == ["learning_rate", "learning_rate"]
+    card = model_card(RunConfig(train=TrainConfig(algorithm="dpo", **both)), "m", "1", "verdict", {}, [], None)
+    assert "learning rate 0.0003," in card  # the version's card says the rate it trained at, not the shared one
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
