@@ -267,14 +267,15 @@ class TrainConfig(LoraSettings):
         batch = self.batch_size if self.ppo_batch_size is None else self.ppo_batch_size
         return batch, self.mini_batch_size if self.ppo_mini_batch_size is None else self.ppo_mini_batch_size
 
-    def rate_key(self) -> str:
-        """The field holding the learning rate this config's algorithm trains at: PPO's or DPO's own where set, else the shared one."""
-        own = {"ppo": "ppo_learning_rate", "dpo": "dpo_learning_rate"}.get(self.algorithm)
+    def rate_key(self, algorithm: str | None = None) -> str:
+        """The field holding the learning rate `algorithm` (unset: this config's) trains at: PPO's or DPO's own where set,
+        else the shared one."""
+        own = {"ppo": "ppo_learning_rate", "dpo": "dpo_learning_rate"}.get(algorithm or self.algorithm)
         return own if own and getattr(self, own) is not None else "learning_rate"
 
-    def rate(self) -> float:
-        """The learning rate this config's algorithm trains at (`rate_key`)."""
-        return getattr(self, self.rate_key())
+    def rate(self, algorithm: str | None = None) -> float:
+        """The learning rate `algorithm` (unset: this config's) trains at (`rate_key`)."""
+        return getattr(self, self.rate_key(algorithm))
 
     def batch_sizes(self) -> tuple[int, int]:
         """The global batch and minibatch of this config's algorithm."""

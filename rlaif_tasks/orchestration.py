@@ -19,7 +19,6 @@ heavy libraries (torch, transformers, mlflow) inside the functions.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 from datetime import datetime, timedelta, timezone
@@ -128,7 +127,7 @@ def from_config(key: str) -> str:
 def rates_from_config() -> str:
     """`PPO 0.0004, GRPO 0.0005, RLOO 0.0005, DPO 0.0003`: the rate each algorithm trains at in the config the DAG was
     parsed with (`TrainConfig.rate`), what an empty learning-rate field means."""
-    return ", ".join(f"{a.upper()} {dataclasses.replace(CONFIG.train, algorithm=a).rate():g}" for a in ("ppo", "grpo", "rloo", "dpo"))
+    return ", ".join(f"{a.upper()} {CONFIG.train.rate(a):g}" for a in ("ppo", "grpo", "rloo", "dpo"))
 
 
 def model_param(key: str, what: str) -> Param:

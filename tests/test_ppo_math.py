@@ -238,6 +238,7 @@ def test_each_algorithm_trains_at_its_own_rate_where_the_config_sets_one():
     assert [(TrainConfig(algorithm=a, **both).rate_key(), TrainConfig(algorithm=a, **both).rate()) for a in ("ppo", "grpo", "rloo", "dpo")] == [
         ("ppo_learning_rate", 4e-4), ("learning_rate", 5e-4), ("learning_rate", 5e-4), ("dpo_learning_rate", 3e-4)]
     assert [TrainConfig(algorithm=a, learning_rate=5e-4).rate_key() for a in ("ppo", "dpo")] == ["learning_rate", "learning_rate"]
+    assert TrainConfig(algorithm="ppo", **both).rate("dpo") == 3e-4  # what DPO on preferences trains at, whatever the config's algorithm
     card = model_card(RunConfig(train=TrainConfig(algorithm="dpo", **both)), "m", "1", "verdict", {}, [], None)
     assert "learning rate 0.0003," in card  # the version's card says the rate it trained at, not the shared one
 

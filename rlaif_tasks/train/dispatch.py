@@ -54,7 +54,7 @@ def train_dpo_on_preferences(config: RunConfig, run_dir: Path, split, on_step: C
     if t.num_processes > 1:
         raise RlaifError("DPO runs in one process here", "set train.num_processes=1 for train.algorithm=dpo (multi-process DPO is not wired yet)")
     cfg = DPOTrainConfig(
-        beta=t.dpo_beta, learning_rate=t.rate(), batch_size=t.batch_size, **t.lora_settings(), max_steps=t.steps, max_epochs=t.dpo_max_epochs,
+        beta=t.dpo_beta, learning_rate=t.rate("dpo"), batch_size=t.batch_size, **t.lora_settings(), max_steps=t.steps, max_epochs=t.dpo_max_epochs,
         seed=config.training_seed, device=config.device,
     )
     final = run_dir / "train" / "final"
