@@ -53,10 +53,15 @@ from rlaif_tasks.stages import nightly
 OVERRIDE_PARAMS = {
     "algorithm": "train.algorithm",
     "steps": "train.steps",
-    "learning_rate": "train.learning_rate",  # that of the night's algorithm: learning_rate_key
+    "learning_rate": "train.learning_rate",  # that of the night's algorithm: form_overrides
     "policy": "model.policy",
     "reward": "reward.model",
 }
+
+def form_overrides(params: dict, config_path: str) -> dict:
+    """The form's overrides, its learning rate set on the key of the night's algorithm (learning_rate_key)."""
+    return trigger_overrides(params, {**OVERRIDE_PARAMS, "learning_rate": learning_rate_key(params, config_path)}, config_path)
+
 
 # `make run` stores the DAG without a schedule (RLAIF_DAG_SCHEDULE=none) while it unpauses it for one
 # manual run, so that run does not also start the nightly schedule's latest missed run.
@@ -97,13 +102,13 @@ def rlaif_nightly():
         context = get_current_context()
         params = context["params"]
         path = resolve_config_path(params["config"])
-        overrides = trigger_overrides(params, {**OVERRIDE_PARAMS, "learning_rate": learning_rate_key(params, path)}, path)
+        overrides = form_overrides(params, path)
         new_reward_model = reward_model_of(context)
         if new_reward_model and "reward.model" not in overrides:
             print(f"started by a new reward model: training against {new_reward_model}")
             overrides["reward.model"] = new_reward_model
         return run_stage(
-            nightly.prepare_dataset, resolve_config_path(params["config"]), overrides, context["dag"].dag_id, context["run_id"],
+            nightly.prepare_dataset, path, overrides, context["dag"].dag_id, context["run_id"],
             logical_date=logical_date(context),
         )
 

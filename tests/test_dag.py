@@ -177,7 +177,7 @@ def test_params_become_config_overrides_and_empty_means_from_the_config(dag):
     # the form's learning rate is the one the night's algorithm trains at: the demo config sets PPO's and DPO's own
     for algorithm, key in ((None, "train.ppo_learning_rate"), ("grpo", "train.learning_rate"), ("dpo", "train.dpo_learning_rate")):
         form = {**params, "algorithm": algorithm, "learning_rate": 1e-4, "set": []}
-        overrides = module.trigger_overrides(form, {**module.OVERRIDE_PARAMS, "learning_rate": module.learning_rate_key(form, path)}, path)
+        overrides = module.form_overrides(form, path)
         assert overrides == {"train.steps": 3, "reward.model": "hatesonar", key: 1e-4, **({"train.algorithm": algorithm} if algorithm else {})}
         assert load_config(path, overrides).train.rate() == 1e-4
     assert module.learning_rate_key({**params, "set": ["train.algorithm=dpo"]}, path) == "train.dpo_learning_rate"  # set's algorithm counts too
