@@ -225,6 +225,10 @@ def test_ppos_own_batch_sizes_its_steps_and_the_others_keep_the_shared_one():
         load_config(None, {"train.ppo_batch_size": 32, "train.ppo_mini_batch_size": 12})
     with pytest.raises(RlaifError, match="must be a multiple of its minibatch"):
         load_config(None, {"train.ppo_batch_size": 0})
+    from rlaif_tasks.train.collectives import check_batch_split
+
+    with pytest.raises(RlaifError, match=r"train.ppo_batch_size \(16\) and train.ppo_mini_batch_size \(2\) are global"):
+        check_batch_split(TrainConfig(batch_size=16, mini_batch_size=4, ppo_mini_batch_size=2), 4)  # PPO's minibatch alone is set
     with pytest.raises(RlaifError, match="must be >= 1 and divide"):  # the groups must fit PPO's own batch, not the shared one
         load_config(None, {"train.batch_size": 16, "train.ppo_batch_size": 30, "train.ppo_mini_batch_size": 6, "train.ppo_responses_per_prompt": 4})
 

@@ -112,7 +112,7 @@ def all_reduce_mean_grads(params: Iterable[torch.nn.Parameter]) -> None:
 def check_batch_split(t: TrainConfig, processes: int) -> None:
     """The algorithm's batch and minibatch (`train.batch_sizes()`) are global: each of N processes takes 1/N of both."""
     batch, mini = t.batch_sizes()
-    prefix = "ppo_" if t.algorithm == "ppo" and t.ppo_batch_size is not None else ""
+    prefix = "ppo_" if t.algorithm == "ppo" and (t.ppo_batch_size, t.ppo_mini_batch_size) != (None, None) else ""
     if batch % processes or mini % processes:
         good = [n for n in range(1, mini + 1) if mini % n == 0 and batch % n == 0]
         raise RlaifError(
