@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from rlaif_tasks import tracking
-from rlaif_tasks.config import RunConfig, load_config
+from rlaif_tasks.config import REWARD_MODEL_SUFFIX, RunConfig, load_config
 from rlaif_tasks.errors import RlaifError
 
 WORKER_PERMISSION = "MANAGE"
@@ -74,7 +74,7 @@ def project_resources(configs: list[RunConfig]) -> tuple[list[RunConfig], list[s
     for config in configs:
         by_experiment.setdefault(tracking.experiment_name(config), config)
         policy = tracking.registered_model_name(config)
-        models += [m for m in (policy, f"{policy}-reward") if m not in models]
+        models += [m for m in (policy, f"{policy}{REWARD_MODEL_SUFFIX}") if m not in models]
     return list(by_experiment.values()), models
 
 

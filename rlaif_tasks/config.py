@@ -531,6 +531,12 @@ class RunConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     human_preferences: HumanPreferencesConfig = field(default_factory=HumanPreferencesConfig)
     red_team: RedTeamConfig = field(default_factory=RedTeamConfig)
+    rlhf_train: dict[str, Any] = field(default_factory=dict)
+    """`train` settings that replace the section's own on a night whose `reward.model` is a trained reward model (RLHF:
+    `models:/<name>-reward/...` or a folder holding reward_model.json), unless the night sets the key itself (a trigger,
+    `--set`). A learned reward is a weaker, more exploitable signal than a classifier, so PPO against one may need
+    another rate or KL budget than the config's RLAIF night (docs/results.md, "RLHF-PPO's own settings"). The operator's
+    recipe: a trigger may not set it."""
 
     @property
     def training_seed(self) -> int:
@@ -661,8 +667,33 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+REWARD_MODEL_FILE = "reward_model.json"
+"""What a trained reward model's folder holds beside its weights (rewards/reward_model.py reads it)."""
+REWARD_MODEL_SUFFIX = "-reward"
+"""A registered reward model's name: the policy's registered name with this suffix (stages/preferences.py)."""
+_REGISTERED_REWARD_MODEL = re.compile(rf"^models:/[^/@]+{re.escape(REWARD_MODEL_SUFFIX)}(?:@[\w-]+|/\d+)$")
+
+
+def is_trained_reward_model(spec: str | None) -> bool:
+    """Whether a reward spec names a reward model this project trained: a registered `<name>-reward` version or alias, or a
+    folder holding reward_model.json. Read from the spec alone (no registry call), so a config loads without a store."""
+    if not spec:
+        return False
+    return bool(_REGISTERED_REWARD_MODEL.match(spec)) or (Path(spec) / REWARD_MODEL_FILE).is_file()
+
+
+def with_rlhf_train(config: RunConfig, explicit: Iterable[str] = ()) -> RunConfig:
+    """`config` with `rlhf_train` over `train`, except the dotted keys in `explicit` (set by the night itself). The mapping
+    is emptied once applied, so that an effective config saved and read again (a run folder's config.yaml) is not overlaid
+    a second time over the night's own values."""
+    explicit = set(explicit)
+    chosen = {k: v for k, v in config.rlhf_train.items() if f"train.{k}" not in explicit}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **chosen), rlhf_train={})
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
-    """Read a YAML run config (or the defaults when `path` is None) and apply overrides."""
+    """Read a YAML run config (or the defaults when `path` is None) and apply overrides, then `rlhf_train` where the
+    reward is a trained reward model (keys the overrides set keep their values)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -679,12 +710,25 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     config = _build(RunConfig, data)
+    config.rlhf_train = _typed_train_settings(config.rlhf_train, "rlhf_train")
+    if is_trained_reward_model(config.reward.model):
+        config = with_rlhf_train(config, explicit=(overrides or {}).keys())
     validate(config)
     return config
 
 
+def _typed_train_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`settings` checked against TrainConfig's fields and typed as that section's own values would be."""
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise RlaifError(f"{where} names no train setting: {unknown}", f"use keys of the train section under {where}, e.g. ppo_learning_rate")
+    return {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in settings.items()}
+
+
 def with_overrides(config: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
-    """`config` with dotted `overrides` applied, typed and validated as load_config would."""
+    """`config` with dotted `overrides` applied, typed and validated as load_config would (`rlhf_train` is not applied
+    again: the config's train values already hold it where it applies, and may hold a night's own values over it)."""
     data = config.to_dict()
     for key, value in overrides.items():
         _set_dotted(data, key, value)

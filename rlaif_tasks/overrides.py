@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from rlaif_tasks.config import TRIGGER_WORK_FALLBACKS, TRIGGER_WORK_KEYS, RunConfig, dotted_value, is_trust_key, pattern_escape, with_overrides
+from rlaif_tasks.config import REWARD_MODEL_SUFFIX, TRIGGER_WORK_FALLBACKS, TRIGGER_WORK_KEYS, RunConfig, dotted_value, is_trust_key, pattern_escape, with_overrides
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models.bundled import BUNDLED_MODELS
 
@@ -35,7 +35,7 @@ JUDGE_NAMES = ("llm-judge", "composite")
 def registered_names(config: RunConfig) -> list[str]:
     """This project's registered models: the policy and the reward model trained on its pairs."""
     policy = config.tracking.registered_model.format(name=config.name)
-    return [policy, f"{policy}-reward"]
+    return [policy, f"{policy}{REWARD_MODEL_SUFFIX}"]
 
 
 def folder_pattern(roots: Iterable[str]) -> str:

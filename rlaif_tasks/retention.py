@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif_tasks import tracking
-from rlaif_tasks.config import RunConfig, runs_root
+from rlaif_tasks.config import REWARD_MODEL_SUFFIX, RunConfig, runs_root
 from rlaif_tasks.errors import RlaifError, mlflow_not_found
 from rlaif_tasks.evaluation.cache import CACHE_FOLDER
 from rlaif_tasks.models.cache import model_cache_dir
@@ -45,7 +45,7 @@ KEPT_ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
 
 def registered_models(config: RunConfig) -> list[str]:
     name = tracking.registered_model_name(config)
-    return [name, f"{name}-reward"]
+    return [name, f"{name}{REWARD_MODEL_SUFFIX}"]
 
 
 def _versions(client: "MlflowClient", name: str) -> list:

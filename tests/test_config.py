@@ -140,3 +140,36 @@ def test_group_column_and_extra_sets_default_off_and_override():
     assert cfg.data.group_column == "frame" and cfg.evaluation.extra_sets == ["bundled:detox-ood", "extra.jsonl"]
     with pytest.raises(RlaifError, match="expected a list"):
         load_config(None, ["evaluation.extra_sets=bundled:detox-ood"])
+
+
+def test_rlhf_train_applies_only_against_a_trained_reward_model(tmp_path):
+    from rlaif_tasks.config import is_trained_reward_model
+
+    folder = tmp_path / "rm"
+    folder.mkdir()
+    assert not is_trained_reward_model(str(folder))
+    (folder / "reward_model.json").write_text("{}")
+    specs = {"models:/rlaif-demo-policy-reward@champion": True, "models:/rlaif-demo-policy-reward/3": True, str(folder): True,
+             "models:/rlaif-demo-policy@champion": False, "models:/x-reward-old/1": False, "jigsaw-bilstm": False, None: False}
+    assert {spec: is_trained_reward_model(spec) for spec in specs} == specs
+
+    path = write(tmp_path, "train:\n  ppo_learning_rate: 1.0e-3\n  target_kl: 3\nrlhf_train:\n  ppo_learning_rate: 5e-4\n  target_kl: 2\n")
+    classifier = load_config(path)
+    assert (classifier.train.ppo_learning_rate, classifier.train.target_kl) == (1e-3, 3.0)
+    assert classifier.rlhf_train == {"ppo_learning_rate": 5e-4, "target_kl": 2.0}  # typed as train's own fields
+    rlhf = load_config(path, {"reward.model": "models:/rlaif-demo-policy-reward/3"})
+    assert (rlhf.train.rate(), rlhf.train.target_kl, rlhf.rlhf_train) == (5e-4, 2.0, {})
+    own = load_config(path, {"reward.model": str(folder), "train.ppo_learning_rate": 3e-4})
+    assert (own.train.rate(), own.train.target_kl) == (3e-4, 2.0)  # the night's own value wins over rlhf_train's
+
+    saved = write(tmp_path, own.to_yaml())  # a run folder's config.yaml, read again by every later task
+    assert (load_config(saved).train.rate(), load_config(saved).train.target_kl) == (3e-4, 2.0)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("rlhf_train:\n  ppo_learnig_rate: 5e-4\n", "ppo_learnig_rate"),
+    ("rlhf_train:\n  target_kl: high\n", "rlhf_train.target_kl"),
+])
+def test_rlhf_train_names_a_wrong_key_or_value(tmp_path, text, words):
+    with pytest.raises(RlaifError, match=words):
+        load_config(write(tmp_path, text))

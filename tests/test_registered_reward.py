@@ -108,3 +108,35 @@ def test_a_registered_model_resolves_in_the_store_the_config_names(home, config_
     texts = ["alpha beta", "zeta"]
     assert build_backend(config.reward).reward(texts) == pytest.approx(RewardModelBackend(tmp_path / "rm1").reward(texts))
     assert not (home / ".mlflow" / "mlflow.db").exists()  # nothing looked in the embedded store
+
+
+def test_a_night_against_a_registered_reward_model_trains_at_rlhf_train(home, config_path, tmp_path, caplog):
+    """The file's rlhf_train applies to a night whose reward is a registered reward model, not to a classifier's night, and
+    never over a value the night sets itself; a trigger cannot set rlhf_train."""
+    import logging
+
+    from mlflow import MlflowClient
+    from rlaif_tasks.config import load_config
+
+    config = yaml.safe_load(config_path.read_text())
+    config["train"] = {"algorithm": "ppo", "ppo_learning_rate": 1.0e-3, "target_kl": 3.0}
+    config["rlhf_train"] = {"ppo_learning_rate": 5.0e-4, "target_kl": 2.0}
+    config_path.write_text(yaml.safe_dump(config))
+    (home / ".mlflow").mkdir(parents=True)
+    store = f"sqlite:///{home / '.mlflow' / 'mlflow.db'}"
+    classifier = nightly.prepare_dataset(str(config_path), {}, "rlaif_nightly", "manual__classifier")  # and the store's tables
+    _register_reward_model(MlflowClient(store, registry_uri=store), tmp_path / "rm1", seed=1)
+
+    def trained_at(refs: dict) -> tuple[float, float]:
+        saved = load_config(f"{refs['run_dir']}/config.yaml")  # as the train task reads it
+        return saved.train.rate(), saved.train.target_kl
+
+    assert trained_at(classifier) == (1.0e-3, 3.0)
+    with caplog.at_level(logging.INFO, logger="rlaif_tasks.stages.nightly"):
+        rlhf = nightly.prepare_dataset(str(config_path), {"reward.model": f"models:/{NAME}@champion"}, "rlaif_nightly", "manual__rlhf")
+    assert trained_at(rlhf) == (5.0e-4, 2.0)
+    assert "rlhf_train's settings" in caplog.text and "train.ppo_learning_rate=0.0005" in caplog.text
+    own = nightly.prepare_dataset(str(config_path), {"reward.model": f"models:/{NAME}/1", "train.ppo_learning_rate": 3.0e-4}, "rlaif_nightly", "manual__own")
+    assert trained_at(own) == (3.0e-4, 2.0)
+    with pytest.raises(RlaifError, match="rlhf_train"):
+        nightly.prepare_dataset(str(config_path), {"rlhf_train": {"ppo_learning_rate": 1.0}}, "rlaif_nightly", "manual__trigger")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from rlaif_tasks.config import ScorerConfig
+from rlaif_tasks.config import REWARD_MODEL_FILE, ScorerConfig
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import registry_spec
 from rlaif_tasks.rewards.base import Purpose, Scorer, ToxicityBackend
@@ -71,7 +71,7 @@ def build_backend(cfg: ScorerConfig, device: str = "cpu") -> ToxicityBackend:
 def _reward_model_folder(spec: str) -> Path | None:
     """The folder of a trained reward model (reward_model.json beside the weights), local or registered (`models:/NAME/N`)."""
     folder = registry_spec.local_folder(spec) if registry_spec.is_registry_spec(spec) else Path(spec)
-    return folder if (folder / "reward_model.json").is_file() else None
+    return folder if (folder / REWARD_MODEL_FILE).is_file() else None
 
 
 def build_scorer(cfg: ScorerConfig, purpose: Purpose, device: str = "cpu") -> Scorer:

@@ -11,10 +11,11 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from rlaif_tasks.config import REWARD_MODEL_FILE
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.models import resolve_device
 
-SUMMARY_FILE = "reward_model.json"
+SUMMARY_FILE = REWARD_MODEL_FILE
 """Written beside the weights by training: max_length, accuracies, the settings."""
 
 

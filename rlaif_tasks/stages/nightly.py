@@ -82,8 +82,12 @@ def prepare_dataset(
     from rlaif_tasks.data import read_manifest
     from rlaif_tasks.stages.local import prepare_dataset as prepare_prompts
 
-    check_trigger_overrides(load_config(config_path), dict(overrides or {}), config_roots())
+    operators = load_config(config_path)
+    check_trigger_overrides(operators, dict(overrides or {}), config_roots())
     config = load_config(config_path, {**(overrides or {}), **(internal or {})})
+    if operators.rlhf_train and not config.rlhf_train:
+        log.info("reward.model %s is a trained reward model: training at rlhf_train's settings where this night set none: %s",
+                 config.reward.model, ", ".join(f"train.{k}={getattr(config.train, k)}" for k in operators.rlhf_train))
     use_tracking_uri(config.tracking.tracking_uri)  # a models:/ policy or reward resolves in the run's store
     if not config.tracking.enabled:
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from rlaif_tasks import registry, tracking
-from rlaif_tasks.config import RunConfig, config_roots, load_config
+from rlaif_tasks.config import REWARD_MODEL_SUFFIX, RunConfig, config_roots, load_config
 from rlaif_tasks.errors import RlaifError
 from rlaif_tasks.overrides import check_trigger_overrides, folder_pattern
 from rlaif_tasks.rewards.reward_model import SUMMARY_FILE
@@ -38,7 +38,7 @@ REWARD_ARTIFACT = "reward_model"
 
 def reward_model_name(config: RunConfig) -> str:
     """`<registered policy name>-reward`: the registered model the reward-model Asset stands for."""
-    return f"{tracking.registered_model_name(config)}-reward"
+    return f"{tracking.registered_model_name(config)}{REWARD_MODEL_SUFFIX}"
 
 
 # -- producer: ai_feedback_preferences --------------------------------------------------------------
