@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
 from rlaif_tasks import gate  # noqa: E402
-from rlaif_tasks.config import load_config, parse_override  # noqa: E402
+from rlaif_tasks.config import load_config, parse_override, with_rlhf_train  # noqa: E402
 from rlaif_tasks.evaluation.runner import evaluate_model, extra_set_name  # noqa: E402
 from rlaif_tasks.evaluation.toxicity import format_evaluation, read_evaluation  # noqa: E402
 from rlaif_tasks.stages.local import prepare_dataset, train_policy  # noqa: E402
@@ -466,11 +466,12 @@ def misses_of(s: dict) -> list[str]:
     return [name for name, ok in checks.items() if not ok]
 
 
-def is_default(s: dict) -> bool:
+def is_default(s: dict, rlhf: bool = False) -> bool:
     """Whether a record ran configs/demo.yaml as it is today: its overrides (what it ran with beside the config of its day,
-    relabelled when a default moved) change nothing."""
+    relabelled when a default moved) change nothing; `rlhf`: as a night against a trained reward model runs it, with the
+    config's `rlhf_train` over `train`."""
     config = demo_config(s["name"], s["seed"], s["algorithm"])
-    values = config.to_dict()
+    values = (with_rlhf_train(config) if rlhf else config).to_dict()
 
     def value(key: str):
         node = values
@@ -507,7 +508,7 @@ def todays_defaults(summaries: list[dict]) -> list[dict]:
 
     def default(s: dict) -> bool:
         if way_of(s) == "rlhf-ppo":
-            return is_default(ppo_settings_of(s))
+            return is_default(ppo_settings_of(s), rlhf=True)
         return is_default(s)
 
     found: dict[tuple[str, int], dict] = {}
@@ -566,12 +567,14 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
     """PPO under the seed's KL controller (seed 0), tonight's default, and the variants tried on the way (issue 24), per seed;
     then RLHF-PPO (`rlhf`: its default seeds and `--rlhf-variant` runs), whose settings are PPO's."""
     config = demo_config("x", 0, "ppo")
-    t = config.train
+    t, rlhf_rate = config.train, with_rlhf_train(config).train
 
     def settings(s: dict) -> str:
         o = s["overrides"]
         if s["kind"] in ("preference", "rlhf-variant"):
-            return "RLHF-PPO: " + settings(dict(ppo_settings_of(s), kind="ppo-variant"))
+            if is_default(ppo_settings_of(s), rlhf=True):
+                return "RLHF-PPO: **default**: PPO's with rlhf_train's " + ", ".join(f"{k} {getattr(rlhf_rate, k):g}" for k in config.rlhf_train)
+            return "RLHF-PPO: " + settings(dict(ppo_settings_of(s), kind="ppo-variant")).replace("**default**", "PPO's default")
         if s["kind"] == "regular":
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"
         if is_default(s):
@@ -582,7 +585,7 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
 
     rows = []
     for s in seed_controller + sorted(variants, key=lambda s: (not is_default(s), s["name"].rsplit("-s", 1)[0], s["seed"])) + sorted(
-        rlhf, key=lambda s: (not is_default(ppo_settings_of(s)), s["name"].rsplit("-s", 1)[0], s["seed"])
+        rlhf, key=lambda s: (not is_default(ppo_settings_of(s), rlhf=True), s["name"].rsplit("-s", 1)[0], s["seed"])
     ):
         test, ood = s["sets"]["test"], s["sets"]["detox-ood"]
         rows.append(
