@@ -677,9 +677,12 @@ _REGISTERED_REWARD_MODEL = re.compile(rf"^models:/[^/@]+{re.escape(REWARD_MODEL_
 def is_trained_reward_model(spec: str | None) -> bool:
     """Whether a reward spec names a reward model this project trained: a registered `<name>-reward` version or alias, or a
     folder holding reward_model.json. Read from the spec alone (no registry call), so a config loads without a store."""
-    if not spec:
+    if not spec or _REGISTERED_REWARD_MODEL.match(spec):
+        return bool(spec)
+    try:
+        return (Path(spec) / REWARD_MODEL_FILE).is_file()
+    except OSError:  # a spec no path can be (too long): a judge's name or an endpoint
         return False
-    return bool(_REGISTERED_REWARD_MODEL.match(spec)) or (Path(spec) / REWARD_MODEL_FILE).is_file()
 
 
 def with_rlhf_train(config: RunConfig, explicit: Iterable[str] = ()) -> RunConfig:
