@@ -150,7 +150,8 @@ def test_rlhf_train_applies_only_against_a_trained_reward_model(tmp_path):
     assert not is_trained_reward_model(str(folder))
     (folder / "reward_model.json").write_text("{}")
     specs = {"models:/rlaif-demo-policy-reward@champion": True, "models:/rlaif-demo-policy-reward/3": True, str(folder): True,
-             "models:/rlaif-demo-policy@champion": False, "models:/x-reward-old/1": False, "jigsaw-bilstm": False, None: False}
+             "models:/rlaif-demo-policy@champion": False, "models:/x-reward-old/1": False, "jigsaw-bilstm": False, None: False,
+             "x" * 5000: False}
     assert {spec: is_trained_reward_model(spec) for spec in specs} == specs
 
     path = write(tmp_path, "train:\n  ppo_learning_rate: 1.0e-3\n  target_kl: 3\nrlhf_train:\n  ppo_learning_rate: 5e-4\n  target_kl: 2\n")
