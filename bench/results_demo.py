@@ -567,13 +567,13 @@ def ppo_variants_section(variants: list[dict], seed_controller: list[dict], rlhf
     """PPO under the seed's KL controller (seed 0), tonight's default, and the variants tried on the way (issue 24), per seed;
     then RLHF-PPO (`rlhf`: its default seeds and `--rlhf-variant` runs), whose settings are PPO's."""
     config = demo_config("x", 0, "ppo")
-    t, rlhf_rate = config.train, with_rlhf_train(config).train
+    t, rlhf_t = config.train, with_rlhf_train(config).train
 
     def settings(s: dict) -> str:
         o = s["overrides"]
         if s["kind"] in ("preference", "rlhf-variant"):
             if is_default(ppo_settings_of(s), rlhf=True):
-                return "RLHF-PPO: **default**: PPO's with rlhf_train's " + ", ".join(f"{k} {getattr(rlhf_rate, k):g}" for k in config.rlhf_train)
+                return "RLHF-PPO: **default**: PPO's with rlhf_train's " + ", ".join(f"{k} {getattr(rlhf_t, k):g}" for k in config.rlhf_train)
             return "RLHF-PPO: " + settings(dict(ppo_settings_of(s), kind="ppo-variant")).replace("**default**", "PPO's default")
         if s["kind"] == "regular":
             return f"the seed's controller (the default until 2026-12-06): init {t.init_kl_coef:g}, target {o['train.target_kl']:g}, horizon {o['train.kl_horizon']}, no floor, no warm-up"

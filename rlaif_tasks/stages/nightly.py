@@ -87,7 +87,7 @@ def prepare_dataset(
     config = load_config(config_path, {**(overrides or {}), **(internal or {})})
     if operators.rlhf_train and not config.rlhf_train:
         log.info("reward.model %s is a trained reward model: training at rlhf_train's settings where this night set none: %s",
-                 config.reward.model, ", ".join(f"train.{k}={getattr(config.train, k)}" for k in operators.rlhf_train))
+                 config.reward.model, ", ".join(f"train.{k}={getattr(config.train, k)}" for k in operators.rlhf_train if f"train.{k}" not in (overrides or {})))
     use_tracking_uri(config.tracking.tracking_uri)  # a models:/ policy or reward resolves in the run's store
     if not config.tracking.enabled:
         raise RlaifError("the nightly run records and registers models in MLflow, but tracking.enabled is false", "set tracking.enabled=true (or use `rlaif run` for an untracked run)")
